@@ -1,0 +1,80 @@
+"""Every default of specllm, named once.
+
+The values are those of *Spectra as Language* (Lu, Li et al. 2026) unless a comment says otherwise. The CLI reads
+its defaults from these dataclasses, so a paper value is written in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+NormMethod = Literal["max", "quantile", "median"]
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The common wavelength grid (paper section III.1): 3800-8700 A at 1 A, 4901 values."""
+
+    start: float = 3800.0
+    stop: float = 8700.0
+    step: float = 1.0
+
+    @property
+    def size(self) -> int:
+        return int(round((self.stop - self.start) / self.step)) + 1
+
+    def wavelengths(self) -> np.ndarray:
+        return self.start + self.step * np.arange(self.size, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """Spectrum cleaning (paper section III.1) plus the guards a survey pipeline needs.
+
+    snr_min_r, snr_min_i: keep a spectrum only if SNR_r and SNR_i are both >= these (paper: 2).
+    mask_ormask: pixels with a non-zero ormask are excluded (paper).
+    require_ivar: pixels with inverse variance <= 0 are excluded too (not in the paper; LAMOST marks dead pixels so).
+    norm: 'max' divides by the maximum over good pixels (paper); 'quantile' by the `norm_quantile` quantile,
+        'median' by the median: robust alternatives where one hot pixel would set the maximum.
+    decimals: rounding of the normalised flux (paper: 3).
+    min_coverage: reject a spectrum whose good pixels cover less than this fraction of the grid.
+    min_run: observed runs shorter than this many pixels are not trusted as flux (a cubic needs 4 points).
+    """
+
+    snr_min_r: float = 2.0
+    snr_min_i: float = 2.0
+    mask_ormask: bool = True
+    require_ivar: bool = True
+    norm: NormMethod = "max"
+    norm_quantile: float = 0.99
+    decimals: int = 3
+    min_coverage: float = 0.5
+    min_run: int = 4
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Deterministic train/test split from a hash of the spectrum id (paper: 8:2)."""
+
+    test_fraction: float = 0.2
+    salt: str = "specllm-split-v1"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    grid: GridConfig = field(default_factory=GridConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    shard_size: int = 512
+    workers: int = 1
+    balance: int | None = None
+    strict: bool = False
+
+
+# The spectral classes the paper trains on (LAMOST subclasses reduced to their letter).
+CLASSES: tuple[str, ...] = ("A", "F", "G", "K", "M")
+# Stage-1 numeric labels, in answer order, with the number of decimals the paper writes.
+STAGE1_LABELS: tuple[tuple[str, int], ...] = (("teff", 2), ("logg", 3), ("feh", 3))

@@ -1,0 +1,372 @@
+"""`specllm ingest`: survey FITS files + a label catalogue -> cleaned Parquet shards.
+
+Inputs are processed in fixed chunks of `shard_size` files, in input order; chunk k becomes `part-k.parquet` plus
+`part-k.json` (its input hash, ids, rejects and content digest), each written atomically, the JSON last. A rerun of
+the same command skips every chunk whose JSON matches its inputs, so an interrupted run resumes where it stopped and
+ends with the same content hash as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import json
+import multiprocessing
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__
+from .config import IngestConfig, SplitConfig
+from .errors import SpecllmError, SpectrumRejected
+from .io import expand_inputs, read_spectrum
+from .io.lamost_catalog import LabelCatalog, file_key, reduce_class
+from .preprocess import clean_spectrum
+from .progress import progress_bar, say
+from .shards import (
+    MANIFEST,
+    atomic_write_json,
+    remove_stale_temporaries,
+    table_digest,
+    vector_type,
+    vectors_to_arrow,
+    write_table,
+)
+
+RUN_FILE = "run.json"
+REJECTS = "rejects.parquet"
+SNR_BANDS = ("u", "g", "r", "i", "z")
+
+CORE_FIELDS = [
+    pa.field("spec_id", pa.string(), nullable=False),
+    pa.field("obsid", pa.int64()),
+    pa.field("file", pa.string()),
+    pa.field("data_release", pa.string()),
+    pa.field("layout", pa.string()),
+    pa.field("ra", pa.float64()),
+    pa.field("dec", pa.float64()),
+    pa.field("z", pa.float64()),
+    pa.field("objclass", pa.string()),
+    pa.field("subclass", pa.string()),
+    pa.field("class", pa.string()),
+    *(pa.field(f"snr{b}", pa.float32()) for b in SNR_BANDS),
+    pa.field("teff", pa.float32()),
+    pa.field("logg", pa.float32()),
+    pa.field("feh", pa.float32()),
+]
+TAIL_FIELDS = [pa.field("split", pa.string()), pa.field("coverage", pa.float32()), pa.field("norm", pa.float64())]
+REJECT_SCHEMA = pa.schema([("file", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+
+
+def split_of(spec_id: str, split: SplitConfig) -> str:
+    """Deterministic 8:2 split from a hash of the id: reruns and added files never reshuffle it."""
+    return "test" if hash_fraction(spec_id, split.salt) < split.test_fraction else "train"
+
+
+def hash_fraction(spec_id: str, salt: str) -> float:
+    digest = hashlib.sha256(f"{salt}:{spec_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def shard_schema(catalog: LabelCatalog | None, grid_size: int) -> pa.Schema:
+    extras = catalog.extra_fields if catalog else []
+    return pa.schema(
+        CORE_FIELDS
+        + extras
+        + TAIL_FIELDS
+        + [pa.field("flux", vector_type(pa.float32(), grid_size)), pa.field("mask", vector_type(pa.bool_(), grid_size))]
+    )
+
+
+@dataclass
+class IngestResult:
+    out: str
+    read: int = 0
+    kept: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    content_hash: str = ""
+    resumed_chunks: int = 0
+
+
+# ---------------------------------------------------------------- per-spectrum work (runs in worker processes)
+
+_STATE: dict = {}
+
+
+def _init_worker(config: IngestConfig, catalog: LabelCatalog | None) -> None:
+    _STATE["config"] = config
+    _STATE["catalog"] = catalog
+
+
+def describe(path: str, meta: dict) -> dict:
+    """Header facts merged with the catalogue row (catalogue wins where it has a value)."""
+    catalog: LabelCatalog | None = _STATE["catalog"]
+    row = dict(meta)
+    if catalog is not None:
+        key = catalog.lookup_key(meta.get("obsid"), path)
+        try:
+            cat = catalog.lookup(key)
+        except KeyError:
+            raise SpectrumRejected("duplicate obsid", f"{catalog.key} {key} appears more than once in {catalog.path}") from None
+        if cat:
+            row.update({k: v for k, v in cat.items() if v is not None or k not in row})
+    row["spec_id"] = str(row["obsid"]) if row.get("obsid") is not None else file_key(path)
+    row["class"] = reduce_class(row.get("subclass"))
+    return row
+
+
+def check_snr(row: dict, config: IngestConfig) -> None:
+    for band, minimum in (("r", config.clean.snr_min_r), ("i", config.clean.snr_min_i)):
+        snr = row.get(f"snr{band}")
+        if snr is None:
+            if minimum > 0:
+                raise SpectrumRejected("no SNR", f"snr{band} is neither in the catalogue nor the header")
+        elif snr < minimum:
+            raise SpectrumRejected("low SNR", f"snr{band} = {snr:.2f} < {minimum:g}")
+
+
+def process_one(path: str):
+    """Read, join, cut and clean one file -> ('ok', row, flux, mask) or ('rejected', path, reason, detail)."""
+    config: IngestConfig = _STATE["config"]
+    try:
+        raw = read_spectrum(path)
+        row = describe(path, raw.meta)
+        check_snr(row, config)
+        cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, config.grid, config.clean)
+    except SpectrumRejected as exc:
+        return ("rejected", path, exc.reason, exc.detail)
+    row.update(
+        file=path,
+        layout=raw.layout,
+        split=split_of(row["spec_id"], config.split),
+        coverage=cleaned.coverage,
+        norm=cleaned.norm,
+    )
+    return ("ok", row, cleaned.flux, cleaned.mask)
+
+
+def balance_candidate(path: str):
+    """Header-only pass for `--balance`: (path, class, priority) or None when the file is not eligible."""
+    from astropy.io import fits
+
+    from .io.lamost import header_meta
+
+    try:
+        header = fits.getheader(path)
+        row = describe(path, header_meta(header, ""))
+        check_snr(row, _STATE["config"])
+    except (SpectrumRejected, OSError, ValueError, KeyError, EOFError):
+        return None  # the main pass reports the reason
+    if row["class"] is None:
+        return None
+    return (path, row["class"], hash_fraction(row["spec_id"], _STATE["config"].split.salt))
+
+
+# ---------------------------------------------------------------- the run (main process)
+
+
+def _options_fingerprint(config: IngestConfig, catalog: LabelCatalog | None) -> dict:
+    return {
+        "config": dataclasses.asdict(config) | {"workers": None, "strict": None},
+        "catalog": os.path.abspath(catalog.path) if catalog else None,
+        "specllm": __version__,
+    }
+
+
+def _chunks(items: list[str], size: int):
+    for k in range(0, len(items), size):
+        yield k // size, items[k : k + size]
+
+
+def _chunk_hash(paths: list[str]) -> str:
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()
+
+
+def _select_balanced(paths: list[str], per_class: int, pool_map) -> list[str]:
+    heaps: dict[str, list] = {}
+    for cand in pool_map(balance_candidate, paths):
+        if cand is None:
+            continue
+        path, cls, prio = cand
+        heap = heaps.setdefault(cls, [])
+        item = (-prio, path)
+        if len(heap) < per_class:
+            heapq.heappush(heap, item)
+        elif item > heap[0]:
+            heapq.heapreplace(heap, item)
+    chosen = {path for heap in heaps.values() for _, path in heap}
+    say(f"balance: {', '.join(f'{c} {len(h)}' for c, h in sorted(heaps.items()))} (up to {per_class} per class)")
+    return [p for p in paths if p in chosen]
+
+
+def _build_table(results: list, schema: pa.Schema, grid_size: int) -> pa.Table:
+    rows, fluxes, masks = [], [], []
+    for _, row, flux, mask in results:
+        rows.append(row)
+        fluxes.append(flux)
+        masks.append(mask)
+    scalar_schema = pa.schema([f for f in schema if f.name not in ("flux", "mask")])
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in scalar_schema} for r in rows], schema=scalar_schema)
+    flux = np.stack(fluxes) if fluxes else np.zeros((0, grid_size), np.float32)
+    mask = np.stack(masks) if masks else np.zeros((0, grid_size), bool)
+    table = table.append_column(schema.field("flux"), vectors_to_arrow(flux, pa.float32()))
+    return table.append_column(schema.field("mask"), vectors_to_arrow(mask, pa.bool_()))
+
+
+def run_ingest(
+    inputs: list[str],
+    out: str,
+    catalog_path: str | None = None,
+    config: IngestConfig = IngestConfig(),
+    overwrite: bool = False,
+) -> IngestResult:
+    catalog = LabelCatalog(catalog_path) if catalog_path else None  # fails at once on a missing column
+    paths = list(expand_inputs(inputs))
+    if not paths:
+        raise SpecllmError("no input files")
+    os.makedirs(out, exist_ok=True)
+    remove_stale_temporaries(out)
+    fingerprint = _options_fingerprint(config, catalog)
+    run_file = os.path.join(out, RUN_FILE)
+    if os.path.exists(run_file) and not overwrite:
+        with open(run_file) as fh:
+            if json.load(fh) != json.loads(json.dumps(fingerprint, default=str)):
+                raise SpecllmError(f"{out}: holds an ingest made with other options; use --overwrite or another --out")
+    elif overwrite:
+        for name in os.listdir(out):
+            if name.startswith("part-") or name in (MANIFEST, REJECTS, RUN_FILE):
+                os.unlink(os.path.join(out, name))
+    atomic_write_json(run_file, fingerprint)
+
+    grid_size = config.grid.size
+    schema = shard_schema(catalog, grid_size)
+    result = IngestResult(out=out)
+    workers = max(1, config.workers)
+    ctx = multiprocessing.get_context("fork")
+    pool = ctx.Pool(workers, _init_worker, (config, catalog)) if workers > 1 else None
+    _init_worker(config, catalog)
+    pool_map = (lambda fn, items: pool.imap(fn, items, chunksize=4)) if pool else map
+    try:
+        if config.balance:
+            paths = _select_balanced(paths, config.balance, pool_map)
+        seen: dict[str, str] = {}
+        shard_names, digests, rejects = [], [], []
+        n_chunks = (len(paths) + config.shard_size - 1) // config.shard_size
+        with progress_bar("ingest", total=len(paths)) as advance:
+            for k, chunk in _chunks(paths, config.shard_size):
+                record = _load_chunk_record(out, k, _chunk_hash(chunk))
+                if record is None:
+                    record = _process_chunk(out, k, chunk, pool_map, schema, grid_size, seen)
+                else:
+                    result.resumed_chunks += 1
+                    for sid in record["ids"]:
+                        seen.setdefault(sid, "earlier shard")
+                for rej in record["rejects"]:
+                    say(f"{rej['file']}: rejected: {rej['reason']}" + (f" ({rej['detail']})" if rej["detail"] else ""))
+                rejects.extend(record["rejects"])
+                if record["kept"]:
+                    shard_names.append(record["shard"])
+                digests.append(record["digest"])
+                result.kept += record["kept"]
+                advance(len(chunk))
+        _remove_parts_beyond(out, n_chunks)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    result.read = len(paths)
+    result.rejected = Counter(r["reason"] for r in rejects)
+    result.content_hash = hashlib.sha256("".join(digests).encode()).hexdigest()
+    write_table(os.path.join(out, REJECTS), pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA))
+    atomic_write_json(
+        os.path.join(out, MANIFEST),
+        {
+            "specllm": __version__,
+            "kind": "spectra",
+            "grid": dataclasses.asdict(config.grid) | {"size": grid_size},
+            "clean": dataclasses.asdict(config.clean),
+            "split": dataclasses.asdict(config.split),
+            "balance": config.balance,
+            "catalog": os.path.abspath(catalog_path) if catalog_path else None,
+            "counts": {"read": result.read, "kept": result.kept, "rejected": dict(result.rejected)},
+            "shards": shard_names,
+            "rejects": REJECTS,
+            "content_hash": result.content_hash,
+            "schema": {f.name: str(f.type) for f in schema},
+        },
+    )
+    return result
+
+
+def _part(k: int) -> str:
+    return f"part-{k:05d}"
+
+
+def _load_chunk_record(out: str, k: int, input_hash: str) -> dict | None:
+    path = os.path.join(out, _part(k) + ".json")
+    try:
+        with open(path) as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if record.get("input_hash") != input_hash:
+        return None
+    if record["kept"] and not os.path.exists(os.path.join(out, record["shard"])):
+        return None
+    return record
+
+
+def _process_chunk(out, k, chunk, pool_map, schema, grid_size, seen) -> dict:
+    kept, rejects = [], []
+    for res in pool_map(process_one, chunk):
+        if res[0] == "rejected":
+            _, path, reason, detail = res
+            rejects.append({"file": path, "reason": reason, "detail": detail})
+            continue
+        row = res[1]
+        if row["spec_id"] in seen:
+            rejects.append({"file": row["file"], "reason": "duplicate obsid", "detail": f"{row['spec_id']} already read from {seen[row['spec_id']]}"})
+            continue
+        seen[row["spec_id"]] = row["file"]
+        kept.append(res)
+    shard = _part(k) + ".parquet"
+    digest = ""
+    if kept:
+        table = _build_table(kept, schema, grid_size)
+        digest = table_digest(table)
+        write_table(os.path.join(out, shard), table)
+    record = {
+        "input_hash": _chunk_hash(chunk),
+        "shard": shard,
+        "kept": len(kept),
+        "ids": [r[1]["spec_id"] for r in kept],
+        "rejects": rejects,
+        "digest": digest,
+    }
+    atomic_write_json(os.path.join(out, _part(k) + ".json"), record)
+    return record
+
+
+def _remove_parts_beyond(out: str, n_chunks: int) -> None:
+    for name in os.listdir(out):
+        if name.startswith("part-"):
+            try:
+                k = int(name[5:10])
+            except ValueError:
+                continue
+            if k >= n_chunks:
+                os.unlink(os.path.join(out, name))
+
+
+def summary_lines(result: IngestResult) -> list[str]:
+    lines = [f"ingest: read {result.read}, kept {result.kept}, rejected {sum(result.rejected.values())}"]
+    lines += [f"  rejected, {reason}: {n}" for reason, n in result.rejected.most_common()]
+    if result.resumed_chunks:
+        lines.append(f"  resumed: {result.resumed_chunks} shard(s) already complete were kept")
+    lines.append(f"  shards in {result.out}, content hash {result.content_hash[:16]}")
+    return lines
+
