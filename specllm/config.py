@@ -78,3 +78,51 @@ class IngestConfig:
 CLASSES: tuple[str, ...] = ("A", "F", "G", "K", "M")
 # Stage-1 numeric labels, in answer order, with the number of decimals the paper writes.
 STAGE1_LABELS: tuple[tuple[str, int], ...] = (("teff", 2), ("logg", 3), ("feh", 3))
+
+
+# ---------------------------------------------------------------- serialisation, model and training
+
+FORMATS: tuple[str, ...] = ("paper", "compact", "patch")
+# The paper's stage-2 elements (APOGEE DR16 [X/Fe]), in answer order.
+STAGE2_ELEMENTS: tuple[str, ...] = (
+    "C", "CI", "N", "O", "NA", "MG", "AL", "SI", "P", "S", "K", "CA", "TI", "TIII", "V", "CR", "MN", "CO", "NI", "CU", "CE",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Spectral tokens (`--format patch`): the flux vector cut into fixed-width patches, one embedding each."""
+
+    width: int = 64  # 4901 pixels -> 77 patches
+
+    def count(self, grid_size: int) -> int:
+        return -(-grid_size // self.width)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA / QLoRA adapter (paper: rank 64, alpha 128, dropout 0.1, all linear layers; 4-bit NF4 on CUDA)."""
+
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.1
+    target_modules: str = "all-linear"
+    quantize_4bit: bool = True  # only where CUDA + bitsandbytes are available
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (paper: AdamW lr 1e-4, weight decay 0.1, cosine schedule, bf16, gradient checkpointing)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    schedule: str = "cosine"
+    warmup_fraction: float = 0.03
+    epochs: float = 3.0
+    batch_size: int = 4
+    grad_accum: int = 4
+    bf16: bool = True  # where the hardware supports it
+    gradient_checkpointing: bool = True
+    max_grad_norm: float = 1.0
+    save_every: int = 200  # optimizer steps between checkpoints
+    seed: int = 0

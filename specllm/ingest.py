@@ -107,11 +107,10 @@ def describe(path: str, meta: dict) -> dict:
     catalog: LabelCatalog | None = _STATE["catalog"]
     row = dict(meta)
     if catalog is not None:
-        key = catalog.lookup_key(meta.get("obsid"), path)
         try:
-            cat = catalog.lookup(key)
-        except KeyError:
-            raise SpectrumRejected("duplicate obsid", f"{catalog.key} {key} appears more than once in {catalog.path}") from None
+            cat = catalog.lookup(meta.get("obsid"), path)
+        except KeyError as exc:
+            raise SpectrumRejected("duplicate obsid", f"{exc.args[0]} appears more than once in {catalog.path}") from None
         if cat:
             row.update({k: v for k, v in cat.items() if v is not None or k not in row})
     row["spec_id"] = str(row["obsid"]) if row.get("obsid") is not None else file_key(path)

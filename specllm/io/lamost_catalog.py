@@ -63,11 +63,8 @@ class LabelCatalog:
             key = name.strip().lower()
             if key and not key.startswith("unnamed") and key not in lower:
                 lower[key] = name
-        if "obsid" in lower:
-            self.key = "obsid"
-        else:
-            self.key = next((k for k in FILENAME_KEYS if k in lower), None)
-        if self.key is None:
+        self.file_column = next((k for k in FILENAME_KEYS if k in lower), None)
+        if "obsid" not in lower and self.file_column is None:
             raise SpecllmError(f"{path}: catalogue lacks required column 'obsid' (or 'filename' to join on)")
         for label in REQUIRED_LABELS:
             if label not in lower:
@@ -75,7 +72,7 @@ class LabelCatalog:
 
         self.columns: dict[str, tuple[str, pa.DataType]] = {}  # shard column -> (catalogue column, type)
         for key, original in lower.items():
-            if key in FILENAME_KEYS and key == self.key:
+            if key == self.file_column:
                 continue
             target = KNOWN.get(key, f"cat_{key}" if key in RESERVED else key)
             self.columns[target] = (original, table.schema.field(original).type)
@@ -86,20 +83,13 @@ class LabelCatalog:
         ]
         self._values = {target: self._clean(table.column(orig)) for target, (orig, _) in self.columns.items()}
 
-        keys = table.column(lower[self.key]).to_pylist()
-        if self.key == "obsid":
-            keys = [int(k) if k is not None else None for k in keys]
-        else:
-            keys = [file_key(k) if k is not None else None for k in keys]
+        # Two indices: by obsid (where the catalogue has it) and by file name (where it has that).
         self._index: dict = {}
         self.duplicates: set = set()
-        for i, k in enumerate(keys):
-            if k is None:
-                continue
-            if k in self._index:
-                self.duplicates.add(k)
-            else:
-                self._index[k] = i
+        if "obsid" in lower:
+            self._add_keys(("obsid", int(k)) if k is not None else None for k in table.column(lower["obsid"]).to_pylist())
+        if self.file_column:
+            self._add_keys(("file", file_key(k)) if k else None for k in table.column(lower[self.file_column]).to_pylist())
         self.n_rows = table.num_rows
 
     @staticmethod
@@ -109,14 +99,26 @@ class LabelCatalog:
             return [None if v is None or (isinstance(v, float) and not np.isfinite(v)) or v <= PLACEHOLDER_MAX else v for v in values]
         return values
 
-    def lookup_key(self, obsid: int | None, path: str):
-        return obsid if self.key == "obsid" else file_key(path)
+    def _add_keys(self, keys) -> None:
+        for i, k in enumerate(keys):
+            if k is None:
+                continue
+            if k in self._index:
+                self.duplicates.add(k)
+            else:
+                self._index[k] = i
 
-    def lookup(self, key) -> dict | None:
-        """The catalogue row for `key` under shard column names, None if absent. Raises on a duplicated key."""
-        if key in self.duplicates:
-            raise KeyError(key)
-        i = self._index.get(key)
-        if i is None:
-            return None
-        return {target: values[i] for target, values in self._values.items()}
+    def lookup(self, obsid: int | None, path: str) -> dict | None:
+        """The catalogue row of a spectrum (by obsid, else by file name) under shard column names, None if absent.
+
+        Raises KeyError(description) when the key is duplicated in the catalogue.
+        """
+        for key in (("obsid", obsid), ("file", file_key(path))):
+            if key[1] is None:
+                continue
+            if key in self.duplicates:
+                raise KeyError(f"{key[0]} {key[1]}")
+            i = self._index.get(key)
+            if i is not None:
+                return {target: values[i] for target, values in self._values.items()}
+        return None
