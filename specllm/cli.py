@@ -119,7 +119,6 @@ def train(
     layers: Annotated[Optional[int], typer.Option(help="Keep only the first N decoder layers of the base model.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
     deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed config JSON (e.g. specllm/recipes/zero3.json); use under the deepspeed launcher.")] = None,
-    local_rank: Annotated[int, typer.Option("--local_rank", "--local-rank", hidden=True, help="Set by the DeepSpeed launcher.")] = -1,
     epochs: Annotated[float, typer.Option(help="Passes over the train split.")] = _TRAIN.epochs,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 1e-4).")] = _TRAIN.lr,
     head_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier for the patch projector and read-out heads.")] = 1.0,
@@ -184,7 +183,27 @@ def infer(
         raise typer.Exit(1)
 
 
+def _launcher_arguments(argv: list[str]) -> list[str]:
+    """Launchers (deepspeed, torch.distributed) insert `--local_rank=N` before the subcommand: move it to LOCAL_RANK."""
+    import os
+
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith(("--local_rank=", "--local-rank=")):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+        elif arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            os.environ.setdefault("LOCAL_RANK", argv[i + 1])
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
 def main() -> None:  # console-script entry point
+    sys.argv[1:] = _launcher_arguments(sys.argv[1:])
     sys.exit(app())
 
 
