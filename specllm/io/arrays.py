@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ CSV_SUFFIXES = (".csv", ".csv.gz")
 FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz")
 
 WAVE_KEYS = ("wave", "wavelength", "wavelengths", "lambda", "lam", "loglam")
-FLUX_KEYS = ("flux", "spectra", "spectrum")
+FLUX_KEYS = ("flux", "spectra", "spectrum", "specificintensity")
 IVAR_KEYS = ("ivar", "inverse_variance")
 ERROR_KEYS = ("error", "err", "flux_err", "sigma", "uncertainty")
 ID_KEYS = ("spec_id", "obsid", "miles_id", "id", "name", "designation", "object")
@@ -60,6 +61,14 @@ LABEL_KEYS = {
 }
 COORD_KEYS = {"ra": ("ra",), "dec": ("dec",)}
 CLASS_KEYS = {"subclass": ("subclass", "sptype", "spt"), "objclass": ("class",)}
+# FITS header keywords describing a single spectrum (BOSZ synthetic spectra: T_EFF, LOGG, MH).
+HEADER_KEYS = {
+    "teff": ("TEFF", "T_EFF"),
+    "logg": ("LOGG",),
+    "feh": ("FEH", "FE_H", "MH", "M_H"),
+    "ra": ("RA",),
+    "dec": ("DEC",),
+}
 MEDIUM_KEYS = ("medium", "wave_medium", "airorvac")
 FWHM_KEYS = ("fwhm_angstrom", "fwhm")
 MILES_FWHM = 2.5  # A, the MILES library's resolution (Falcon-Barroso et al. 2011)
@@ -107,11 +116,18 @@ def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
     """Air -> vacuum wavelengths in Angstrom (VALD3 / Piskunov formula, as used by SDSS and MILES users)."""
     wave_air = np.asarray(wave_air, dtype=np.float64)
     s2 = (1e4 / wave_air) ** 2
-    n = 1.0 + 0.00008336624212083 + 0.02408926869968 / (130.1065924522 - s2) + 0.0001599740894897 / (38.92568793293 - s2)
+    n = (
+        1.0
+        + 0.00008336624212083
+        + 0.02408926869968 / (130.1065924522 - s2)
+        + 0.0001599740894897 / (38.92568793293 - s2)
+    )
     return wave_air * n
 
 
-def broaden(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray | None, fwhm_in: float, resolution: float, sigmas: float):
+def broaden(
+    wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray | None, fwhm_in: float, resolution: float, sigmas: float
+):
     """Gaussian broadening from a constant FWHM (A) to resolving power `resolution`, where the source is sharper.
 
     The kernel width varies with wavelength (sigma^2 = (lambda / R)^2 - fwhm_in^2, over 2 sqrt(2 ln 2)); where the
@@ -299,7 +315,7 @@ def _npz_source(path: str) -> tuple[_Info, _Columns, Iterator]:
                 return
             waves = itertools.repeat(shared) if shared is not None else _npz_rows(zf, wave_key + ".npy")
             noises = _npz_rows(zf, noise_key + ".npy") if noise_key else itertools.repeat(None)
-            for wave, flux, noise in zip(waves, _npz_rows(zf, flux_key + ".npy"), noises):
+            for wave, flux, noise in zip(waves, _npz_rows(zf, flux_key + ".npy"), noises, strict=False):
                 yield wave, flux, _noise_to_ivar(noise, bool(err_key)), {}
         finally:
             zf.close()
@@ -348,7 +364,7 @@ def _table_layout(path: str, names: list[str], is_list) -> _TableLayout:
     return _TableLayout(wave, flux, ivar or err, bool(err), id_column, scalars, wide)
 
 
-def _long_groups(batches, layout: _TableLayout, path: str) -> Iterator[tuple]:
+def _long_groups(batches, layout: _TableLayout, path: str, extra: dict | None = None) -> Iterator[tuple]:
     """Long tables: consecutive rows with the same id form one spectrum (the whole table when there is no id)."""
     current, parts, seen = None, [], set()
 
@@ -362,7 +378,7 @@ def _long_groups(batches, layout: _TableLayout, path: str) -> Iterator[tuple]:
         cols = {n: np.asarray(batch[n]) for n in [layout.wave, layout.flux, *([layout.noise] if layout.noise else [])]}
         ids = np.asarray(batch[layout.id_column]) if layout.id_column else np.zeros(len(cols[layout.flux]), dtype=int)
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], dtype=int)
-        bounds = list(zip(starts, [*starts[1:], len(ids)]))
+        bounds = list(zip(starts, [*starts[1:], len(ids)], strict=True))
         for a, b in bounds:
             key = ids[a].item() if hasattr(ids[a], "item") else ids[a]
             if parts and key != current:
@@ -373,8 +389,15 @@ def _long_groups(batches, layout: _TableLayout, path: str) -> Iterator[tuple]:
                     raise _rejected(path, "bad layout", f"rows of id {key!r} are not contiguous in the table")
                 seen.add(key)
                 current = key
-            scalars = {n.lower(): _scalar(batch[n][a]) for n in layout.scalars}
-            parts.append((cols[layout.wave][a:b], cols[layout.flux][a:b], cols[layout.noise][a:b] if layout.noise else None, scalars))
+            scalars = {**(extra or {}), **{n.lower(): _scalar(batch[n][a]) for n in layout.scalars}}
+            parts.append(
+                (
+                    cols[layout.wave][a:b],
+                    cols[layout.flux][a:b],
+                    cols[layout.noise][a:b] if layout.noise else None,
+                    scalars,
+                )
+            )
     if parts:
         yield emit()
 
@@ -396,7 +419,11 @@ def _parquet_source(path: str) -> tuple[_Info, _Columns, Iterator]:
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise _rejected(path, "unreadable", f"not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
     schema = pf.schema_arrow
-    is_list = lambda n: pa.types.is_list(schema.field(n).type) or pa.types.is_large_list(schema.field(n).type) or pa.types.is_fixed_size_list(schema.field(n).type)  # noqa: E731
+
+    def is_list(name: str) -> bool:
+        t = schema.field(name).type
+        return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
     layout = _table_layout(path, schema.names, is_list)
     info = _Info(loglam=layout.wave.lower() == "loglam")
     meta = {k.decode().lower(): v.decode() for k, v in (schema.metadata or {}).items()}
@@ -418,7 +445,11 @@ def _parquet_source(path: str) -> tuple[_Info, _Columns, Iterator]:
                     yield wave, flux, _noise_to_ivar(noise, layout.is_error), {}
 
         return info, columns, rows()
-    info.n = _count_long(pf.read(columns=[layout.id_column]).column(0).to_numpy(zero_copy_only=False)) if layout.id_column else 1
+    info.n = (
+        _count_long(pf.read(columns=[layout.id_column]).column(0).to_numpy(zero_copy_only=False))
+        if layout.id_column
+        else 1
+    )
     batches = (_batch_arrays(b) for b in pf.iter_batches(batch_size=65536))
     return info, _Columns(), _long_groups(batches, layout, path)
 
@@ -524,8 +555,16 @@ def _fits_source(path: str) -> tuple[_Info, _Columns, Iterator]:
     ids = _native(np.asarray(data[layout.id_column])) if layout.id_column else None
     info.n = _count_long(ids) if ids is not None else 1
     batch = {n: _native(np.asarray(data[n])) for n in hdu.columns.names}
+    extra = {}
+    if ids is None:  # one spectrum: its header may describe it
+        for target, keys in HEADER_KEYS.items():
+            for header in (hdu.header, hdul[0].header):
+                key = next((k for k in keys if k in header), None)
+                if key is not None:
+                    extra[target] = header[key]
+                    break
     hdul.close()
-    return info, _Columns(), _long_groups([batch], layout, path)
+    return info, _Columns(), _long_groups([batch], layout, path, extra)
 
 
 def _native(values: np.ndarray) -> np.ndarray:
@@ -618,7 +657,14 @@ def _meta(path: str, index: int, scalars: dict, info: _Info, medium: str, resolu
         value = scalars[key] if key is not None else None
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        meta["spec_id"] = str(value).strip() if value not in (None, "") else f"{Path(path).name}{VIRTUAL_SEP}{index}"
+        if value not in (None, ""):
+            meta["spec_id"] = str(value).strip()
+        elif info.n == 1:  # one spectrum per file: named by the file, as survey FITS files are
+            meta["spec_id"] = re.sub(
+                r"\.(npz|parquet|pq|csv(\.gz)?|fits?(\.gz)?|fts(\.gz)?)$", "", Path(path).name, flags=re.I
+            )
+        else:
+            meta["spec_id"] = f"{Path(path).name}{VIRTUAL_SEP}{index}"
     return meta
 
 
@@ -684,7 +730,9 @@ def iter_array_spectra(path: str, config: ArrayConfig = ArrayConfig()) -> Iterat
     try:
         for i, item in enumerate(rows):
             wave, flux, ivar, scalars = item
-            yield _make(path, i, wave, flux, ivar, {**columns.row(i), **scalars} if columns.values else scalars, info, config)
+            yield _make(
+                path, i, wave, flux, ivar, {**columns.row(i), **scalars} if columns.values else scalars, info, config
+            )
     except SpectrumRejected as exc:
         if not getattr(exc, "path", ""):
             exc.path = path
