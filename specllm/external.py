@@ -475,6 +475,8 @@ def compare_external(
     elements = _prediction_elements(pred)
     if not any(label_cols.values()) and not elements:
         raise SpecllmError(f"{predictions}: no prediction column (teff, logg, feh or <x>_fe)")
+    if not any(pred.has(c) for c in ("spec_id", "obsid", "file", "filename", "ra")):
+        raise SpecllmError(f"{predictions}: no id (spec_id, obsid, file) or ra/dec column to join on")
     ref_labels = {n: ref.first(survey.labels.get(n, ())) for n, _, _ in LABELS}
     if not any(ref_labels[n] for n, c in label_cols.items() if c) and not any(
         ref.has(survey.element.format(x=x)) for x in elements
@@ -536,6 +538,9 @@ def compare_external(
         if flag:
             ok &= ref.floats(flag)[j.ref_index] == 0
         comp.labels[name] = (p, r, ok)
+    absent = [x for x in elements if not ref.has(survey.element.format(x=x))]
+    if absent:
+        j.notes.append(f"predicted elements absent from the catalogue: {', '.join(element_title(x) for x in absent)}")
     for x in elements:
         column = survey.element.format(x=x)
         if not ref.has(column):

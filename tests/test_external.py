@@ -178,6 +178,7 @@ def test_galah_quality_cuts_and_table8(tmp_path):
     assert overall["logg"]["mu"] == pytest.approx(0.02)
     (mg,) = result.table8
     assert mg["element"] == "MG" and mg["n"] == 8 and mg["mu"] == pytest.approx(0.02)  # flag_mg_fe != 0 dropped
+    assert result.notes == []
     rows = _rows(tmp_path / "o" / "table8.csv")
     assert list(rows[0]) == ["subset", "element", "n", "mu", "sigma", "median", "sigma_mad"]
     assert "[Mg/Fe]" in (tmp_path / "o" / "report.md").read_text()
@@ -265,7 +266,7 @@ def test_miles_npz_as_catalogue(tmp_path):
         feh=np.array([0.0, 0.1, -1.44]),
     )
     preds = [
-        _prediction(i, "G", t, 4.5, -1.4, spec_id=sid, obsid=None, file=f"miles.npz#{i}", partial=True, coverage=0.74)
+        _prediction(i, "G", t, 4.5, -1.4, spec_id=sid, obsid=None, file=f"miles.npz#{i}", partial=True, mg_fe=0.1)
         for i, (sid, t) in enumerate([("miles-0001", 5100.0), ("miles-0002", 5000.0), ("miles-0272", 6000.0)])
     ]
     result = compare_external(
@@ -277,6 +278,7 @@ def test_miles_npz_as_catalogue(tmp_path):
     assert result.counts["matched_by_id"] == 3
     teff = next(r for r in result.table7 if r["class"] == "all" and r["label"] == "teff")
     assert teff["n"] == 2 and teff["mu"] == pytest.approx((100.0 - 24.0) / 2)
+    assert result.table8 == [] and "[Mg/Fe]" in result.notes[0]  # predicted, but MILES has no abundances
     assert "every matched spectrum covered only part of the grid" in (tmp_path / "o" / "report.md").read_text()
 
 
@@ -304,6 +306,9 @@ def test_cli_prints_table7_csv_and_reports_bad_input_in_one_line(tmp_path):
     )
     assert bad.exit_code == 2
     assert "absent.csv: no such file" in bad.output and "Traceback" not in bad.output
+    noids = _write(tmp_path / "noids.csv", [{"teff": 5000.0}])
+    bad = runner.invoke(app, ["compare-external", noids, "--catalog", cat, "--out", str(tmp_path / "z")])
+    assert bad.exit_code == 2 and "noids.csv: no id" in bad.output
     nolabels = _write(tmp_path / "nolabels.csv", [{"obsid": 1, "mag": 3.0}])
     bad = runner.invoke(app, ["compare-external", pred, "--catalog", nolabels, "--out", str(tmp_path / "y")])
     assert bad.exit_code == 2 and "no reference column" in bad.output
