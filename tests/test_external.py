@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from specllm.cli import app
-from specllm.config import SURVEYS, ExternalConfig
+from specllm.config import SURVEYS, ExternalConfig, InferConfig
 from specllm.errors import SpecllmError
 from specllm.external import SURVEY_TABLE, Cut, compare_external, element_title, stats, survey_columns
 
@@ -218,14 +218,16 @@ def test_partial_coverage_rows_are_reported_separately(tmp_path):
 
 
 def test_partial_falls_back_to_coverage(tmp_path):
-    preds = [_prediction(i, "G", 5800.0, 4.4, 0.0, coverage=0.5 + 0.1 * i) for i in range(5)]
+    coverages = [0.5, 0.7, 0.9, 0.96, 1.0]
+    preds = [_prediction(i, "G", 5800.0, 4.4, 0.0, coverage=c) for i, c in enumerate(coverages)]
     for p in preds:
         del p["partial"]
     refs = [{"obsid": 1000 + i, "teff": 5800.0, "logg": 4.4, "feh": 0.0} for i in range(5)]
     result = compare_external(
         _write(tmp_path / "p.parquet", preds), _write(tmp_path / "c.csv", refs), str(tmp_path / "o")
     )
-    assert result.counts["partial_matched"] == 4  # 0.5, 0.6, 0.7, 0.8 < 0.9
+    assert ExternalConfig().partial_coverage == InferConfig().partial_coverage  # one threshold, infer's
+    assert result.counts["partial_matched"] == sum(c < InferConfig().partial_coverage for c in coverages) == 3
 
 
 def test_rows_infer_could_not_predict_are_counted_not_compared(tmp_path):
