@@ -8,7 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import AugmentConfig, CleanConfig, InferConfig, IngestConfig, LoraConfig, SplitConfig, TrainConfig
+from .config import (
+    SURVEYS,
+    AugmentConfig,
+    CleanConfig,
+    ExternalConfig,
+    InferConfig,
+    IngestConfig,
+    LoraConfig,
+    SplitConfig,
+    TrainConfig,
+)
 
 app = typer.Typer(
     name="specllm",
@@ -181,6 +191,39 @@ def infer(
     failed = run_infer(inputs, model, output, InferConfig(batch_size=batch_size, decode=decode), strict)
     if strict and failed:
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- compare-external (issue 7)
+
+_EXTERNAL = ExternalConfig()
+
+
+@app.command("compare-external")
+@user_errors
+def compare_external(
+    predictions: Annotated[str, typer.Argument(help="Predictions from `specllm infer` (CSV or Parquet).")],
+    catalog: Annotated[str, typer.Option(help="Reference catalogue (CSV, FITS, Parquet, or the MILES npz).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory for the report, tables and plots.")],
+    survey: Annotated[str, typer.Option(help=f"Column table and quality cuts: {', '.join(SURVEYS)}.")] = _EXTERNAL.survey,
+    match: Annotated[str, typer.Option(help="Join by 'id', by 'sky' position, or 'auto' (ids, then sky).")] = _EXTERNAL.match,
+    radius: Annotated[float, typer.Option(help="Sky-match radius in arcsec.")] = _EXTERNAL.radius_arcsec,
+    partial_coverage: Annotated[
+        float, typer.Option(help="Without a `partial` column, rows below this coverage count as partial.")
+    ] = _EXTERNAL.partial_coverage,
+    min_n: Annotated[int, typer.Option(help="Statistics of fewer rows than this are shown as n/a.")] = _EXTERNAL.min_n,
+):
+    """Compare predictions with an independent survey: Table 7 (per class), Table 8 (per element), 1:1 plots."""
+    from . import external
+    from .progress import say
+
+    config = ExternalConfig(
+        survey=survey, match=match, radius_arcsec=radius, partial_coverage=partial_coverage, min_n=min_n
+    )
+    result = external.compare_external(predictions, catalog, out, config)
+    sys.stdout.write(external.overall_csv(result))
+    c = result.counts
+    say(f"compare-external: matched {c['matched']} of {c['predicted']} predictions, {c['passing_cuts']} pass the cuts")
+    say(f"  report in {out}/{external.REPORT}")
 
 
 def _launcher_arguments(argv: list[str]) -> list[str]:
