@@ -188,8 +188,8 @@ def infer(
 
     if decode not in ("head", "text"):
         raise typer.BadParameter("--decode must be head or text")
-    failed = run_infer(inputs, model, output, InferConfig(batch_size=batch_size, decode=decode), strict)
-    if strict and failed:
+    failed, total = run_infer(inputs, model, output, InferConfig(batch_size=batch_size, decode=decode))
+    if failed and (strict or failed == total):
         raise typer.Exit(1)
 
 

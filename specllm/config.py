@@ -150,8 +150,8 @@ class InferConfig:
     batch_size: int = 16
     decode: str = "head"  # 'head': numeric read-out written as the answer text; 'text': constrained greedy decoding
     max_new_tokens: int = 64
-    top_k: int = 16  # candidates checked per step by the constrained decoder
-    partial_coverage: float = 0.95  # a spectrum observing less of the grid than this is flagged `partial`
+    partial_coverage: float = 0.95  # (compare-external, without a `partial` column) rows below this coverage
+    partial_edge: float = 0.02  # a spectrum missing more than this fraction of the grid at one end is `partial`
 
 
 # ---------------------------------------------------------------- external spectra and comparison (issue 7)
