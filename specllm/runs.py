@@ -197,3 +197,52 @@ def load_model_dir(path: str | os.PathLike, quantize: bool = False):
     load_trainable(model, state)
     model.eval()
     return model, spec, tokenizer
+
+
+def write_model_card(path: str | os.PathLike, command: str) -> Path:
+    """A Markdown model card (data, recipe, test-split metrics, limits) from a model directory's spec.json."""
+    path = Path(path)
+    spec = ModelSpec.from_json(path / SPEC)
+    m = spec.manifest
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    lines = [
+        f"# specllm model: stage {spec.stage}, format `{spec.format}`",
+        "",
+        f"- Base model: `{spec.base_model}` (fingerprint `{spec.base_fingerprint[:16]}`), first {spec.layers or 'all'} decoder layers",
+        f"- Trainable: LoRA r={spec.lora['r']}, alpha={spec.lora['alpha']}, dropout={spec.lora['dropout']} on {spec.lora['target_modules']}"
+        + (f"; patch projector ({spec.patch_width}-pixel patches)" if spec.patch_width else "")
+        + "; numeric read-out heads",
+        f"- Weights: `{WEIGHTS}` ({size / 1e6:.1f} MB in this directory), safetensors",
+        f"- Data: `{m.get('data')}` (content hash `{str(m.get('data_content_hash'))[:16]}`), "
+        f"{m.get('train_examples')} train / {m.get('test_examples')} test spectra",
+        f"- Recipe: {json.dumps(m.get('recipe'))}",
+        f"- Options: {json.dumps(m.get('options'))}",
+        f"- Augmentation: {json.dumps(m.get('augment'))}",
+        f"- Training: {m.get('steps')} optimizer steps at {m.get('samples_per_second', 0):.2f} samples/s",
+        f"- Reproduce: `{command}`",
+        "",
+        "## Test split: mu ± sigma of (prediction - label)",
+        "",
+    ]
+    metrics = m.get("metrics", {})
+    classes = [c for c in ("A", "F", "G", "K", "M", "all") if any(c in metrics.get(n, {}) for n in spec.value_names)]
+    lines += ["| label | " + " | ".join(classes) + " | within 1 sigma |", "|---" * (len(classes) + 2) + "|"]
+    for name in spec.value_names:
+        row = metrics.get(name, {})
+        cells = [f"{row[c]['mu']:+.3g} ± {row[c]['sigma']:.3g} (n={row[c]['n']})" if c in row else "" for c in classes]
+        within = row.get("all", {}).get("within_1sigma")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {within:.0%} |" if within is not None else " |")
+    if "class_accuracy" in metrics:
+        lines += ["", f"Class accuracy on the test split: {metrics['class_accuracy']:.1%}"]
+    lines += [
+        "",
+        "## Known limits",
+        "",
+        "- Trained on LAMOST DR10 A, F and G stars only (the shared sample): K and M stars and giants are outside its",
+        "  training range, and its labels for them are extrapolations.",
+        "- Labels are the LAMOST pipeline's (LASP); the model inherits their systematics.",
+        "- Uncertainties are the read-out's Gaussian sigma; their calibration is the 'within 1 sigma' column above.",
+    ]
+    card = path / "README.md"
+    card.write_text("\n".join(lines) + "\n")
+    return card
