@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import CleanConfig, IngestConfig, SplitConfig
+from .config import CleanConfig, IngestConfig, SerializeConfig, SplitConfig
 
 app = typer.Typer(
     name="specllm",
@@ -102,6 +102,32 @@ def ingest(
         raise typer.Exit(1)
     if strict and result.rejected:
         raise typer.Exit(1)
+
+
+_SERIALIZE = SerializeConfig()
+
+
+@app.command()
+@user_errors
+def serialize(
+    shards: Annotated[str, typer.Argument(help="Spectrum shards (ingest or crossmatch output directory, or one Parquet file).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory for the question/answer Parquet shards.")],
+    stage: Annotated[int, typer.Option(help="1: class, Teff, log g, [Fe/H]; 2: [X/Fe] abundances.")] = 1,
+    format: Annotated[str, typer.Option("--format", help="paper (the paper's text), compact (fewer tokens) or patch (spectral tokens).")] = "paper",
+    base_model: Annotated[Optional[str], typer.Option(help="Hugging Face model directory whose tokenizer counts tokens (default: embedded SmolLM2).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Refuse examples longer than this (default: the model's context).")] = None,
+    label_prefix: Annotated[str, typer.Option(help="Stage 2: label columns are PREFIX<x>_fe.")] = _SERIALIZE.label_prefix,
+    count_tokens: Annotated[bool, typer.Option(help="Count tokens per example with the model's tokenizer and check the context.")] = True,
+):
+    """Write spectra as language: question/answer Parquet shards for `specllm train`."""
+    from . import serialize as serialize_mod
+    from .progress import say
+
+    result = serialize_mod.run_serialize(
+        shards, stage, format, out, tokenizer_from=base_model, max_tokens=max_tokens, label_prefix=label_prefix, count=count_tokens
+    )
+    for line in serialize_mod.summary_lines(result):
+        say(line)
 
 
 def main() -> None:  # console-script entry point
