@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import CleanConfig, IngestConfig, SerializeConfig, SplitConfig
+from .config import AugmentConfig, CleanConfig, InferConfig, IngestConfig, LoraConfig, SerializeConfig, SplitConfig, TrainConfig
 
 app = typer.Typer(
     name="specllm",
@@ -28,6 +28,10 @@ def _root() -> None:
 _CLEAN = CleanConfig()
 _SPLIT = SplitConfig()
 _INGEST = IngestConfig()
+_TRAIN = TrainConfig()
+_LORA = LoraConfig()
+_AUG = AugmentConfig()
+_INFER = InferConfig()
 
 
 def user_errors(fn):
@@ -104,6 +108,62 @@ def ingest(
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def train(
+    stage: Annotated[int, typer.Option(help="1: class + Teff, log g, [Fe/H]; 2: [X/Fe] (continues from --init).")],
+    data: Annotated[str, typer.Option(help="QA shards written by `specllm serialize`.")],
+    out: Annotated[str, typer.Option(help="Run directory (checkpoints, final model in OUT/model).")],
+    base_model: Annotated[Optional[str], typer.Option(help="'embedded' (SmolLM2-135M-Instruct), a .gguf file or a local HF model directory.")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Start from this run's adapter and projector (required for stage 2).")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Keep only the first N decoder layers of the base model.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed config JSON (e.g. specllm/recipes/zero3.json); use under the deepspeed launcher.")] = None,
+    local_rank: Annotated[int, typer.Option("--local_rank", "--local-rank", hidden=True, help="Set by the DeepSpeed launcher.")] = -1,
+    epochs: Annotated[float, typer.Option(help="Passes over the train split.")] = _TRAIN.epochs,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 1e-4).")] = _TRAIN.lr,
+    head_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier for the patch projector and read-out heads.")] = 1.0,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (paper: 0.1).")] = _TRAIN.weight_decay,
+    batch_size: Annotated[int, typer.Option(help="Micro-batch size.")] = _TRAIN.batch_size,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = _TRAIN.grad_accum,
+    warmup: Annotated[float, typer.Option(help="Warm-up fraction of the cosine schedule.")] = _TRAIN.warmup_fraction,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast where the hardware supports it.")] = _TRAIN.bf16,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in the backward pass.")] = _TRAIN.gradient_checkpointing,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (paper: 64).")] = _LORA.r,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (paper: 128).")] = _LORA.alpha,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout (paper: 0.1).")] = _LORA.dropout,
+    quantize: Annotated[bool, typer.Option(help="4-bit NF4 base (QLoRA) where CUDA + bitsandbytes are available.")] = _LORA.quantize_4bit,
+    text_weight: Annotated[float, typer.Option(help="Weight of the answer-token cross-entropy.")] = 1.0,
+    value_weight: Annotated[float, typer.Option(help="Weight of the numeric read-out's Gaussian NLL.")] = 1.0,
+    class_weight: Annotated[float, typer.Option(help="Weight of the class read-out's cross-entropy.")] = 0.2,
+    noise: Annotated[float, typer.Option(help="Augmentation: flux noise sigma scale.")] = _AUG.noise,
+    scale: Annotated[float, typer.Option(help="Augmentation: flux scaling half-range.")] = _AUG.scale,
+    span_probability: Annotated[float, typer.Option(help="Augmentation: chance of a masked wavelength span.")] = _AUG.span_probability,
+    save_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints.")] = _TRAIN.save_every,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
+    max_train: Annotated[Optional[int], typer.Option(help="Use only the first N training examples.")] = None,
+    save_dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 for the saved weights.")] = "float32",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _TRAIN.seed,
+):
+    """Fine-tune the spectral LM (LoRA/QLoRA) on QA shards: stage 1, or stage 2 from a stage-1 run."""
+    from .train import TrainOptions, run_train
+
+    if stage not in (1, 2):
+        raise typer.BadParameter("--stage must be 1 or 2")
+    opts = TrainOptions(
+        data=data, out=out, stage=stage, base_model=base_model, init=init, layers=layers, resume=resume,
+        deepspeed=deepspeed, max_steps=max_steps, max_train=max_train, text_weight=text_weight,
+        value_weight=value_weight, class_weight=class_weight, head_lr_mult=head_lr_mult, save_dtype=save_dtype,
+        recipe=TrainConfig(
+            lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+            warmup_fraction=warmup, bf16=bf16, gradient_checkpointing=gradient_checkpointing, save_every=save_every, seed=seed,
+        ),
+        lora=LoraConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, quantize_4bit=quantize),
+        augment=AugmentConfig(noise=noise, scale=scale, span_probability=span_probability),
+    )  # fmt: skip
+    run_train(opts)
+
+
 _SERIALIZE = SerializeConfig()
 
 
@@ -128,6 +188,26 @@ def serialize(
     )
     for line in serialize_mod.summary_lines(result):
         say(line)
+
+
+@app.command()
+@user_errors
+def infer(
+    inputs: Annotated[list[str], typer.Argument(help="FITS files, directories, quoted globs, or ingest shards.")],
+    model: Annotated[Optional[str], typer.Option(help="Model or run directory (default: the shipped model).")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write here (.csv or .parquet) instead of CSV on stdout.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Spectra per forward pass.")] = _INFER.batch_size,
+    decode: Annotated[str, typer.Option(help="'head' (numeric read-out, default) or 'text' (constrained greedy decoding).")] = _INFER.decode,
+    strict: Annotated[bool, typer.Option(help="Exit non-zero if any input failed.")] = False,
+):
+    """Labels for spectra: one CSV row per input, in input order, on stdout."""
+    from .infer import run_infer
+
+    if decode not in ("head", "text"):
+        raise typer.BadParameter("--decode must be head or text")
+    failed = run_infer(inputs, model, output, InferConfig(batch_size=batch_size, decode=decode), strict)
+    if strict and failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # console-script entry point

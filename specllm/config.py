@@ -129,6 +129,32 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation of patch-mode spectra (not in the paper; all off by default).
+
+    noise: Gaussian flux noise, its sigma drawn per spectrum from |N(0, noise)|; scale: flux multiplied by
+    U(1 - scale, 1 + scale); span_probability: chance that a random span (a fraction span_min..span_max of the grid,
+    half of them at an edge) is masked and filled as the preprocessing fills gaps, so the model learns to read
+    spectra with partial wavelength coverage.
+    """
+
+    noise: float = 0.0
+    scale: float = 0.0
+    span_probability: float = 0.0
+    span_min: float = 0.05
+    span_max: float = 0.3
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    batch_size: int = 16
+    decode: str = "head"  # 'head': numeric read-out written as the answer text; 'text': constrained greedy decoding
+    max_new_tokens: int = 64
+    top_k: int = 16  # candidates checked per step by the constrained decoder
+    partial_coverage: float = 0.95  # a spectrum observing less of the grid than this is flagged `partial`
+
+
+@dataclass(frozen=True)
 class SerializeConfig:
     """Question/answer text (`specllm serialize`). The paper's digit counts for stage 1 are in STAGE1_LABELS.
 

@@ -1,0 +1,363 @@
+"""`specllm infer INPUTS... > labels.csv`: labels for spectra from a trained (or the shipped) model.
+
+INPUTS are FITS files, directories, globs (read and cleaned by exactly the code `ingest` uses) or `ingest` shards.
+One CSV row per input, in input order, on stdout (or Parquet with `--output x.parquet`); messages go to stderr.
+Decoding: `head` (default) writes the model's numeric read-out as its answer text in one forward pass, with a
+Gaussian uncertainty per label; `text` generates the answer greedily, constrained so that only well-formed answers
+can come out, and parses it with the same parser as everything else.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .config import CLASSES, CleanConfig, GridConfig, InferConfig, PatchConfig
+from .errors import SpecllmError, SpectrumRejected
+from .progress import progress_bar, say
+
+DEFAULT_MODEL = "default"
+
+
+def default_model_dir() -> Path:
+    return Path(str(resources.files("specllm") / "models" / DEFAULT_MODEL))
+
+
+# ---------------------------------------------------------------- prediction core (also used by train/benchmark)
+
+
+@dataclass
+class Predictions:
+    values: np.ndarray  # (N, K) in label units
+    errors: np.ndarray  # (N, K) 1-sigma
+    classes: list[str | None]
+    texts: list[str]
+    ok: np.ndarray  # (N,) bool: the answer text parsed
+
+
+def questions_for(spec, flux: np.ndarray) -> list[str]:
+    """The question asked of each spectrum: every label the model knows (flux in the text for text formats)."""
+    from .serialize import question
+
+    asked = ["class", *spec.value_names] if spec.stage == 1 else list(spec.value_names)
+    if spec.patch_width:
+        return [question(spec.format, spec.stage, None, asked)] * len(flux)
+    return [question(spec.format, spec.stage, f, asked) for f in flux]
+
+
+def predict(model, spec, builder, questions, flux, mask, device, config: InferConfig = InferConfig()) -> Predictions:
+    from .serialize import answer, parse_answer
+    from .train import autocast
+
+    n = len(questions)
+    mean = np.asarray(spec.value_mean)
+    std = np.asarray(spec.value_std)
+    values = np.full((n, len(spec.value_names)), np.nan)
+    errors = np.full_like(values, np.nan)
+    classes: list[str | None] = [None] * n
+    texts = [""] * n
+    ok = np.zeros(n, dtype=bool)
+    for start in range(0, n, config.batch_size):
+        sl = slice(start, min(n, start + config.batch_size))
+        enc = [builder.encode(q, None) for q in questions[sl]]
+        batch = builder.collate(enc, flux[sl] if flux is not None else None, mask[sl] if mask is not None else None, device=device)
+        with torch.no_grad(), autocast(device, True):
+            out = model.hidden_states(batch, use_cache=config.decode == "text")
+            last = out.last_hidden_state[:, -1]
+            mu, log_var, logits = model.readout(last)
+        values[sl] = mu.float().cpu().numpy() * std + mean
+        errors[sl] = np.exp(0.5 * log_var.float().cpu().numpy()) * std
+        if logits is not None:
+            for i, k in enumerate(logits.argmax(-1).tolist()):
+                classes[start + i] = spec.classes[k]
+        if config.decode == "text":
+            gen = constrained_generate(model, builder, batch, out, spec, device, config)
+            for i, text in enumerate(gen):
+                parsed, good = parse_answer(spec.format, spec.stage, text)
+                texts[start + i], ok[start + i] = text, good
+                if good:
+                    for j, name in enumerate(spec.value_names):
+                        if parsed.get(name) is not None:
+                            values[start + i, j] = parsed[name]
+                    if parsed.get("class") is not None:
+                        classes[start + i] = parsed["class"]
+        else:
+            for i in range(sl.stop - sl.start):
+                labels = {name: values[start + i, j] for j, name in enumerate(spec.value_names)}
+                if spec.stage == 1:
+                    labels["class"] = classes[start + i]
+                texts[start + i] = answer(spec.format, spec.stage, labels)
+                ok[start + i] = True
+    return Predictions(values, errors, classes, texts, ok)
+
+
+def constrained_generate(model, builder, batch, out, spec, device, config: InferConfig) -> list[str]:
+    """Greedy decoding where each step takes the most likely token that keeps the text a prefix of a well-formed
+    answer (`serialize.answer_pattern`), and end-of-turn only once the answer is complete: no unparseable output."""
+    import regex
+
+    from .serialize import answer_pattern
+
+    pattern = regex.compile(answer_pattern(spec.format, spec.stage))
+    tok = builder.tokenizer
+    eos = tok.eos_token_id
+    B = batch.input_ids.shape[0]
+    texts = [""] * B
+    done = [False] * B
+    past = out.past_key_values
+    hidden = out.last_hidden_state[:, -1]
+    attn = batch.attention_mask
+    positions = attn.sum(-1) - 1
+    inner = model._inner()
+    for _ in range(config.max_new_tokens):
+        logits = model.lm_logits(hidden).float()
+        top = torch.topk(logits, min(config.top_k, logits.shape[-1]), dim=-1).indices.tolist()
+        chosen = []
+        for i in range(B):
+            pick = eos
+            if not done[i]:
+                pick = None
+                for cand in top[i]:
+                    if cand == eos:
+                        if pattern.fullmatch(texts[i]):
+                            pick = eos
+                            break
+                        continue
+                    trial = texts[i] + tok.decode([cand])
+                    if pattern.fullmatch(trial, partial=True):
+                        pick = cand
+                        break
+                if pick is None:  # no top-k candidate fits: take the best-scoring allowed character token
+                    pick = _fallback_token(tok, texts[i], pattern, logits[i], eos)
+                if pick == eos:
+                    done[i] = True
+                else:
+                    texts[i] += tok.decode([pick])
+            chosen.append(pick)
+        if all(done):
+            break
+        ids = torch.tensor(chosen, device=device).unsqueeze(1)
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+        positions = positions + 1
+        with torch.no_grad():
+            step = inner.model(
+                input_ids=ids, attention_mask=attn, position_ids=positions.unsqueeze(1), past_key_values=past, use_cache=True
+            )
+        past = step.past_key_values
+        hidden = step.last_hidden_state[:, -1]
+    return texts
+
+
+def _fallback_token(tok, text, pattern, logits, eos) -> int:
+    if pattern.fullmatch(text):
+        return eos
+    for cand in torch.argsort(logits, descending=True)[:2000].tolist():
+        if cand != eos and pattern.fullmatch(text + tok.decode([cand]), partial=True):
+            return cand
+    return eos
+
+
+def residual_table(values, errors, labels, classes, names) -> dict:
+    """mu +- sigma of (prediction - label) per class and overall, and the 1-sigma calibration (paper Table 2)."""
+    metrics: dict = {}
+    for j, name in enumerate(names):
+        entry = {}
+        for cls in [*CLASSES, "all"]:
+            sel = np.isfinite(labels[:, j]) & np.isfinite(values[:, j])
+            if cls != "all":
+                sel &= np.asarray([c == cls for c in classes])
+            if sel.sum() == 0:
+                continue
+            res = values[sel, j] - labels[sel, j]
+            within = np.abs(res) <= errors[sel, j]
+            entry[cls] = {"n": int(sel.sum()), "mu": float(res.mean()), "sigma": float(res.std()), "within_1sigma": float(within.mean())}
+        metrics[name] = entry
+    return metrics
+
+
+def evaluate_split(model, spec, builder, data, device) -> dict:
+    """Paper Table 2 on a QA split (labels known): printed on stderr, returned as a dict."""
+    preds = predict(model, spec, builder, data.question, data.flux, data.mask, device)
+    true_classes = [CLASSES[c] if c >= 0 else None for c in data.classes]
+    metrics = residual_table(preds.values, preds.errors, data.values, true_classes, spec.value_names)
+    known = [c is not None for c in true_classes]
+    if spec.classes and any(known):
+        acc = np.mean([p == t for p, t, k in zip(preds.classes, true_classes, known) if k])
+        metrics["class_accuracy"] = float(acc)
+    for name in spec.value_names:
+        row = "  ".join(f"{c} {m['mu']:+.3g}±{m['sigma']:.3g}" for c, m in metrics[name].items())
+        say(f"test {name}: {row}  (within 1 sigma: {metrics[name]['all']['within_1sigma']:.0%})")
+    if "class_accuracy" in metrics:
+        say(f"test class accuracy: {metrics['class_accuracy']:.1%}")
+    return metrics
+
+
+# ---------------------------------------------------------------- inputs -> rows
+
+
+@dataclass
+class Item:
+    file: str
+    spec_id: str | None = None
+    obsid: int | None = None
+    flux: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    coverage: float | None = None
+    status: str = "ok"
+
+
+def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Iterator[Item]:
+    """Input order preserved; FITS through the same reader and cleaning as `ingest`; shards read as they are."""
+    from .io import expand_inputs, read_spectrum
+    from .io.lamost_catalog import file_key
+    from .preprocess import clean_spectrum
+    from .shards import arrow_to_vectors, iter_batches
+
+    for item in inputs:
+        if os.path.isdir(item) and os.path.exists(os.path.join(item, "manifest.json")) or item.endswith(".parquet"):
+            for rb in iter_batches(item, columns=["spec_id", "obsid", "file", "flux", "mask", "coverage"]):
+                flux = arrow_to_vectors(rb.column("flux"), np.float32)
+                mask = arrow_to_vectors(rb.column("mask"), bool)
+                for i, (sid, obsid, f, cov) in enumerate(zip(*(rb.column(c).to_pylist() for c in ("spec_id", "obsid", "file", "coverage")))):
+                    yield Item(f, sid, obsid, flux[i], mask[i], cov)
+            continue
+        for path in expand_inputs([item]):
+            try:
+                raw = read_spectrum(path)
+                cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
+            except SpectrumRejected as exc:
+                say(f"{path}: {exc}")
+                yield Item(path, status=str(exc))
+                continue
+            obsid = raw.meta.get("obsid")
+            yield Item(path, str(obsid) if obsid is not None else file_key(path), obsid, cleaned.flux, cleaned.mask, cleaned.coverage)
+
+
+def output_columns(spec) -> list[str]:
+    cols = ["file", "spec_id", "obsid"]
+    if spec.stage == 1:
+        cols.append("class")
+    cols += list(spec.value_names) + [f"{n}_err" for n in spec.value_names]
+    return cols + ["coverage", "partial", "status"]
+
+
+def _rank_slice() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_infer(inputs: list[str], model_dir: str | None, output: str | None, config: InferConfig = InferConfig(), strict: bool = False) -> int:
+    """Writes the predictions; returns the number of failed inputs."""
+    from .prompting import PromptBuilder
+    from .runs import load_model_dir
+    from .shards import atomic_write_text, write_table
+
+    rank, world = _rank_slice()
+    if world > 1 and not output:
+        raise SpecllmError("under a multi-process launcher give --output; each rank writes its own part")
+    if world > 1:
+        stem, ext = os.path.splitext(output)
+        output = f"{stem}.rank{rank:03d}-of-{world:03d}{ext}"
+    model_path = Path(model_dir) if model_dir else default_model_dir()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
+    model, spec, tokenizer = load_model_dir(model_path)
+    model.to(device)
+    grid = GridConfig()
+    if spec.grid_size and spec.grid_size != grid.size:
+        raise SpecllmError(f"{model_path}: model grid has {spec.grid_size} pixels, specllm's grid {grid.size}")
+    builder = PromptBuilder(tokenizer, PatchConfig(spec.patch_width).count(spec.grid_size) if spec.patch_width else None)
+    columns = output_columns(spec)
+    parquet = bool(output and output.endswith(".parquet"))
+    text_out = io.StringIO() if output and not parquet else None
+    sink = text_out if text_out is not None else sys.stdout
+    writer = None if parquet else csv.writer(sink, lineterminator="\n")
+    if writer:
+        writer.writerow(columns)
+    rows_all: list[dict] = []
+    failed = total = 0
+    chunk: list[Item] = []
+
+    def flush():
+        nonlocal failed
+        good = [it for it in chunk if it.status == "ok"]
+        preds = None
+        if good:
+            flux = np.stack([it.flux for it in good])
+            mask = np.stack([it.mask for it in good])
+            questions = questions_for(spec, flux)
+            if not spec.patch_width:
+                flux = mask = None  # text formats carry the flux in the question
+            preds = predict(model, spec, builder, questions, flux, mask, device, config)
+        k = 0
+        for it in chunk:
+            row = {"file": it.file, "spec_id": it.spec_id, "obsid": it.obsid, "coverage": it.coverage, "status": it.status}
+            row["partial"] = bool(it.coverage is not None and it.coverage < config.partial_coverage)
+            if it.status == "ok":
+                if not preds.ok[k]:
+                    row["status"] = "unparseable answer"
+                for j, name in enumerate(spec.value_names):
+                    row[name] = float(preds.values[k, j])
+                    row[f"{name}_err"] = float(preds.errors[k, j])
+                if spec.stage == 1:
+                    row["class"] = preds.classes[k]
+                k += 1
+            else:
+                failed += 1
+            if writer:
+                writer.writerow([_fmt(row.get(c)) for c in columns])
+            else:
+                rows_all.append(row)
+        if writer and sink is sys.stdout:
+            sys.stdout.flush()
+        chunk.clear()
+
+    items = iter_items(inputs, grid, CleanConfig())
+    with progress_bar("infer", total=None) as advance:
+        for n, item in enumerate(items):
+            if n % world != rank:
+                continue
+            chunk.append(item)
+            total += 1
+            if len(chunk) >= config.batch_size * 4:
+                size = len(chunk)
+                flush()
+                advance(size)
+        size = len(chunk)
+        flush()
+        advance(size)
+    if parquet:
+        schema = pa.schema([(c, _arrow_type(c, spec)) for c in columns])
+        write_table(output, pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows_all], schema=schema))
+    elif text_out is not None:
+        atomic_write_text(output, text_out.getvalue())
+    say(f"infer: {total} input(s), {total - failed} labelled, {failed} failed" + (f" -> {output}" if output else ""))
+    if total == 0:
+        raise SpecllmError("no input spectra")
+    return failed
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not np.isfinite(value) else f"{value:.6g}"
+    return str(value)
+
+
+def _arrow_type(column: str, spec) -> pa.DataType:
+    if column in ("file", "spec_id", "class", "status"):
+        return pa.string()
+    if column == "obsid":
+        return pa.int64()
+    if column == "partial":
+        return pa.bool_()
+    return pa.float64()
