@@ -66,13 +66,15 @@ def test_compact_answers():
     assert answer("compact", 1, labels) == "G 5615 4.45 -0.77"
     assert answer("patch", 1, labels) == "G 5615 4.45 -0.77"
     assert answer("compact", 1, {"class": "F", "feh": 0.12}) == "F +0.12"  # [Fe/H] always signed
-    assert answer("compact", 2, {"c_fe": 0.151, "mg_fe": -0.02, "n_fe": float("nan")}) == "c_fe 0.15 mg_fe -0.02"
+    assert answer("compact", 2, {"c_fe": 0.151, "mg_fe": -0.02, "n_fe": float("nan")}) == "c 0.15 mg -0.02"
+    assert answer("patch", 2, {"tiii_fe": 0.2, "ti_fe": 0.1}) == "ti 0.10 tiii 0.20"
+    assert question("patch", 2, None, ["tiii_fe", "ti_fe"]).endswith("Give [X/Fe] of ti tiii. <flux></flux>")
 
 
 def test_no_negative_zero():
     assert answer("paper", 1, {"feh": -0.0001}) == "[ ' 0 . 0 0 0 ' ]"
     assert answer("compact", 1, {"feh": -0.001}) == "+0.00"
-    assert answer("compact", 2, {"c_fe": -0.004}) == "c_fe 0.00"
+    assert answer("compact", 2, {"c_fe": -0.004}) == "c 0.00"
 
 
 def test_missing_labels_are_left_out_of_question_and_answer():
@@ -211,12 +213,14 @@ MALFORMED = {
         "",
     ],
     ("compact", 2): [
-        "c_fe",
-        "c_fe 0.15 c_fe 0.15",
-        "mg_fe 0.1 c_fe 0.15",
-        "c_fe 0.151",
-        "c_fe +0.15",
-        "c_fe 0.15 x",
+        "c",
+        "c 0.15 c 0.15",
+        "mg 0.1 c 0.15",
+        "c 0.151",
+        "c +0.15",
+        "c 0.15 x",
+        "c_fe 0.15",
+        "fe 0.15",
         "0.15",
     ],
 }
