@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench model completions clean
+.PHONY: install test demo lint bench model completions clean external
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m specllm.bench ingest --shared $(SHARED)
+
+# External comparison (issue 7): the shipped model (or MODEL=dir) on LAMOST DR1 and MILES, reports in docs/external/.
+MODEL ?=
+EXTERNAL_OUT ?= docs/external
+MILES_NPZ := $(SHARED)/miles/miles_984stars_fwhm2.5A.npz
+external: $(STAMP)
+	mkdir -p out/external
+	$(BIN)/specllm infer '$(SHARED)/lamost/dr1/spectra' $(if $(MODEL),--model $(MODEL)) --output out/external/lamost-dr1.parquet
+	$(BIN)/specllm compare-external out/external/lamost-dr1.parquet --catalog $(SHARED)/lamost/dr1/catalog.csv \
+		--survey lamost --out $(EXTERNAL_OUT)/lamost-dr1 > out/external/lamost-dr1-table7.csv
+	$(BIN)/specllm infer $(MILES_NPZ) $(if $(MODEL),--model $(MODEL)) --output out/external/miles.parquet
+	$(BIN)/specllm compare-external out/external/miles.parquet --catalog $(MILES_NPZ) \
+		--survey miles --out $(EXTERNAL_OUT)/miles > out/external/miles-table7.csv
 
 completions: $(STAMP)
 	$(BIN)/python -m specllm.completions completions

@@ -8,7 +8,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import AugmentConfig, CleanConfig, InferConfig, IngestConfig, LoraConfig, SerializeConfig, SplitConfig, TrainConfig
+from .config import (
+    SURVEYS,
+    AugmentConfig,
+    CleanConfig,
+    ExternalConfig,
+    InferConfig,
+    IngestConfig,
+    LoraConfig,
+    SerializeConfig,
+    SplitConfig,
+    TrainConfig,
+)
 
 app = typer.Typer(
     name="specllm",
@@ -119,7 +130,6 @@ def train(
     layers: Annotated[Optional[int], typer.Option(help="Keep only the first N decoder layers of the base model.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
     deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed config JSON (e.g. specllm/recipes/zero3.json); use under the deepspeed launcher.")] = None,
-    local_rank: Annotated[int, typer.Option("--local_rank", "--local-rank", hidden=True, help="Set by the DeepSpeed launcher.")] = -1,
     epochs: Annotated[float, typer.Option(help="Passes over the train split.")] = _TRAIN.epochs,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 1e-4).")] = _TRAIN.lr,
     head_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier for the patch projector and read-out heads.")] = 1.0,
@@ -205,12 +215,65 @@ def infer(
 
     if decode not in ("head", "text"):
         raise typer.BadParameter("--decode must be head or text")
-    failed = run_infer(inputs, model, output, InferConfig(batch_size=batch_size, decode=decode), strict)
-    if strict and failed:
+    failed, total = run_infer(inputs, model, output, InferConfig(batch_size=batch_size, decode=decode))
+    if failed and (strict or failed == total):
         raise typer.Exit(1)
 
 
+# ---------------------------------------------------------------- compare-external (issue 7)
+
+_EXTERNAL = ExternalConfig()
+
+
+@app.command("compare-external")
+@user_errors
+def compare_external(
+    predictions: Annotated[str, typer.Argument(help="Predictions from `specllm infer` (CSV or Parquet).")],
+    catalog: Annotated[str, typer.Option(help="Reference catalogue (CSV, FITS, Parquet, or the MILES npz).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory for the report, tables and plots.")],
+    survey: Annotated[str, typer.Option(help=f"Column table and quality cuts: {', '.join(SURVEYS)}.")] = _EXTERNAL.survey,
+    match: Annotated[str, typer.Option(help="Join by 'id', by 'sky' position, or 'auto' (ids, then sky).")] = _EXTERNAL.match,
+    radius: Annotated[float, typer.Option(help="Sky-match radius in arcsec.")] = _EXTERNAL.radius_arcsec,
+    partial_coverage: Annotated[
+        float, typer.Option(help="Without a `partial` column, rows below this coverage count as partial.")
+    ] = _EXTERNAL.partial_coverage,
+    min_n: Annotated[int, typer.Option(help="Statistics of fewer rows than this are shown as n/a.")] = _EXTERNAL.min_n,
+):
+    """Compare predictions with an independent survey: Table 7 (per class), Table 8 (per element), 1:1 plots."""
+    from . import external
+    from .progress import say
+
+    config = ExternalConfig(
+        survey=survey, match=match, radius_arcsec=radius, partial_coverage=partial_coverage, min_n=min_n
+    )
+    result = external.compare_external(predictions, catalog, out, config)
+    sys.stdout.write(external.overall_csv(result))
+    c = result.counts
+    say(f"compare-external: matched {c['matched']} of {c['predicted']} predictions, {c['passing_cuts']} pass the cuts")
+    say(f"  report in {out}/{external.REPORT}")
+
+
+def _launcher_arguments(argv: list[str]) -> list[str]:
+    """Launchers (deepspeed, torch.distributed) insert `--local_rank=N` before the subcommand: move it to LOCAL_RANK."""
+    import os
+
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith(("--local_rank=", "--local-rank=")):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+        elif arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            os.environ.setdefault("LOCAL_RANK", argv[i + 1])
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
 def main() -> None:  # console-script entry point
+    sys.argv[1:] = _launcher_arguments(sys.argv[1:])
     sys.exit(app())
 
 

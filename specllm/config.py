@@ -150,8 +150,49 @@ class InferConfig:
     batch_size: int = 16
     decode: str = "head"  # 'head': numeric read-out written as the answer text; 'text': constrained greedy decoding
     max_new_tokens: int = 64
-    top_k: int = 16  # candidates checked per step by the constrained decoder
-    partial_coverage: float = 0.95  # a spectrum observing less of the grid than this is flagged `partial`
+    partial_coverage: float = 0.95  # (compare-external, without a `partial` column) rows below this coverage
+    partial_edge: float = 0.02  # a spectrum missing more than this fraction of the grid at one end is `partial`
+
+
+# ---------------------------------------------------------------- external spectra and comparison (issue 7)
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """Spectra given as arrays with their own wavelength grid (MILES npz, wave/flux tables).
+
+    match_resolution: a source that states its resolution (npz `fwhm_angstrom`, FITS `FWHM`, Parquet metadata) is
+        broadened with a Gaussian of varying width to this resolving power where it is sharper (LAMOST LRS:
+        R~1800; MILES, FWHM 2.5 A, is sharper red-ward of ~4500 A). None keeps the flux as given.
+    kernel_sigmas: the broadening kernel is cut at this many sigma.
+    """
+
+    match_resolution: float | None = 1800.0
+    kernel_sigmas: float = 4.0
+
+
+SURVEYS: tuple[str, ...] = ("generic", "galah", "gaia-eso", "apogee", "miles", "lamost")
+MatchMethod = Literal["auto", "id", "sky"]
+
+
+@dataclass(frozen=True)
+class ExternalConfig:
+    """`compare-external`: predictions against an independent catalogue (paper Tables 7-8, Figures 1-8).
+
+    match: 'id' joins on spec_id / obsid / file name (MILES: miles_id); 'sky' on position within radius_arcsec;
+        'auto' tries ids first, then the sky for rows without an id match.
+    partial_coverage: a row is 'partial' when its `partial` column says so or, if the predictions lack that
+        column, when its coverage is below this fraction of the grid (infer's own threshold).
+    min_n: per-class statistics with fewer rows than this are shown as n/a.
+    """
+
+    survey: str = "generic"
+    match: MatchMethod = "auto"
+    radius_arcsec: float = 3.0
+    partial_coverage: float = InferConfig.partial_coverage
+    min_n: int = 2
+    hexbin_gridsize: int = 40
+    hexbin_min_rows: int = 50  # fewer matched rows than this: a scatter plot instead of a hexbin
 
 
 @dataclass(frozen=True)

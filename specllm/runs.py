@@ -10,6 +10,7 @@ Directories are written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import torch
 
 from .config import LoraConfig
 from .errors import SpecllmError
-from .models import base_fingerprint, load_causal_lm, load_tokenizer, resolve_base
+from .models import base_fingerprint, quiet_offline, load_causal_lm, load_tokenizer, resolve_base
 from .progress import say
 from .spectral import PatchEmbedder, SpectralLM
 
@@ -63,6 +64,7 @@ def bitsandbytes_available() -> bool:
 
 def build_model(spec: ModelSpec, quantize: bool = False, gradient_checkpointing: bool = False):
     """(SpectralLM, tokenizer) with fresh LoRA and heads for `spec`."""
+    quiet_offline()
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -105,32 +107,46 @@ def build_model(spec: ModelSpec, quantize: bool = False, gradient_checkpointing:
     return model, tokenizer
 
 
+def gathered(model: SpectralLM, modify: bool = False):
+    """Under DeepSpeed ZeRO-3 the trainable tensors are sharded across ranks: gather them whole (for saving, or for
+    loading with `modify=True`) -- saving without this writes empty LoRA tensors (peft issues 2884 and 453)."""
+    params = [p for p in model.parameters() if p.requires_grad or hasattr(p, "ds_id")]
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return deepspeed.zero.GatheredParameters(trainable, modifier_rank=0 if modify else None)
+
+
 def trainable_state(model: SpectralLM) -> dict[str, torch.Tensor]:
     """Every trainable tensor under a stable name (LoRA weights named as PEFT names them)."""
     from peft import get_peft_model_state_dict
 
-    state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(model.lm).items()}
-    for name in ("patcher", "value_head", "class_head"):
-        module = getattr(model, name)
-        if module is not None:
-            state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
-    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    with gathered(model):
+        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(model.lm).items()}
+        for name in ("patcher", "value_head", "class_head"):
+            module = getattr(model, name)
+            if module is not None:
+                state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+        return {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
 
 
 def load_trainable(model: SpectralLM, state: dict[str, torch.Tensor], heads: bool = True) -> None:
     from peft import set_peft_model_state_dict
 
     lora = {k[5:]: v for k, v in state.items() if k.startswith("lora.")}
-    result = set_peft_model_state_dict(model.lm, lora)
-    unexpected = getattr(result, "unexpected_keys", None) or []
-    if unexpected:
-        raise SpecllmError(f"adapter does not fit the model: unexpected keys {unexpected[:3]}")
-    names = ("patcher", "value_head", "class_head") if heads else ("patcher",)
-    for name in names:
-        module = getattr(model, name)
-        part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
-        if module is not None and part:
-            module.load_state_dict(part)
+    with gathered(model, modify=True):
+        result = set_peft_model_state_dict(model.lm, lora)
+        unexpected = getattr(result, "unexpected_keys", None) or []
+        if unexpected:
+            raise SpecllmError(f"adapter does not fit the model: unexpected keys {unexpected[:3]}")
+        names = ("patcher", "value_head", "class_head") if heads else ("patcher",)
+        for name in names:
+            module = getattr(model, name)
+            part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+            if module is not None and part:
+                module.load_state_dict(part)
 
 
 def save_model_dir(model: SpectralLM, spec: ModelSpec, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
