@@ -182,8 +182,8 @@ _SERIALIZE = SerializeConfig()
 def serialize(
     shards: Annotated[str, typer.Argument(help="Spectrum shards (ingest or crossmatch output directory, or one Parquet file).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Directory for the question/answer Parquet shards.")],
-    stage: Annotated[int, typer.Option(help="1: class, Teff, log g, [Fe/H]; 2: [X/Fe] abundances.")] = 1,
-    format: Annotated[str, typer.Option("--format", help="paper (the paper's text), compact (fewer tokens) or patch (spectral tokens).")] = "paper",
+    stage: Annotated[int, typer.Option(help="1: class, Teff, log g, [Fe/H]; 2: [X/Fe] abundances.")],
+    format: Annotated[str, typer.Option("--format", help="paper (the paper's text), compact (fewer tokens) or patch (spectral tokens; the only one SmolLM2's context holds).")],
     base_model: Annotated[Optional[str], typer.Option(help="'embedded' (SmolLM2, default), a .gguf file or a local HF model directory: its tokenizer counts tokens.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Refuse examples longer than this (default: the model's context).")] = None,
     label_prefix: Annotated[str, typer.Option(help="Stage 2: label columns are PREFIX<x>_fe.")] = _SERIALIZE.label_prefix,

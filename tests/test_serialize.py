@@ -556,7 +556,9 @@ def test_cli_serialize(spectra, tmp_path, byte_model):
     )
     assert res.exit_code == 0, res.output
     assert (out / "manifest.json").exists()
-    res = runner.invoke(app, ["serialize", str(spectra), "--format", "haiku", "--out", str(tmp_path / "q2")])
+    res = runner.invoke(
+        app, ["serialize", str(spectra), "--stage", "1", "--format", "haiku", "--out", str(tmp_path / "q2")]
+    )
     assert res.exit_code == 2 and "unknown format 'haiku'" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "q2").exists()
 
