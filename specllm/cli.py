@@ -16,6 +16,7 @@ from .config import (
     InferConfig,
     IngestConfig,
     LoraConfig,
+    SerializeConfig,
     SplitConfig,
     TrainConfig,
 )
@@ -171,6 +172,32 @@ def train(
         augment=AugmentConfig(noise=noise, scale=scale, span_probability=span_probability),
     )  # fmt: skip
     run_train(opts)
+
+
+_SERIALIZE = SerializeConfig()
+
+
+@app.command()
+@user_errors
+def serialize(
+    shards: Annotated[str, typer.Argument(help="Spectrum shards (ingest or crossmatch output directory, or one Parquet file).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory for the question/answer Parquet shards.")],
+    stage: Annotated[int, typer.Option(help="1: class, Teff, log g, [Fe/H]; 2: [X/Fe] abundances.")],
+    format: Annotated[str, typer.Option("--format", help="paper (the paper's text), compact (fewer tokens) or patch (spectral tokens; the only one SmolLM2's context holds).")],
+    base_model: Annotated[Optional[str], typer.Option(help="'embedded' (SmolLM2, default), a .gguf file or a local HF model directory: its tokenizer counts tokens.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Refuse examples longer than this (default: the model's context).")] = None,
+    label_prefix: Annotated[str, typer.Option(help="Stage 2: label columns are PREFIX<x>_fe.")] = _SERIALIZE.label_prefix,
+    count_tokens: Annotated[bool, typer.Option(help="Count tokens per example with the model's tokenizer and check the context.")] = True,
+):
+    """Write spectra as language: question/answer Parquet shards for `specllm train`."""
+    from . import serialize as serialize_mod
+    from .progress import say
+
+    result = serialize_mod.run_serialize(
+        shards, stage, format, out, tokenizer_from=base_model, max_tokens=max_tokens, label_prefix=label_prefix, count=count_tokens
+    )
+    for line in serialize_mod.summary_lines(result):
+        say(line)
 
 
 @app.command()

@@ -193,3 +193,25 @@ class ExternalConfig:
     min_n: int = 2
     hexbin_gridsize: int = 40
     hexbin_min_rows: int = 50  # fewer matched rows than this: a scatter plot instead of a hexbin
+
+
+@dataclass(frozen=True)
+class SerializeConfig:
+    """Question/answer text (`specllm serialize`). The paper's digit counts for stage 1 are in STAGE1_LABELS.
+
+    label_prefix: stage-2 label columns are `<prefix><x>_fe` in the crossmatched shards (e.g. apogee_c_fe).
+    flux_decimals: the flux is written to this many decimals (paper: 3, as ingest rounds it); `compact` writes it as
+        integers in units of 10**-flux_decimals (thousandths), which keeps every value exact.
+    stage2_decimals: digits after the point of the paper's [X/Fe] answers (paper: 3, e.g. ' 0 . 1 5 1 ').
+    compact_decimals: digits after the point of log g, [Fe/H] and [X/Fe] in the short answer of compact and patch
+        (Teff is written as an integer there: compact_teff_decimals).
+    shard_size: question/answer rows per output Parquet shard; batch_size: input rows read at a time.
+    """
+
+    label_prefix: str = "apogee_"
+    flux_decimals: int = CleanConfig.decimals
+    stage2_decimals: int = 3
+    compact_decimals: int = 2
+    compact_teff_decimals: int = 0
+    shard_size: int = 512
+    batch_size: int = 64
