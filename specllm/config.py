@@ -193,3 +193,22 @@ class ExternalConfig:
     min_n: int = 2
     hexbin_gridsize: int = 40
     hexbin_min_rows: int = 50  # fewer matched rows than this: a scatter plot instead of a hexbin
+
+
+@dataclass(frozen=True)
+class CrossmatchConfig:
+    """Sky matching of spectra to survey label catalogues (`specllm crossmatch`).
+
+    radius_arcsec: a spectrum takes the labels of the nearest catalogue star within this separation.
+    quality_cuts: apply each survey's flags and cuts (paper; described in `specllm.io.surveys`).
+    one_per_star: keep only the nearest spectrum of each catalogue star (ties: the earlier spectrum); by default
+        every spectrum of a matched star (LAMOST repeat observations) takes its labels, as the paper does.
+    matched_only: write only spectra matched in at least one catalogue.
+    match_chunk: positions matched per call (bounds the memory of the matching step).
+    """
+
+    radius_arcsec: float = 3.0
+    quality_cuts: bool = True
+    one_per_star: bool = False
+    matched_only: bool = False
+    match_chunk: int = 1_000_000
