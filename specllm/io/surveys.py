@@ -343,6 +343,8 @@ def read_survey(path: str, survey: str | Survey, quality_cuts: bool = True) -> S
         used["designation"] = designation_col
     ra = np.mod(ra, 360.0)
     has_pos = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0)
+    if n and not has_pos.any():
+        raise SpecllmError(f"{path}: {s.title} catalogue has no row with a valid position ({position_source})")
     if (~has_pos).any():
         notes.append(f"{int((~has_pos).sum())} rows without a valid position cannot be matched")
     matchable = has_pos.copy()

@@ -106,12 +106,12 @@ def _read_fits_table(path: str, columns: list[str] | None = None) -> pa.Table:
         if col.ndim > 1:
             continue  # vector columns (spectra, covariances) are not labels
         values = np.asarray(col)
-        if hasattr(col, "mask") and np.any(col.mask):
-            result[name] = pa.array(values, mask=np.asarray(col.mask))
-        elif values.dtype.kind in "SU":
-            result[name] = pa.array(np.char.strip(values.astype(str)))
-        else:
-            result[name] = pa.array(values.astype(values.dtype.newbyteorder("=")))
+        if values.dtype.kind in "SU":
+            values = np.char.strip(values.astype(str))
+        elif values.dtype.byteorder not in ("=", "|"):
+            values = values.astype(values.dtype.newbyteorder("="))  # FITS is big-endian; Arrow wants native
+        mask = np.asarray(col.mask) if hasattr(col, "mask") and np.any(col.mask) else None
+        result[name] = pa.array(values, mask=mask)
     return pa.table(result)
 
 
