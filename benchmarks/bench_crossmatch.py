@@ -144,47 +144,55 @@ def _write_shards(folder: str, rng, ra, dec, per_shard: int, grid: int) -> None:
         pq.write_table(table, os.path.join(folder, f"part-{k // per_shard:05d}.parquet"), compression="zstd")
 
 
-def part_full(m: int, shards: int, per_shard: int, radius: float) -> dict:
-    from specllm.config import CrossmatchConfig, GridConfig
-    from specllm.crossmatch import run_crossmatch
-    from specllm.io.surveys import read_survey
+def make_full_inputs(folder: str, m: int, shards: int, per_shard: int) -> None:
+    from specllm.config import GridConfig
 
     rng = np.random.default_rng(SEED)
     cat_ra, cat_dec = sphere(rng, m)
-    n = shards * per_shard
-    ra, dec, _ = spectra_positions(rng, cat_ra, cat_dec, n)
-    with tempfile.TemporaryDirectory(prefix="bench-crossmatch-") as tmp:
-        catalog = os.path.join(tmp, "allStar-like.parquet")
-        _write_catalog(catalog, rng, cat_ra, cat_dec)
-        src = os.path.join(tmp, "shards")
-        os.makedirs(src)
-        _write_shards(src, rng, ra, dec, per_shard, GridConfig().size)
-        size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        read_survey(catalog, "apogee")
-        t_read, c_read = time.perf_counter() - t0, cpu_seconds() - c0
-        before = rss_mib()
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        result = run_crossmatch(
-            src, os.path.join(tmp, "out"), {"apogee": catalog}, CrossmatchConfig(radius_arcsec=radius)
-        )
-        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    ra, dec, _ = spectra_positions(rng, cat_ra, cat_dec, shards * per_shard)
+    _write_catalog(os.path.join(folder, "allStar-like.parquet"), rng, cat_ra, cat_dec)
+    os.makedirs(os.path.join(folder, "shards"))
+    _write_shards(os.path.join(folder, "shards"), rng, ra, dec, per_shard, GridConfig().size)
+
+
+def part_full(folder: str, radius: float) -> dict:
+    """Measured in a process that did not write the inputs, so its peak memory is the crossmatch's own."""
+    from specllm.config import CrossmatchConfig, GridConfig
+    from specllm.crossmatch import run_crossmatch
+    from specllm.io.surveys import read_survey
+    from specllm.shards import shard_paths
+
+    catalog = os.path.join(folder, "allStar-like.parquet")
+    src = os.path.join(folder, "shards")
+    paths = shard_paths(src)
+    size = sum(os.path.getsize(p) for p in paths)
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    cat = read_survey(catalog, "apogee")
+    t_read, c_read = time.perf_counter() - t0, cpu_seconds() - c0
+    rss_catalog = rss_mib()
+    del cat
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    result = run_crossmatch(
+        src, os.path.join(folder, "out"), {"apogee": catalog}, CrossmatchConfig(radius_arcsec=radius)
+    )
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    n = result.spectra
     return {
         "part": "full",
         "spectra": n,
-        "shards": shards,
+        "shards": len(paths),
         "grid": GridConfig().size,
         "input_mib": round(size / 2**20, 1),
-        "catalog_rows": m,
+        "catalog_rows": result.stats["apogee"]["catalog_rows"],
         "catalog_read_seconds": round(t_read, 2),
         "catalog_read_cpu_seconds": round(c_read, 2),
+        "peak_rss_after_catalog_read_mib": round(rss_catalog, 1),
         "seconds": round(seconds, 2),
         "cpu_seconds": round(cpu, 2),
         "load_average_1min": os.getloadavg()[0],
         "spectra_per_second_excluding_catalog_read": round(n / max(seconds - t_read, 1e-9)),
         "input_mib_per_second_excluding_catalog_read": round(size / 2**20 / max(seconds - t_read, 1e-9), 1),
         "peak_rss_mib": round(rss_mib(), 1),
-        "peak_rss_before_run_mib": round(before, 1),
         "matched": result.stats["apogee"]["matched"],
     }
 
@@ -196,22 +204,30 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=8, help="spectrum shards (full part)")
     ap.add_argument("--per-shard", type=int, default=512)
     ap.add_argument("--radius", type=float, default=None, help="arcsec (default: CrossmatchConfig)")
-    ap.add_argument("--part", choices=["core", "full", "both"], default="both")
+    ap.add_argument("--part", choices=["core", "full", "both", "make", "measure"], default="both")
+    ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.radius is None:
         from specllm.config import CrossmatchConfig
 
         args.radius = CrossmatchConfig().radius_arcsec
-    if args.part == "both":
-        for part in ("core", "full"):
-            cmd = [sys.executable, __file__, "--part", part, "--n", str(args.n), "--catalog", str(args.catalog)]
-            cmd += ["--shards", str(args.shards), "--per-shard", str(args.per_shard), "--radius", str(args.radius)]
-            subprocess.run(cmd, check=True)
+
+    def child(part: str, *extra: str) -> None:
+        cmd = [sys.executable, __file__, "--part", part, "--n", str(args.n), "--catalog", str(args.catalog)]
+        cmd += ["--shards", str(args.shards), "--per-shard", str(args.per_shard), "--radius", str(args.radius)]
+        subprocess.run(cmd + list(extra), check=True)
+
+    if args.part in ("both", "full"):
+        if args.part == "both":
+            child("core")
+        with tempfile.TemporaryDirectory(prefix="bench-crossmatch-") as tmp:
+            child("make", "--dir", tmp)
+            child("measure", "--dir", tmp)
         return
-    if args.part == "core":
-        out = part_core(args.n, args.catalog, args.radius)
-    else:
-        out = part_full(args.catalog, args.shards, args.per_shard, args.radius)
+    if args.part == "make":
+        make_full_inputs(args.dir, args.catalog, args.shards, args.per_shard)
+        return
+    out = part_core(args.n, args.catalog, args.radius) if args.part == "core" else part_full(args.dir, args.radius)
     print(json.dumps(out), flush=True)
 
 

@@ -372,3 +372,17 @@ def test_real_lamost_repeat_spectra_take_their_star(tmp_path):
     st = result.stats["apogee"]
     assert st["matched"] == len(files) and st["stars_matched"] == 25 and st["stars_with_several_spectra"] == 25
     assert st["separation_arcsec"]["max"] < 3.0
+
+
+def test_real_apokasc_v71_against_apokasc3():
+    """Two real catalogues of the Kepler field: APOKASC v7.1 (RA/DEC) against APOKASC-3 (positions from 2MASS_ID);
+    every match must be the same 2MASS star."""
+    from specllm.io.surveys import read_survey
+
+    a = read_survey(str(_shared("apogee/APOKASC_Catalog.v7.1.fits")), "apogee")
+    b = read_survey(str(_shared("apogee/apokasc3_dr17_logg_cal.fits")), "apogee")
+    m = match_sky(a.ra, a.dec, b.ra, b.dec, RADIUS)
+    hit = m.index >= 0
+    assert hit.sum() == 2039 and not m.ambiguous.any()
+    assert [s.replace("J", "2M", 1) for s in a.ids[hit]] == list(b.ids[m.index[hit]])
+    assert np.median(m.sep_arcsec[hit]) < 0.1
