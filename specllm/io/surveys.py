@@ -381,15 +381,10 @@ def read_survey(path: str, survey: str | Survey, quality_cuts: bool = True) -> S
             notes.append(f"{what}: {int(ok.sum())} of {n} rows pass")
             star_ok &= ok
 
-    # labels
-    raw: dict[str, np.ndarray] = {}
+    # labels, one at a time (a 10^6-row catalogue holds 26 of them)
     counts: dict[str, dict[str, int]] = {}
     placeholders = 0
-    for name, (_kind, col) in sources.items():
-        values, n_bad = _as_float(table, col)
-        placeholders += n_bad
-        raw[name] = values
-        used[name] = col
+    fe_h = _as_float(table, sources["fe_h"][1])[0] if "fe_h" in sources else None  # for log eps -> [X/Fe]
     labels: dict[str, np.ndarray] = {}
     no_flag: list[str] = []
     for lab in s.labels:
@@ -397,9 +392,11 @@ def read_survey(path: str, survey: str | Survey, quality_cuts: bool = True) -> S
             labels[lab.name] = np.full(n, np.nan, dtype=np.float32)
             continue
         kind, col = sources[lab.name]
-        values = raw[lab.name].copy()
+        values, n_bad = _as_float(table, col)
+        placeholders += n_bad
+        used[lab.name] = col
         if kind == "log_eps":
-            values = values - lab.solar - raw["fe_h"]
+            values = values - lab.solar - fe_h
             lim = limit_cols.get(lab.name)
             if lim is not None:
                 values[~_flag_ok(table, lim)] = np.nan
