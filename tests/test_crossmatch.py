@@ -386,3 +386,31 @@ def test_real_apokasc_v71_against_apokasc3():
     assert hit.sum() == 2039 and not m.ambiguous.any()
     assert [s.replace("J", "2M", 1) for s in a.ids[hit]] == list(b.ids[m.index[hit]])
     assert np.median(m.sep_arcsec[hit]) < 0.1
+
+
+def test_real_lamost_dr10_headers_against_their_own_positions(tmp_path):
+    """A real ingest of 40 LAMOST DR10 spectra (positions from their headers); a catalogue built from those positions,
+    jittered by up to 2" and shuffled: every spectrum finds its own row."""
+    from specllm.config import CleanConfig, IngestConfig
+    from specllm.ingest import run_ingest
+
+    files = sorted(str(p) for p in (_shared("lamost/dr10") / "spectra").glob("*.fits*"))[:40]
+    run_ingest(files, str(tmp_path / "shards"), config=IngestConfig(clean=CleanConfig(snr_min_r=0, snr_min_i=0)))
+    spectra = read_table(tmp_path / "shards", columns=["spec_id", "ra", "dec"])
+    ra, dec = (np.asarray(spectra.column(c).to_numpy(zero_copy_only=False), float) for c in ("ra", "dec"))
+    assert np.isfinite(ra).all() and len(ra) >= 30
+    rng = np.random.default_rng(11)
+    order = rng.permutation(len(ra))
+    moved = SkyCoord(ra[order], dec[order], unit="deg").directional_offset_by(
+        rng.uniform(0, 2 * np.pi, len(ra)), np.deg2rad(rng.uniform(0, 2.0, len(ra)) / 3600)
+    )
+    ids = [f"2M-own-{s}" for s in np.asarray(spectra.column("spec_id").to_pylist())[order]]
+    Table({"APOGEE_ID": ids, "RA": moved.ra.deg, "DEC": moved.dec.deg, "TEFF": np.full(len(ra), 5000.0)}).write(
+        tmp_path / "own.fits"
+    )
+    result = run_crossmatch(str(tmp_path / "shards"), str(tmp_path / "xm"), {"apogee": str(tmp_path / "own.fits")})
+    out = read_table(tmp_path / "xm", columns=["spec_id", "apogee_id", "apogee_sep_arcsec"])
+    assert out.column("apogee_id").to_pylist() == [f"2M-own-{s}" for s in out.column("spec_id").to_pylist()]
+    assert (
+        result.stats["apogee"]["matched"] == len(ra) and max(out.column("apogee_sep_arcsec").to_pylist()) <= 2.0 + 1e-6
+    )

@@ -100,18 +100,18 @@ def _read_fits_table(path: str, columns: list[str] | None = None) -> pa.Table:
                 hdu = fits.BinTableHDU.from_columns([hdu.columns[name] for name in columns], header=None)
                 hdu.data  # noqa: B018 - materialise the selected columns before the file closes
             table = Table.read(hdu, character_as_bytes=False)
-    result = {}
-    for name in table.colnames:
-        col = table[name]
-        if col.ndim > 1:
-            continue  # vector columns (spectra, covariances) are not labels
-        values = np.asarray(col)
-        if values.dtype.kind in "SU":
-            values = np.char.strip(values.astype(str))
-        elif values.dtype.byteorder not in ("=", "|"):
-            values = values.astype(values.dtype.newbyteorder("="))  # FITS is big-endian; Arrow wants native
-        mask = np.asarray(col.mask) if hasattr(col, "mask") and np.any(col.mask) else None
-        result[name] = pa.array(values, mask=mask)
+            result = {}  # converted while the (memory-mapped) file is open
+            for name in table.colnames:
+                col = table[name]
+                if col.ndim > 1:
+                    continue  # vector columns (spectra, covariances) are not labels
+                values = np.asarray(col)
+                if values.dtype.kind in "SU":
+                    values = np.char.strip(values.astype(str))
+                elif values.dtype.byteorder not in ("=", "|"):
+                    values = values.astype(values.dtype.newbyteorder("="))  # FITS is big-endian; Arrow wants native
+                mask = np.asarray(col.mask) if hasattr(col, "mask") and np.any(col.mask) else None
+                result[name] = pa.array(values, mask=mask)
     return pa.table(result)
 
 
