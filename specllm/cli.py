@@ -12,6 +12,7 @@ from .config import (
     SURVEYS,
     AugmentConfig,
     CleanConfig,
+    CrossmatchConfig,
     ExternalConfig,
     InferConfig,
     IngestConfig,
@@ -270,6 +271,35 @@ def _launcher_arguments(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
     return out
+
+
+_CROSSMATCH = CrossmatchConfig()
+
+
+@app.command()
+@user_errors
+def crossmatch(
+    shards: Annotated[str, typer.Argument(help="Spectrum shards written by `specllm ingest` (directory or Parquet file).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory for the labelled shards.")],
+    apogee: Annotated[Optional[str], typer.Option(help="APOGEE allStar (DR16/DR17) or a table like it (CSV, FITS, Parquet).")] = None,
+    galah: Annotated[Optional[str], typer.Option(help="GALAH allstar (DR4, or DR3) catalogue.")] = None,
+    gaia_eso: Annotated[Optional[str], typer.Option("--gaia-eso", help="Gaia-ESO (iDR6-like) catalogue.")] = None,
+    radius: Annotated[float, typer.Option(help="Match radius in arcsec.")] = _CROSSMATCH.radius_arcsec,
+    quality_cuts: Annotated[bool, typer.Option(help="Apply the surveys' flags and cuts (paper).")] = _CROSSMATCH.quality_cuts,
+    one_per_star: Annotated[bool, typer.Option(help="Only the nearest spectrum of each star takes its labels.")] = _CROSSMATCH.one_per_star,
+    matched_only: Annotated[bool, typer.Option(help="Write only spectra matched in some catalogue.")] = _CROSSMATCH.matched_only,
+):
+    """Add APOGEE / GALAH / Gaia-ESO labels to spectrum shards by sky position (nearest star within --radius)."""
+    import dataclasses
+
+    from .crossmatch import run_crossmatch
+
+    config = dataclasses.replace(
+        _CROSSMATCH, radius_arcsec=radius, quality_cuts=quality_cuts, one_per_star=one_per_star, matched_only=matched_only
+    )
+    result = run_crossmatch(shards, out, {"apogee": apogee, "galah": galah, "gaiaeso": gaia_eso}, config)
+    if result.matched == 0:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # console-script entry point

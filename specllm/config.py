@@ -215,3 +215,20 @@ class SerializeConfig:
     compact_teff_decimals: int = 0
     shard_size: int = 512
     batch_size: int = 64
+
+class CrossmatchConfig:
+    """Sky matching of spectra to survey label catalogues (`specllm crossmatch`).
+
+    radius_arcsec: a spectrum takes the labels of the nearest catalogue star within this separation.
+    quality_cuts: apply each survey's flags and cuts (paper; described in `specllm.io.surveys`).
+    one_per_star: keep only the nearest spectrum of each catalogue star (ties: the earlier spectrum); by default
+        every spectrum of a matched star (LAMOST repeat observations) takes its labels, as the paper does.
+    matched_only: write only spectra matched in at least one catalogue.
+    match_chunk: positions matched per call (bounds the memory of the matching step).
+    """
+
+    radius_arcsec: float = 3.0
+    quality_cuts: bool = True
+    one_per_star: bool = False
+    matched_only: bool = False
+    match_chunk: int = 1_000_000
