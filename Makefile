@@ -35,8 +35,9 @@ demo: $(STAMP)
 	@head -6 labels.csv | cut -c1-200
 
 # Retrain the shipped model (specllm/models/default) from ../shared, reproducibly (fixed seed), in under an hour here.
-MODEL_RECIPE ?= --layers 8 --lora-r 16 --lora-alpha 32 --epochs 3 --batch-size 8 --grad-accum 1 --lr 5e-4 \
-	--head-lr-mult 2 --no-gradient-checkpointing --noise 0.01 --scale 0.05 --save-every 100 --save-dtype bfloat16
+MODEL_RECIPE ?= --layers 8 --lora-r 16 --lora-alpha 32 --epochs 6 --batch-size 8 --grad-accum 1 --lr 5e-4 \
+	--head-lr-mult 3 --no-gradient-checkpointing --noise 0.02 --scale 0.1 --span-probability 0.25 --save-every 100 \
+	--save-dtype bfloat16
 model: $(STAMP)
 	$(BIN)/specllm ingest '$(SHARED)/lamost/dr10/spectra' --catalog $(SHARED)/lamost/dr10/labels.csv --out out/model-shards --workers 2
 	$(BIN)/specllm serialize out/model-shards --stage 1 --format patch --out out/model-qa

@@ -216,6 +216,8 @@ class SerializeConfig:
     shard_size: int = 512
     batch_size: int = 64
 
+
+@dataclass(frozen=True)
 class CrossmatchConfig:
     """Sky matching of spectra to survey label catalogues (`specllm crossmatch`).
 

@@ -10,6 +10,7 @@ can come out, and parses it with the same parser as everything else.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import os
 import sys
@@ -96,8 +97,11 @@ def predict(model, spec, builder, questions, flux, mask, device, config: InferCo
                 labels = {name: values[start + i, j] for j, name in enumerate(spec.value_names)}
                 if spec.stage == 1:
                     labels["class"] = classes[start + i]
-                texts[start + i] = answer(spec.format, spec.stage, labels)
-                ok[start + i] = True
+                try:
+                    texts[start + i] = answer(spec.format, spec.stage, labels)
+                    ok[start + i] = True
+                except ValueError:  # no finite value to write: flagged, never an exception
+                    ok[start + i] = False
     return Predictions(values, errors, classes, texts, ok)
 
 
@@ -242,7 +246,9 @@ def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Itera
     from .shards import arrow_to_vectors, iter_batches
 
     for item in inputs:
-        is_shards = os.path.isdir(item) and os.path.exists(os.path.join(item, "manifest.json"))
+        is_shards = os.path.isdir(item) and (
+            os.path.exists(os.path.join(item, "manifest.json")) or bool(glob.glob(os.path.join(item, "part-*.parquet")))
+        )
         if is_shards or (item.endswith(".parquet") and not is_array_source(item)):
             columns = ["spec_id", "obsid", "file", "ra", "dec", "flux", "mask", "coverage"]
             for rb in iter_batches(item, columns=columns):
@@ -270,12 +276,39 @@ def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Itera
                 yield Item(raw.path, sid, obsid, meta.get("ra"), meta.get("dec"), cleaned.flux, cleaned.mask, cleaned.coverage, edge_gap(cleaned.mask))
 
 
-def output_columns(spec) -> list[str]:
-    cols = ["file", "spec_id", "obsid", "ra", "dec"]
-    if spec.stage == 1:
-        cols.append("class")
-    cols += list(spec.value_names) + [f"{n}_err" for n in spec.value_names]
-    return cols + ["coverage", "partial", "status"]
+def label_columns(spec) -> list[str]:
+    cols = ["class"] if spec.stage == 1 else []
+    return cols + list(spec.value_names) + [f"{n}_err" for n in spec.value_names]
+
+
+def output_columns(specs) -> list[str]:
+    labels = [c for spec in specs for c in label_columns(spec)]
+    return ["file", "spec_id", "obsid", "ra", "dec", *labels, "coverage", "partial", "status"]
+
+
+@dataclass
+class Loaded:
+    model: object
+    spec: object
+    builder: object
+
+
+def load_for_inference(path: Path, device) -> list[Loaded]:
+    """The model at `path`, preceded by its stage-1 parent when it is a stage-2 model (labels of both are written)."""
+    from .prompting import PromptBuilder
+    from .runs import PARENT, load_model_dir, model_dir
+
+    path = model_dir(path)
+    chain = [path / PARENT, path] if (path / PARENT / "spec.json").exists() else [path]
+    loaded = []
+    grid = GridConfig()
+    for p in chain:
+        model, spec, tokenizer = load_model_dir(p)
+        if spec.grid_size and spec.grid_size != grid.size:
+            raise SpecllmError(f"{p}: model grid has {spec.grid_size} pixels, specllm's grid {grid.size}")
+        count = PatchConfig(spec.patch_width).count(spec.grid_size) if spec.patch_width else None
+        loaded.append(Loaded(model.to(device), spec, PromptBuilder(tokenizer, count)))
+    return loaded
 
 
 def _rank_slice() -> tuple[int, int]:
@@ -284,8 +317,6 @@ def _rank_slice() -> tuple[int, int]:
 
 def run_infer(inputs: list[str], model_dir: str | None, output: str | None, config: InferConfig = InferConfig()) -> tuple[int, int]:
     """Writes the predictions; returns (failed, total) input counts."""
-    from .prompting import PromptBuilder
-    from .runs import load_model_dir
     from .shards import atomic_write_text, write_table
 
     rank, world = _rank_slice()
@@ -296,13 +327,9 @@ def run_infer(inputs: list[str], model_dir: str | None, output: str | None, conf
         output = f"{stem}.rank{rank:03d}-of-{world:03d}{ext}"
     model_path = Path(model_dir) if model_dir else default_model_dir()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
-    model, spec, tokenizer = load_model_dir(model_path)
-    model.to(device)
+    models = load_for_inference(model_path, device)
     grid = GridConfig()
-    if spec.grid_size and spec.grid_size != grid.size:
-        raise SpecllmError(f"{model_path}: model grid has {spec.grid_size} pixels, specllm's grid {grid.size}")
-    builder = PromptBuilder(tokenizer, PatchConfig(spec.patch_width).count(spec.grid_size) if spec.patch_width else None)
-    columns = output_columns(spec)
+    columns = output_columns([m.spec for m in models])
     parquet = bool(output and output.endswith(".parquet"))
     text_out = io.StringIO() if output and not parquet else None
     sink = text_out if text_out is not None else sys.stdout
@@ -316,26 +343,27 @@ def run_infer(inputs: list[str], model_dir: str | None, output: str | None, conf
     def flush():
         nonlocal failed
         good = [it for it in chunk if it.status == "ok"]
-        preds = None
+        results = []  # (spec, Predictions) per model
         if good:
             flux = np.stack([it.flux for it in good])
             mask = np.stack([it.mask for it in good])
-            questions = questions_for(spec, flux)
-            if not spec.patch_width:
-                flux = mask = None  # text formats carry the flux in the question
-            preds = predict(model, spec, builder, questions, flux, mask, device, config)
+            for m in models:
+                questions = questions_for(m.spec, flux)
+                f, k = (flux, mask) if m.spec.patch_width else (None, None)  # text formats: flux is in the question
+                results.append((m.spec, predict(m.model, m.spec, m.builder, questions, f, k, device, config)))
         k = 0
         for it in chunk:
             row = {"file": it.file, "spec_id": it.spec_id, "obsid": it.obsid, "ra": it.ra, "dec": it.dec}
             row.update(coverage=it.coverage, status=it.status, partial=bool(it.edge_gap is not None and it.edge_gap > config.partial_edge))
             if it.status == "ok":
-                if not preds.ok[k]:
-                    row["status"] = "unparseable answer"
-                for j, name in enumerate(spec.value_names):
-                    row[name] = float(preds.values[k, j])
-                    row[f"{name}_err"] = float(preds.errors[k, j])
-                if spec.stage == 1:
-                    row["class"] = preds.classes[k]
+                for spec, preds in results:
+                    if not preds.ok[k]:
+                        row["status"] = "unparseable answer"
+                    for j, name in enumerate(spec.value_names):
+                        row[name] = float(preds.values[k, j])
+                        row[f"{name}_err"] = float(preds.errors[k, j])
+                    if spec.stage == 1:
+                        row["class"] = preds.classes[k]
                 k += 1
             else:
                 failed += 1
@@ -362,7 +390,7 @@ def run_infer(inputs: list[str], model_dir: str | None, output: str | None, conf
         flush()
         advance(size)
     if parquet:
-        schema = pa.schema([(c, _arrow_type(c, spec)) for c in columns])
+        schema = pa.schema([(c, _arrow_type(c)) for c in columns])
         write_table(output, pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows_all], schema=schema))
     elif text_out is not None:
         atomic_write_text(output, text_out.getvalue())
@@ -380,7 +408,7 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _arrow_type(column: str, spec) -> pa.DataType:
+def _arrow_type(column: str) -> pa.DataType:
     if column in ("file", "spec_id", "class", "status"):
         return pa.string()
     if column == "obsid":

@@ -149,7 +149,12 @@ def load_trainable(model: SpectralLM, state: dict[str, torch.Tensor], heads: boo
                 module.load_state_dict(part)
 
 
-def save_model_dir(model: SpectralLM, spec: ModelSpec, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+PARENT = "parent"  # a stage-2 model keeps a copy of the stage-1 model it continued from, so infer can run both
+
+
+def save_model_dir(
+    model: SpectralLM, spec: ModelSpec, path: str | os.PathLike, dtype: torch.dtype | None = None, parent: Path | None = None
+) -> None:
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -161,6 +166,10 @@ def save_model_dir(model: SpectralLM, spec: ModelSpec, path: str | os.PathLike, 
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "specllm": "model"})
         (tmp / SPEC).write_text(json.dumps(asdict(spec), indent=2, default=str) + "\n")
+        if parent is not None:
+            (tmp / PARENT).mkdir()
+            for name in (SPEC, WEIGHTS):
+                shutil.copy(parent / name, tmp / PARENT / name)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():
@@ -181,11 +190,15 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_file(str(Path(path) / WEIGHTS))
 
 
+def model_dir(path: str | os.PathLike) -> Path:
+    """A model directory, given it or the training run directory that holds it (RUN/model)."""
+    path = Path(path)
+    return path / "model" if (path / "model" / SPEC).exists() else path
+
+
 def load_model_dir(path: str | os.PathLike, quantize: bool = False):
     """(SpectralLM, ModelSpec, tokenizer) from a model directory (see module doc)."""
-    path = Path(path)
-    if (path / "model" / SPEC).exists():  # a training run directory: its final model
-        path = path / "model"
+    path = model_dir(path)
     if not (path / SPEC).exists() or not (path / WEIGHTS).exists():
         raise SpecllmError(f"{path}: not a specllm model directory (needs {SPEC} and {WEIGHTS})")
     spec = ModelSpec.from_json(path / SPEC)

@@ -33,6 +33,7 @@ from .runs import (
     build_model,
     cuda_available,
     load_trainable,
+    model_dir,
     read_weights,
     save_model_dir,
     trainable_state,
@@ -224,8 +225,7 @@ def _spec_for(opts: TrainOptions, data: QAData, grid_size: int | None) -> tuple[
     mean = np.where(np.isfinite(mean), mean, 0.0)
     init_state = None
     if opts.init:
-        init_dir = Path(opts.init)
-        init_dir = init_dir / "model" if (init_dir / "model").exists() else init_dir
+        init_dir = model_dir(opts.init)
         if not (init_dir / "spec.json").exists():
             raise SpecllmError(f"--init {opts.init}: not a specllm model or run directory")
         parent = ModelSpec.from_json(init_dir / "spec.json")
@@ -370,7 +370,8 @@ def run_train(opts: TrainOptions) -> dict:
         "metrics": metrics,
     }
     dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[opts.save_dtype]
-    save_model_dir(model, spec, out / "model", dtype=dtype)
+    parent = model_dir(opts.init) if opts.init else None
+    save_model_dir(model, spec, out / "model", dtype=dtype, parent=parent)
     atomic_write_json(out / "history.json", history)
     atomic_write_json(out / "metrics.json", metrics)
     return {"spec": spec, "metrics": metrics, "history": history}
