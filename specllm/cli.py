@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -71,9 +71,9 @@ def user_errors(fn):
 def ingest(
     spectra: Annotated[list[str], typer.Argument(help="FITS files, directories, or quoted globs ('spectra/**/*.fits.gz').")],
     out: Annotated[str, typer.Option("--out", "-o", help="Directory for the Parquet shards.")],
-    catalog: Annotated[Optional[str], typer.Option(help="Label catalogue (CSV, FITS or Parquet), joined by obsid or file name.")] = None,
+    catalog: Annotated[str | None, typer.Option(help="Label catalogue (CSV, FITS or Parquet), joined by obsid or file name.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = _INGEST.workers,
-    balance: Annotated[Optional[int], typer.Option(help="Draw at most N spectra per class A/F/G/K/M.")] = None,
+    balance: Annotated[int | None, typer.Option(help="Draw at most N spectra per class A/F/G/K/M.")] = None,
     snr_min_r: Annotated[float, typer.Option(help="Keep spectra with SNR_r >= this (paper: 2).")] = _CLEAN.snr_min_r,
     snr_min_i: Annotated[float, typer.Option(help="Keep spectra with SNR_i >= this (paper: 2).")] = _CLEAN.snr_min_i,
     mask_ormask: Annotated[bool, typer.Option(help="Exclude pixels whose ormask is non-zero (paper).")] = _CLEAN.mask_ormask,
@@ -126,11 +126,11 @@ def train(
     stage: Annotated[int, typer.Option(help="1: class + Teff, log g, [Fe/H]; 2: [X/Fe] (continues from --init).")],
     data: Annotated[str, typer.Option(help="QA shards written by `specllm serialize`.")],
     out: Annotated[str, typer.Option(help="Run directory (checkpoints, final model in OUT/model).")],
-    base_model: Annotated[Optional[str], typer.Option(help="'embedded' (SmolLM2-135M-Instruct), a .gguf file or a local HF model directory.")] = None,
-    init: Annotated[Optional[str], typer.Option(help="Start from this run's adapter and projector (required for stage 2).")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Keep only the first N decoder layers of the base model.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="'embedded' (SmolLM2-135M-Instruct), a .gguf file or a local HF model directory.")] = None,
+    init: Annotated[str | None, typer.Option(help="Start from this run's adapter and projector (required for stage 2).")] = None,
+    layers: Annotated[int | None, typer.Option(help="Keep only the first N decoder layers of the base model.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
-    deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed config JSON (e.g. specllm/recipes/zero3.json); use under the deepspeed launcher.")] = None,
+    deepspeed: Annotated[str | None, typer.Option(help="DeepSpeed config JSON (e.g. specllm/recipes/zero3.json); use under the deepspeed launcher.")] = None,
     epochs: Annotated[float, typer.Option(help="Passes over the train split.")] = _TRAIN.epochs,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 1e-4).")] = _TRAIN.lr,
     head_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier for the patch projector and read-out heads.")] = 1.0,
@@ -151,8 +151,8 @@ def train(
     scale: Annotated[float, typer.Option(help="Augmentation: flux scaling half-range.")] = _AUG.scale,
     span_probability: Annotated[float, typer.Option(help="Augmentation: chance of a masked wavelength span.")] = _AUG.span_probability,
     save_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints.")] = _TRAIN.save_every,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
-    max_train: Annotated[Optional[int], typer.Option(help="Use only the first N training examples.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    max_train: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
     save_dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 for the saved weights.")] = "float32",
     seed: Annotated[int, typer.Option(help="Random seed.")] = _TRAIN.seed,
 ):
@@ -185,8 +185,8 @@ def serialize(
     out: Annotated[str, typer.Option("--out", "-o", help="Directory for the question/answer Parquet shards.")],
     stage: Annotated[int, typer.Option(help="1: class, Teff, log g, [Fe/H]; 2: [X/Fe] abundances.")],
     format: Annotated[str, typer.Option("--format", help="paper (the paper's text), compact (fewer tokens) or patch (spectral tokens; the only one SmolLM2's context holds).")],
-    base_model: Annotated[Optional[str], typer.Option(help="'embedded' (SmolLM2, default), a .gguf file or a local HF model directory: its tokenizer counts tokens.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Refuse examples longer than this (default: the model's context).")] = None,
+    base_model: Annotated[str | None, typer.Option(help="'embedded' (SmolLM2, default), a .gguf file or a local HF model directory: its tokenizer counts tokens.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Refuse examples longer than this (default: the model's context).")] = None,
     label_prefix: Annotated[str, typer.Option(help="Stage 2: label columns are PREFIX<x>_fe.")] = _SERIALIZE.label_prefix,
     count_tokens: Annotated[bool, typer.Option(help="Count tokens per example with the model's tokenizer and check the context.")] = True,
 ):
@@ -205,8 +205,8 @@ def serialize(
 @user_errors
 def infer(
     inputs: Annotated[list[str], typer.Argument(help="FITS files, directories, quoted globs, or ingest shards.")],
-    model: Annotated[Optional[str], typer.Option(help="Model or run directory (default: the shipped model).")] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write here (.csv or .parquet) instead of CSV on stdout.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model or run directory (default: the shipped model).")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write here (.csv or .parquet) instead of CSV on stdout.")] = None,
     batch_size: Annotated[int, typer.Option(help="Spectra per forward pass.")] = _INFER.batch_size,
     decode: Annotated[str, typer.Option(help="'head' (numeric read-out, default) or 'text' (constrained greedy decoding).")] = _INFER.decode,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any input failed.")] = False,
@@ -281,9 +281,9 @@ _CROSSMATCH = CrossmatchConfig()
 def crossmatch(
     shards: Annotated[str, typer.Argument(help="Spectrum shards written by `specllm ingest` (directory or Parquet file).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Directory for the labelled shards.")],
-    apogee: Annotated[Optional[str], typer.Option(help="APOGEE allStar (DR16/DR17) or a table like it (CSV, FITS, Parquet).")] = None,
-    galah: Annotated[Optional[str], typer.Option(help="GALAH allstar (DR4, or DR3) catalogue.")] = None,
-    gaia_eso: Annotated[Optional[str], typer.Option("--gaia-eso", help="Gaia-ESO (iDR6-like) catalogue.")] = None,
+    apogee: Annotated[str | None, typer.Option(help="APOGEE allStar (DR16/DR17) or a table like it (CSV, FITS, Parquet).")] = None,
+    galah: Annotated[str | None, typer.Option(help="GALAH allstar (DR4, or DR3) catalogue.")] = None,
+    gaia_eso: Annotated[str | None, typer.Option("--gaia-eso", help="Gaia-ESO (iDR6-like) catalogue.")] = None,
     radius: Annotated[float, typer.Option(help="Match radius in arcsec.")] = _CROSSMATCH.radius_arcsec,
     quality_cuts: Annotated[bool, typer.Option(help="Apply the surveys' flags and cuts (paper).")] = _CROSSMATCH.quality_cuts,
     one_per_star: Annotated[bool, typer.Option(help="Only the nearest spectrum of each star takes its labels.")] = _CROSSMATCH.one_per_star,

@@ -22,7 +22,7 @@ import torch
 
 from .config import LoraConfig
 from .errors import SpecllmError
-from .models import base_fingerprint, quiet_offline, load_causal_lm, load_tokenizer, resolve_base
+from .models import base_fingerprint, load_causal_lm, load_tokenizer, quiet_offline, resolve_base
 from .progress import say
 from .spectral import PatchEmbedder, SpectralLM
 
