@@ -226,7 +226,7 @@ def write_model_card(path: str | os.PathLike, command: str) -> Path:
         + (f"; patch projector ({spec.patch_width}-pixel patches)" if spec.patch_width else "")
         + "; numeric read-out heads",
         f"- Weights: `{WEIGHTS}` ({size / 1e6:.1f} MB in this directory), safetensors",
-        f"- Data: `{m.get('data')}` (content hash `{str(m.get('data_content_hash'))[:16]}`), "
+        f"- Data: `{Path(str(m.get('data'))).name}` (content hash `{str(m.get('data_content_hash'))[:16]}`), "
         f"{m.get('train_examples')} train / {m.get('test_examples')} test spectra",
         f"- Recipe: {json.dumps(m.get('recipe'))}",
         f"- Options: {json.dumps(m.get('options'))}",
