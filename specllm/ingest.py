@@ -125,7 +125,7 @@ def check_snr(row: dict, config: IngestConfig, required: bool = True) -> None:
         snr = row.get(f"snr{band}")
         if snr is None:
             if minimum > 0 and required:
-                raise SpectrumRejected("no SNR", f"snr{band} is neither in the catalogue nor the header")
+                raise SpectrumRejected("no SNR", f"snr{band} is not measured (absent or -9999 in catalogue and header)")
         elif snr < minimum:
             raise SpectrumRejected("low SNR", f"snr{band} = {snr:.2f} < {minimum:g}")
 
@@ -140,6 +140,9 @@ def process_one(path: str):
         cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, config.grid, config.clean)
     except SpectrumRejected as exc:
         return ("rejected", path, exc.reason, exc.detail)
+    except Exception as exc:  # a file no reader foresaw: report it like any bad file, the run goes on
+        detail = str(exc).splitlines()[0][:160] if str(exc) else ""
+        return ("rejected", path, "unexpected error", f"{type(exc).__name__}: {detail}")
     row.update(
         file=path,
         layout=raw.layout,
@@ -160,11 +163,12 @@ def balance_candidate(path: str):
         header = fits.getheader(path)
         row = describe(path, header_meta(header, ""))
         check_snr(row, _STATE["config"])
-    except (SpectrumRejected, OSError, ValueError, KeyError, EOFError):
+    except Exception:
         return None  # the main pass reports the reason
     if row["class"] is None:
         return None
-    return (path, row["class"], hash_fraction(row["spec_id"], _STATE["config"].split.salt))
+    # A salt of its own: drawn with the split's hash, the lowest hashes (all in the test split) would be chosen.
+    return (path, row["class"], hash_fraction(row["spec_id"], _STATE["config"].split.salt + ":balance"))
 
 
 # ---------------------------------------------------------------- the run (main process)
@@ -258,10 +262,9 @@ def run_ingest(
         shard_names, digests, rejects = [], [], []
         n_chunks = (len(paths) + config.shard_size - 1) // config.shard_size
         with progress_bar("ingest", total=len(paths)) as advance:
-            for k, chunk in _chunks(paths, config.shard_size):
-                record = _load_chunk_record(out, k, _chunk_hash(chunk))
+            for k, chunk, record, results in _prefetched(out, paths, config.shard_size, pool_map):
                 if record is None:
-                    record = _process_chunk(out, k, chunk, pool_map, schema, grid_size, seen)
+                    record = _process_chunk(out, k, chunk, results, schema, grid_size, seen)
                 else:
                     result.resumed_chunks += 1
                     for sid in record["ids"]:
@@ -321,9 +324,27 @@ def _load_chunk_record(out: str, k: int, input_hash: str) -> dict | None:
     return record
 
 
-def _process_chunk(out, k, chunk, pool_map, schema, grid_size, seen) -> dict:
+def _prefetched(out: str, paths: list[str], size: int, pool_map):
+    """Yields (k, chunk, record or None, results) in order. A chunk without a complete record is submitted to the
+    workers when the chunk before it is handed out, so they clean chunk k+1 while this process builds and writes
+    shard k; at most two chunks of results are in memory."""
+    chunks = list(_chunks(paths, size))
+
+    def start(i):
+        k, chunk = chunks[i]
+        record = _load_chunk_record(out, k, _chunk_hash(chunk))
+        return record, (pool_map(process_one, chunk) if record is None else None)
+
+    nxt = start(0) if chunks else None
+    for i, (k, chunk) in enumerate(chunks):
+        record, results = nxt
+        nxt = start(i + 1) if i + 1 < len(chunks) else None
+        yield k, chunk, record, results
+
+
+def _process_chunk(out, k, chunk, results, schema, grid_size, seen) -> dict:
     kept, rejects = [], []
-    for res in pool_map(process_one, chunk):
+    for res in results:
         if res[0] == "rejected":
             _, path, reason, detail = res
             rejects.append({"file": path, "reason": reason, "detail": detail})
