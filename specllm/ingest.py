@@ -110,7 +110,9 @@ def describe(path: str, meta: dict) -> dict:
         try:
             cat = catalog.lookup(meta.get("obsid"), path)
         except KeyError as exc:
-            raise SpectrumRejected("duplicate obsid", f"{exc.args[0]} appears more than once in {catalog.path}") from None
+            raise SpectrumRejected(
+                "duplicate obsid", f"{exc.args[0]} appears more than once in {catalog.path}"
+            ) from None
         if cat:
             row.update({k: v for k, v in cat.items() if v is not None or k not in row})
     if not row.get("spec_id"):  # array sources name their spectra themselves (e.g. miles-0272)
@@ -351,7 +353,13 @@ def _process_chunk(out, k, chunk, results, schema, grid_size, seen) -> dict:
             continue
         row = res[1]
         if row["spec_id"] in seen:
-            rejects.append({"file": row["file"], "reason": "duplicate obsid", "detail": f"{row['spec_id']} already read from {seen[row['spec_id']]}"})
+            rejects.append(
+                {
+                    "file": row["file"],
+                    "reason": "duplicate obsid",
+                    "detail": f"{row['spec_id']} already read from {seen[row['spec_id']]}",
+                }
+            )
             continue
         seen[row["spec_id"]] = row["file"]
         kept.append(res)
@@ -391,4 +399,3 @@ def summary_lines(result: IngestResult) -> list[str]:
         lines.append(f"  resumed: {result.resumed_chunks} shard(s) already complete were kept")
     lines.append(f"  shards in {result.out}, content hash {result.content_hash[:16]}")
     return lines
-

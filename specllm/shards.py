@@ -139,7 +139,9 @@ def read_manifest(source: str | os.PathLike) -> dict | None:
     return None
 
 
-def iter_batches(source: str | os.PathLike, columns: list[str] | None = None, batch_size: int = 256) -> Iterator[pa.RecordBatch]:
+def iter_batches(
+    source: str | os.PathLike, columns: list[str] | None = None, batch_size: int = 256
+) -> Iterator[pa.RecordBatch]:
     """Stream record batches from every shard of `source` (memory bounded by `batch_size`)."""
     for path in shard_paths(source):
         pf = pq.ParquetFile(path)

@@ -59,7 +59,9 @@ def log_grid(n: int = NPIX, coeff0: float = COEFF0, coeff1: float = COEFF1) -> n
     return 10.0 ** (coeff0 + coeff1 * np.arange(n, dtype=np.float64))
 
 
-def stellar_flux(wave: np.ndarray, teff: float = 5800.0, scale: float = 1000.0, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+def stellar_flux(
+    wave: np.ndarray, teff: float = 5800.0, scale: float = 1000.0, noise: float = 0.0, seed: int = 0
+) -> np.ndarray:
     """A smooth star-like spectrum in LAMOST-like counts (float32, positive, maximum about `scale`)."""
     lam = np.asarray(wave, dtype=np.float64) * 1e-10
     planck = 1.0 / (lam**5 * np.expm1(1.4388e-2 / (lam * teff)))
@@ -82,7 +84,7 @@ def _snr_dict(snr) -> dict:
         return snr
     if np.isscalar(snr):
         return dict.fromkeys(BANDS, float(snr))
-    return dict(zip(BANDS, snr))
+    return dict(zip(BANDS, snr, strict=False))
 
 
 def _arrays(wave, flux, ivar, ormask, andmask, teff):
@@ -273,7 +275,10 @@ def write_sdss(path) -> Path:
         name="COADD",
     )
     specobj = fits.BinTableHDU.from_columns(
-        [fits.Column(name="PLATE", format="J", array=np.array([266])), fits.Column(name="CLASS", format="6A", array=np.array(["STAR"]))],
+        [
+            fits.Column(name="PLATE", format="J", array=np.array([266])),
+            fits.Column(name="CLASS", format="6A", array=np.array(["STAR"])),
+        ],
         name="SPECOBJ",
     )
     return _write(fits.HDUList([fits.PrimaryHDU(header=h), coadd, specobj]), path)
@@ -321,7 +326,9 @@ def make_dataset(
         obsid = first_obsid + i
         snr = np.round(rng.uniform(20, 120, 5), 2)
         name = f"spec-{layout}-{obsid}.fits" + (".gz" if gz else "")
-        common = dict(subclass=subclass, snr=tuple(snr), ra=float(rng.uniform(0, 360)), dec=float(rng.uniform(-10, 60)), teff=teff)
+        common = dict(
+            subclass=subclass, snr=tuple(snr), ra=float(rng.uniform(0, 360)), dec=float(rng.uniform(-10, 60)), teff=teff
+        )
         if layout == "dr1":
             write_dr1(directory / name, **common)
         else:

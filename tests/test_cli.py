@@ -106,7 +106,19 @@ def bad_run(tmp_path_factory):
     write_coadd(d / "good-coadd.fits.gz", obsid=602)
     rows = [dict(obsid=o, teff=5000.0, logg=4.0, feh=0.0) for o in (501, 502, 503, 504, 505, 507, 508, 508, 601, 602)]
     catalog = write_catalog(tmp / "labels.csv", rows)
-    args = ["ingest", d, d / "missing.fits.gz", "--catalog", catalog, "--out", tmp / "out", "--workers", 2, "--shard-size", 7]
+    args = [
+        "ingest",
+        d,
+        d / "missing.fits.gz",
+        "--catalog",
+        catalog,
+        "--out",
+        tmp / "out",
+        "--workers",
+        2,
+        "--shard-size",
+        7,
+    ]
     return tmp, cases, args, specllm(*args)
 
 
@@ -259,7 +271,9 @@ def _check_visible_shards(out: Path) -> int:
 
 def test_kill_9_then_rerun_gives_the_same_content_hash(tmp_path):
     rows = make_dataset(tmp_path / "spectra", 24, layouts=("coadd", "image"))
-    catalog = write_catalog(tmp_path / "labels.csv", rows, ("filename", "obsid", "subclass", "snrr", "snri", "teff", "logg", "feh"))
+    catalog = write_catalog(
+        tmp_path / "labels.csv", rows, ("filename", "obsid", "subclass", "snrr", "snri", "teff", "logg", "feh")
+    )
     out = tmp_path / "out"
     args = ["ingest", tmp_path / "spectra", "--catalog", catalog, "--out", out, "--shard-size", 3]  # 8 shards
 

@@ -48,14 +48,14 @@ def test_bash_completion_end_to_end(tmp_path):
     bin_dir.mkdir()
     launcher = bin_dir / "specllm"
     launcher.write_text(
-        f"#!/bin/sh\nexec {sys.executable} -c \"import sys; sys.argv[0] = 'specllm'; from specllm.cli import main; main()\" \"$@\"\n"
+        f'#!/bin/sh\nexec {sys.executable} -c "import sys; sys.argv[0] = \'specllm\'; from specllm.cli import main; main()" "$@"\n'
     )
     launcher.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT))
     script = (
         f"source {COMMITTED / 'specllm.bash'}\n"
-        "COMP_WORDS=(specllm in); COMP_CWORD=1; _specllm_completion specllm; echo \"1:${COMPREPLY[*]}\"\n"
-        "COMP_WORDS=(specllm ingest --snr); COMP_CWORD=2; _specllm_completion specllm; echo \"2:${COMPREPLY[*]}\"\n"
+        'COMP_WORDS=(specllm in); COMP_CWORD=1; _specllm_completion specllm; echo "1:${COMPREPLY[*]}"\n'
+        'COMP_WORDS=(specllm ingest --snr); COMP_CWORD=2; _specllm_completion specllm; echo "2:${COMPREPLY[*]}"\n'
     )
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=120)
     lines = dict(line.split(":", 1) for line in proc.stdout.splitlines())

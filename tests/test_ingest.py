@@ -65,7 +65,11 @@ def test_end_to_end_with_catalogue(tmp_path):
         assert (r["layout"], r["data_release"]) == expected
         assert r["coverage"] == 1.0 and r["norm"] > 0
     flux = arrow_to_vectors(table.column("flux"))
-    assert flux.shape == (15, 4901) and np.abs(flux).max() <= 1.0 + 1e-3 and not arrow_to_vectors(table.column("mask"), bool).any()
+    assert (
+        flux.shape == (15, 4901)
+        and np.abs(flux).max() <= 1.0 + 1e-3
+        and not arrow_to_vectors(table.column("mask"), bool).any()
+    )
     assert sorted(r["class"] for r in got.values()) == sorted("AFGKM" * 3)
 
     manifest = json.loads((out / MANIFEST).read_text())
@@ -80,8 +84,12 @@ def test_end_to_end_with_catalogue(tmp_path):
 
 def test_dr1_join_on_file_name_only(tmp_path):
     spectra = tmp_path / "fits"
-    names = ["spec-55862-B6212_sp06-003.fits.gz", "spec-55862-B6212_sp06-005.fits.gz", "spec-55862-B6212_sp06-006.fits.gz"]
-    for name, sub in zip(names, ["F9", "K3", "dM1"]):
+    names = [
+        "spec-55862-B6212_sp06-003.fits.gz",
+        "spec-55862-B6212_sp06-005.fits.gz",
+        "spec-55862-B6212_sp06-006.fits.gz",
+    ]
+    for name, sub in zip(names, ["F9", "K3", "dM1"], strict=True):
         write_dr1(spectra / name, subclass=sub)
     catalog = [dict(filename=names[0].removesuffix(".gz"), teff=6100.0, logg=4.2, feh=-0.3, subclass="F8", rv=-21.4),
                dict(filename=names[1], teff=4700.0, logg=2.5, feh=0.1, subclass="K2", rv=5.5)]  # fmt: skip
@@ -129,7 +137,9 @@ def test_snr_cut_from_catalogue_with_header_fallback(tmp_path):
     spectra = tmp_path / "fits"
     header_snr = (20.0, 50.0, 50.0, 50.0, 50.0)
     for obsid in range(1, 7):
-        write_coadd(spectra / f"s{obsid}.fits.gz", obsid=obsid, snr=header_snr if obsid != 5 else {"r": 50.0, "i": -9999.0})
+        write_coadd(
+            spectra / f"s{obsid}.fits.gz", obsid=obsid, snr=header_snr if obsid != 5 else {"r": 50.0, "i": -9999.0}
+        )
     write_image(spectra / "s7.fits.gz", obsid=7, snr=(20.0, 50.0, 50.0, 1.5, 50.0))  # header snri low
     catalog = [
         dict(obsid=1, snrr=1.9, teff=5000, logg=4, feh=0),  # catalogue below the cut (header is fine): rejected
@@ -147,7 +157,9 @@ def test_snr_cut_from_catalogue_with_header_fallback(tmp_path):
     assert rejects["s5.fits.gz"]["reason"] == "no SNR" and "snri" in rejects["s5.fits.gz"]["detail"]
     assert rejects["s7.fits.gz"]["reason"] == "low SNR" and "snri = 1.50" in rejects["s7.fits.gz"]["detail"]
     assert result.rejected == {"low SNR": 2, "no SNR": 1}
-    relaxed = run_ingest([str(spectra)], str(tmp_path / "relaxed"), str(cat), IngestConfig(clean=CleanConfig(snr_min_r=0, snr_min_i=0)))
+    relaxed = run_ingest(
+        [str(spectra)], str(tmp_path / "relaxed"), str(cat), IngestConfig(clean=CleanConfig(snr_min_r=0, snr_min_i=0))
+    )
     assert relaxed.kept == 7
 
 
@@ -209,7 +221,9 @@ def test_split_fraction_and_salt():
     other = [split_of(i, SplitConfig(salt="other")) for i in ids]
     assert splits != other and abs(other.count("test") / len(ids) - 0.2) < 0.01
     half = [split_of(i, SplitConfig(test_fraction=0.5)) for i in ids]
-    assert all(h == "test" for s, h in zip(splits, half) if s == "test")  # nested: a larger test set keeps the old
+    assert all(
+        h == "test" for s, h in zip(splits, half, strict=True) if s == "test"
+    )  # nested: a larger test set keeps the old
 
 
 def test_split_stable_when_files_are_added(tmp_path):
@@ -247,18 +261,32 @@ def test_shards_digests_and_content_hash(tmp_path):
 
 def test_rerun_resumes_and_options_are_guarded(tmp_path):
     first, _ = _ingest(tmp_path, n=8, shard_size=3)
-    again = run_ingest([str(tmp_path / "fits")], str(tmp_path / "out"), str(tmp_path / "cat.csv"), IngestConfig(shard_size=3))
+    again = run_ingest(
+        [str(tmp_path / "fits")], str(tmp_path / "out"), str(tmp_path / "cat.csv"), IngestConfig(shard_size=3)
+    )
     assert again.resumed_chunks == 3 and again.content_hash == first.content_hash and again.kept == 8
     with pytest.raises(SpecllmError, match="other options"):
-        run_ingest([str(tmp_path / "fits")], str(tmp_path / "out"), str(tmp_path / "cat.csv"), IngestConfig(shard_size=4))
-    replaced = run_ingest([str(tmp_path / "fits")], str(tmp_path / "out"), str(tmp_path / "cat.csv"), IngestConfig(shard_size=4), overwrite=True)
+        run_ingest(
+            [str(tmp_path / "fits")], str(tmp_path / "out"), str(tmp_path / "cat.csv"), IngestConfig(shard_size=4)
+        )
+    replaced = run_ingest(
+        [str(tmp_path / "fits")],
+        str(tmp_path / "out"),
+        str(tmp_path / "cat.csv"),
+        IngestConfig(shard_size=4),
+        overwrite=True,
+    )
     assert replaced.resumed_chunks == 0 and replaced.kept == 8
-    assert sorted(glob.glob(str(tmp_path / "out" / "part-*.parquet"))) == [str(tmp_path / "out" / f"part-0000{k}.parquet") for k in (0, 1)]
+    assert sorted(glob.glob(str(tmp_path / "out" / "part-*.parquet"))) == [
+        str(tmp_path / "out" / f"part-0000{k}.parquet") for k in (0, 1)
+    ]
 
 
 def test_workers_give_the_same_content(tmp_path):
     one, _ = _ingest(tmp_path, n=12, shard_size=5, out="w1")
-    two = run_ingest([str(tmp_path / "fits")], str(tmp_path / "w2"), str(tmp_path / "cat.csv"), IngestConfig(shard_size=5, workers=2))
+    two = run_ingest(
+        [str(tmp_path / "fits")], str(tmp_path / "w2"), str(tmp_path / "cat.csv"), IngestConfig(shard_size=5, workers=2)
+    )
     assert two.content_hash == one.content_hash and two.kept == 12
 
 
@@ -291,7 +319,9 @@ def test_shards_open_without_specllm(tmp_path, session_shards):
     import duckdb
 
     pattern = str(session_shards / "part-*.parquet")
-    n, width, teff = duckdb.sql(f"select count(*), max(len(flux)), avg(teff) from read_parquet('{pattern}')").fetchall()[0]
+    n, width, teff = duckdb.sql(
+        f"select count(*), max(len(flux)), avg(teff) from read_parquet('{pattern}')"
+    ).fetchall()[0]
     assert (n, width) == (20, 4901) and 3000 < teff < 9000
 
     import datasets
@@ -308,7 +338,9 @@ def test_shards_open_without_specllm(tmp_path, session_shards):
 def test_real_dr10_with_labels(tmp_path, shared_data):
     dr10 = shared_data / "lamost" / "dr10"
     n_files = len(os.listdir(dr10 / "spectra"))
-    result = run_ingest([str(dr10 / "spectra")], str(tmp_path / "dr10"), str(dr10 / "labels.csv"), IngestConfig(workers=2))
+    result = run_ingest(
+        [str(dr10 / "spectra")], str(tmp_path / "dr10"), str(dr10 / "labels.csv"), IngestConfig(workers=2)
+    )
     assert n_files == 1650 and result.read == 1650
     assert result.kept == 1636 and result.rejected == {"no SNR": 13, "low SNR": 1}  # measured on the shared sample
     rejects = _rejects(tmp_path / "dr10")

@@ -82,7 +82,9 @@ def test_image_layout_values_wavelength_meta(tmp_path, suffix):
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_dr1_layout_wavelength_from_coefficients(tmp_path, suffix):
-    path = write_dr1(tmp_path / f"spec-55862-B6212_sp06-003{suffix}", n=3904, subclass="F9", snr=(14.02, 71.41, 99.0, 98.0, 97.0))
+    path = write_dr1(
+        tmp_path / f"spec-55862-B6212_sp06-003{suffix}", n=3904, subclass="F9", snr=(14.02, 71.41, 99.0, 98.0, 97.0)
+    )
     raw = read_spectrum(str(path))
     assert raw.layout == LAYOUT_DR1
     expected = 10.0 ** (COEFF0 + COEFF1 * np.arange(3904))
@@ -241,8 +243,17 @@ def test_file_key_and_reduce_class():
 def test_catalog_join_by_obsid_and_by_filename(tmp_path):
     rows = [
         dict(obsid=11, filename="", subclass="G2", teff=5700.0, logg=4.4, feh=-0.1, snrr=50.0, rv=12.5, split="x"),
-        dict(obsid=None, filename="spec-55862-B6212_sp06-003.fits.gz", subclass="K1", teff=4800.0, logg=4.6, feh=0.2,
-             snrr=-9999.0, rv=-3.0, split="y"),  # fmt: skip
+        dict(
+            obsid=None,
+            filename="spec-55862-B6212_sp06-003.fits.gz",
+            subclass="K1",
+            teff=4800.0,
+            logg=4.6,
+            feh=0.2,
+            snrr=-9999.0,
+            rv=-3.0,
+            split="y",
+        ),
     ]
     cat = LabelCatalog(str(write_catalog(tmp_path / "cat.csv", rows)))
     by_obsid = cat.lookup(11, "whatever/name.fits.gz")

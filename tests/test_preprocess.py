@@ -128,8 +128,22 @@ def test_good_pixels_options():
     ivar = np.array([1, 0, 1, 1, -1, 1.0])
     ormask = np.array([0, 0, 2, 0, 0, 0])
     assert good_pixels(flux, ivar, ormask, PAPER).tolist() == [True, False, False, True, False, True]
-    assert good_pixels(flux, ivar, ormask, CleanConfig(mask_ormask=False)).tolist() == [True, False, True, True, False, True]
-    assert good_pixels(flux, ivar, ormask, CleanConfig(require_ivar=False)).tolist() == [True, True, False, True, True, True]
+    assert good_pixels(flux, ivar, ormask, CleanConfig(mask_ormask=False)).tolist() == [
+        True,
+        False,
+        True,
+        True,
+        False,
+        True,
+    ]
+    assert good_pixels(flux, ivar, ormask, CleanConfig(require_ivar=False)).tolist() == [
+        True,
+        True,
+        False,
+        True,
+        True,
+        True,
+    ]
     assert good_pixels(flux, None, None, PAPER).all()
 
 
