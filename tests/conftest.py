@@ -1,5 +1,5 @@
-"""Shared fixtures. The FITS/catalogue writers live in `tests/fitsfactory.py` (importable: `from fitsfactory import
-make_shards`); the fixtures below wrap them.
+"""Shared fixtures. The FITS/catalogue writers live in `tests/fitsfactory.py` (in a test module:
+`from .fitsfactory import make_shards`); the fixtures below wrap them.
 
 - `shared_data`: the `../shared/data` Path (real survey files), or the test is skipped.
 - `spectrum_file`: `spectrum_file("coadd" | "image" | "dr1", name=None, gz=True, **writer_kwargs) -> Path`.
@@ -9,14 +9,11 @@ make_shards`); the fixtures below wrap them.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # `import fitsfactory` under any import mode
-
-import fitsfactory  # noqa: E402
+from . import fitsfactory
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -1,6 +1,6 @@
 """Small LAMOST-like FITS files and catalogues written by the tests themselves, plus ready-made shards.
 
-Importable from any test module (`from fitsfactory import make_shards`; pytest puts `tests/` on the path):
+Importable from any test module (`from .fitsfactory import make_shards`):
 
 - `log_grid()`: the LAMOST log-linear wavelength grid, 10 ** (3.5682 + 1e-4 * i), 3909 pixels (3700-9100 A).
 - `stellar_flux(wave, teff)`: a smooth, positive, star-like spectrum (Planck continuum times a smooth instrument

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
-from fitsfactory import (
+
+from .fitsfactory import (
     log_grid,
     make_dataset,
     stellar_flux,
@@ -76,7 +77,9 @@ def _bad_inputs(d: Path) -> dict[str, tuple[Path, str, str]]:
     write_coadd(d / "dup-catalogue.fits.gz", obsid=508)  # two catalogue rows have obsid 508
     cols = [fits.Column(name=n, format=f"{k}E", array=np.ones((1, k), np.float32))
             for n, k in (("FLUX", 3909), ("IVAR", 3909), ("WAVELENGTH", 3000), ("ORMASK", 3909))]  # fmt: skip
-    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, name="COADD")]).writeto(d / "ragged.fits")
+    primary = fits.PrimaryHDU()
+    primary.header["TELESCOP"], primary.header["OBSID"] = "LAMOST", 509  # a LAMOST file, not an array table
+    fits.HDUList([primary, fits.BinTableHDU.from_columns(cols, name="COADD")]).writeto(d / "ragged.fits")
     return {
         "truncated.fits.gz": ("unreadable", "gzip"),
         "notes.fits": ("unreadable", "not a readable FITS file"),

@@ -43,7 +43,7 @@ def test_module_entry_writes_the_three_files(tmp_path):
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
 def test_bash_completion_end_to_end(tmp_path):
-    """Source the committed bash script and complete `specllm in<TAB>` and `specllm ingest --snr<TAB>`."""
+    """Source the committed bash script and complete `specllm ing<TAB>` and `specllm ingest --snr<TAB>`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     launcher = bin_dir / "specllm"
@@ -54,7 +54,7 @@ def test_bash_completion_end_to_end(tmp_path):
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT))
     script = (
         f"source {COMMITTED / 'specllm.bash'}\n"
-        'COMP_WORDS=(specllm in); COMP_CWORD=1; _specllm_completion specllm; echo "1:${COMPREPLY[*]}"\n'
+        'COMP_WORDS=(specllm ing); COMP_CWORD=1; _specllm_completion specllm; echo "1:${COMPREPLY[*]}"\n'
         'COMP_WORDS=(specllm ingest --snr); COMP_CWORD=2; _specllm_completion specllm; echo "2:${COMPREPLY[*]}"\n'
     )
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=120)

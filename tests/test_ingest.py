@@ -13,12 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fitsfactory import CATALOG_COLUMNS, make_dataset, write_catalog, write_coadd, write_dr1, write_image
 
 from specllm.config import CleanConfig, IngestConfig, SplitConfig
 from specllm.errors import SpecllmError
 from specllm.ingest import REJECTS, hash_fraction, run_ingest, split_of
 from specllm.shards import MANIFEST, arrow_to_vectors, read_table, table_digest
+
+from .fitsfactory import CATALOG_COLUMNS, make_dataset, write_catalog, write_coadd, write_dr1, write_image
 
 
 def _ingest(tmp_path, rows=None, n=15, catalog_rows=None, columns=CATALOG_COLUMNS, out="out", **config):

@@ -11,7 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from fitsfactory import (
+
+from specllm.errors import SpecllmError, SpectrumRejected
+from specllm.io import expand_inputs, read_spectrum
+from specllm.io.fitsfile import open_fits
+from specllm.io.lamost import LAYOUT_COADD, LAYOUT_DR1, LAYOUT_IMAGE, header_meta
+from specllm.io.lamost_catalog import LabelCatalog, file_key, reduce_class
+from specllm.io.tables import column_as_float, read_catalog
+
+from .fitsfactory import (
     COEFF0,
     COEFF1,
     log_grid,
@@ -23,13 +31,6 @@ from fitsfactory import (
     write_medium_resolution,
     write_sdss,
 )
-
-from specllm.errors import SpecllmError, SpectrumRejected
-from specllm.io import expand_inputs, read_spectrum
-from specllm.io.fitsfile import open_fits
-from specllm.io.lamost import LAYOUT_COADD, LAYOUT_DR1, LAYOUT_IMAGE, header_meta
-from specllm.io.lamost_catalog import LabelCatalog, file_key, reduce_class
-from specllm.io.tables import column_as_float, read_catalog
 
 SUFFIXES = [".fits", ".fits.gz"]
 

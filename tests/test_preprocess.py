@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fitsfactory import log_grid, stellar_flux
 from scipy.interpolate import CubicSpline
 
 from specllm.config import CleanConfig, GridConfig
 from specllm.errors import SpectrumRejected
 from specllm.preprocess import clean_spectrum, good_pixels, resample
+
+from .fitsfactory import log_grid, stellar_flux
 
 GRID = GridConfig()
 GW = GRID.wavelengths()
