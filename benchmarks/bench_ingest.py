@@ -109,7 +109,8 @@ def main() -> int:
     )
     print("|---|---|---|---|---|---|---|")
     for label, workers, wall, rate, steady, cpu, rss, _ in rows:
-        print(f"| {label} | {workers} | {wall:.2f} | {rate:.0f} | {steady:.0f} | {cpu:.1f} | {rss:.0f} |")
+        rates = f"{rate:.0f} | {steady:.0f}" if steady == steady else "- | -"  # the 1-file run has no rate
+        print(f"| {label} | {workers} | {wall:.2f} | {rates} | {cpu:.1f} | {rss:.0f} |")
     print(f"\n{rows[2][-1]}")
     return 0
 
