@@ -1,10 +1,11 @@
 """Benchmark `specllm ingest` through the real command line on the shared LAMOST DR10 sample.
 
-    python benchmarks/bench_ingest.py [--shared ../shared/data] [--workers 2] [--subset 400]
+    python benchmarks/bench_ingest.py [--shared ../shared/data] [--workers 2] [--subsets 400,1000]
 
 Runs, each a fresh `python -m specllm.cli ingest ... --workers N` process (the console script's code path):
-  1 file (start-up cost: interpreter, imports, worker pool), --subset files and all 1,650 files with --workers N,
-  and all files with --workers 1 for comparison.
+  1 file (start-up cost: interpreter, imports, worker pool), the first 400 and 1,000 files (--subsets) and all
+  1,650 files with --workers N, and all files with --workers 1 for comparison. (With the default 512 spectra per
+  shard, 400 files fill less than one shard; 1,000 and 1,650 files hold the same two shards' worth in memory.)
 For each: wall-clock seconds including process start, spectra per second on that wall clock, the rate with the
 1-file run's time subtracted (the steady ingest rate), CPU seconds, and peak RSS of the largest process of the run
 (main or worker; from getrusage of the waited-for process tree), which must not grow with the number of files.
@@ -53,7 +54,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", default=str(ROOT / ".." / "shared" / "data"), help="the shared data folder")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--subset", type=int, default=400)
+    parser.add_argument("--subsets", default="400,1000", help="comma-separated file counts")
     args = parser.parse_args()
 
     dr10 = Path(args.shared).resolve() / "lamost" / "dr10"
@@ -69,17 +70,10 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         tmp = Path(tmp)
-        runs = [
-            ("1 file (start-up)", subset_dir(spectra, 1, tmp / "in-1"), 1, args.workers),
-            (
-                f"{args.subset} files",
-                subset_dir(spectra, args.subset, tmp / f"in-{args.subset}"),
-                args.subset,
-                args.workers,
-            ),
-            (f"{n_all} files", spectra, n_all, args.workers),
-            (f"{n_all} files", spectra, n_all, 1),
-        ]
+        subsets = [int(n) for n in args.subsets.split(",") if n.strip()]
+        runs = [("1 file (start-up)", subset_dir(spectra, 1, tmp / "in-1"), 1, args.workers)]
+        runs += [(f"{n} files", subset_dir(spectra, n, tmp / f"in-{n}"), n, args.workers) for n in subsets]
+        runs += [(f"{n_all} files", spectra, n_all, args.workers), (f"{n_all} files", spectra, n_all, 1)]
         startup = None
         for k, (label, source, n, workers) in enumerate(runs):
             print(f"bench_ingest: {label}, --workers {workers} ...", file=sys.stderr)
@@ -111,7 +105,7 @@ def main() -> int:
     for label, workers, wall, rate, steady, cpu, rss, _ in rows:
         rates = f"{rate:.0f} | {steady:.0f}" if steady == steady else "- | -"  # the 1-file run has no rate
         print(f"| {label} | {workers} | {wall:.2f} | {rates} | {cpu:.1f} | {rss:.0f} |")
-    print(f"\n{rows[2][-1]}")
+    print(f"\n{rows[-2][-1]}")
     return 0
 
 
