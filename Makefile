@@ -46,7 +46,7 @@ model: $(STAMP)
 	$(BIN)/python -c "from specllm.runs import write_model_card as w; w('specllm/models/default', 'make model')"
 
 bench: $(STAMP)
-	$(BIN)/python -m specllm.bench ingest --shared $(SHARED)
+	$(BIN)/python benchmarks/bench_ingest.py --shared $(SHARED)
 
 # External comparison (issue 7): the shipped model (or MODEL=dir) on LAMOST DR1 and MILES, reports in docs/external/.
 MODEL ?=

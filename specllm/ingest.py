@@ -110,7 +110,9 @@ def describe(path: str, meta: dict) -> dict:
         try:
             cat = catalog.lookup(meta.get("obsid"), path)
         except KeyError as exc:
-            raise SpectrumRejected("duplicate obsid", f"{exc.args[0]} appears more than once in {catalog.path}") from None
+            raise SpectrumRejected(
+                "duplicate obsid", f"{exc.args[0]} appears more than once in {catalog.path}"
+            ) from None
         if cat:
             row.update({k: v for k, v in cat.items() if v is not None or k not in row})
     if not row.get("spec_id"):  # array sources name their spectra themselves (e.g. miles-0272)
@@ -125,7 +127,7 @@ def check_snr(row: dict, config: IngestConfig, required: bool = True) -> None:
         snr = row.get(f"snr{band}")
         if snr is None:
             if minimum > 0 and required:
-                raise SpectrumRejected("no SNR", f"snr{band} is neither in the catalogue nor the header")
+                raise SpectrumRejected("no SNR", f"snr{band} is not measured (absent or -9999 in catalogue and header)")
         elif snr < minimum:
             raise SpectrumRejected("low SNR", f"snr{band} = {snr:.2f} < {minimum:g}")
 
@@ -140,6 +142,9 @@ def process_one(path: str):
         cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, config.grid, config.clean)
     except SpectrumRejected as exc:
         return ("rejected", path, exc.reason, exc.detail)
+    except Exception as exc:  # a file no reader foresaw: report it like any bad file, the run goes on
+        detail = str(exc).splitlines()[0][:160] if str(exc) else ""
+        return ("rejected", path, "unexpected error", f"{type(exc).__name__}: {detail}")
     row.update(
         file=path,
         layout=raw.layout,
@@ -160,11 +165,12 @@ def balance_candidate(path: str):
         header = fits.getheader(path)
         row = describe(path, header_meta(header, ""))
         check_snr(row, _STATE["config"])
-    except (SpectrumRejected, OSError, ValueError, KeyError, EOFError):
+    except Exception:
         return None  # the main pass reports the reason
     if row["class"] is None:
         return None
-    return (path, row["class"], hash_fraction(row["spec_id"], _STATE["config"].split.salt))
+    # A salt of its own: drawn with the split's hash, the lowest hashes (all in the test split) would be chosen.
+    return (path, row["class"], hash_fraction(row["spec_id"], _STATE["config"].split.salt + ":balance"))
 
 
 # ---------------------------------------------------------------- the run (main process)
@@ -250,7 +256,13 @@ def run_ingest(
     ctx = multiprocessing.get_context("fork")
     pool = ctx.Pool(workers, _init_worker, (config, catalog)) if workers > 1 else None
     _init_worker(config, catalog)
-    pool_map = (lambda fn, items: pool.imap(fn, items, chunksize=4)) if pool else map
+    # Large task chunks (up to 64 files) keep the pool's dispatch threads off the GIL the main process needs for
+    # building shards: 1,650 DR10 files, 2 workers: ~650 spectra/s with chunks of 4, ~880 with 64.
+    pool_map = (
+        (lambda fn, items: pool.imap(fn, items, chunksize=max(1, min(64, len(items) // (4 * workers)))))
+        if pool
+        else map
+    )
     try:
         if config.balance:
             paths = _select_balanced(paths, config.balance, pool_map)
@@ -258,10 +270,9 @@ def run_ingest(
         shard_names, digests, rejects = [], [], []
         n_chunks = (len(paths) + config.shard_size - 1) // config.shard_size
         with progress_bar("ingest", total=len(paths)) as advance:
-            for k, chunk in _chunks(paths, config.shard_size):
-                record = _load_chunk_record(out, k, _chunk_hash(chunk))
+            for k, chunk, record, results in _prefetched(out, paths, config.shard_size, pool_map):
                 if record is None:
-                    record = _process_chunk(out, k, chunk, pool_map, schema, grid_size, seen)
+                    record = _process_chunk(out, k, chunk, results, schema, grid_size, seen)
                 else:
                     result.resumed_chunks += 1
                     for sid in record["ids"]:
@@ -321,16 +332,40 @@ def _load_chunk_record(out: str, k: int, input_hash: str) -> dict | None:
     return record
 
 
-def _process_chunk(out, k, chunk, pool_map, schema, grid_size, seen) -> dict:
+def _prefetched(out: str, paths: list[str], size: int, pool_map):
+    """Yields (k, chunk, record or None, results) in order. A chunk without a complete record is submitted to the
+    workers when the chunk before it is handed out, so they clean chunk k+1 while this process builds and writes
+    shard k; at most two chunks of results are in memory."""
+    chunks = list(_chunks(paths, size))
+
+    def start(i):
+        k, chunk = chunks[i]
+        record = _load_chunk_record(out, k, _chunk_hash(chunk))
+        return record, (pool_map(process_one, chunk) if record is None else None)
+
+    nxt = start(0) if chunks else None
+    for i, (k, chunk) in enumerate(chunks):
+        record, results = nxt
+        nxt = start(i + 1) if i + 1 < len(chunks) else None
+        yield k, chunk, record, results
+
+
+def _process_chunk(out, k, chunk, results, schema, grid_size, seen) -> dict:
     kept, rejects = [], []
-    for res in pool_map(process_one, chunk):
+    for res in results:
         if res[0] == "rejected":
             _, path, reason, detail = res
             rejects.append({"file": path, "reason": reason, "detail": detail})
             continue
         row = res[1]
         if row["spec_id"] in seen:
-            rejects.append({"file": row["file"], "reason": "duplicate obsid", "detail": f"{row['spec_id']} already read from {seen[row['spec_id']]}"})
+            rejects.append(
+                {
+                    "file": row["file"],
+                    "reason": "duplicate obsid",
+                    "detail": f"{row['spec_id']} already read from {seen[row['spec_id']]}",
+                }
+            )
             continue
         seen[row["spec_id"]] = row["file"]
         kept.append(res)
@@ -370,4 +405,3 @@ def summary_lines(result: IngestResult) -> list[str]:
         lines.append(f"  resumed: {result.resumed_chunks} shard(s) already complete were kept")
     lines.append(f"  shards in {result.out}, content hash {result.content_hash[:16]}")
     return lines
-

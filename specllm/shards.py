@@ -73,8 +73,20 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> None:
         os.unlink(tmp)
 
 
+def _canonical_type(t: pa.DataType) -> pa.DataType:
+    """List types with their child field named `item`: Parquet round trips rename it `element`."""
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(pa.field("item", _canonical_type(t.value_type), t.value_field.nullable), t.list_size)
+    if pa.types.is_list(t):
+        return pa.list_(pa.field("item", _canonical_type(t.value_type), t.value_field.nullable))
+    return t
+
+
 def table_digest(table: pa.Table) -> str:
-    """A hash of a table's content (schema and values), independent of how the Parquet file was encoded."""
+    """A hash of a table's content (schema and values), independent of how the Parquet file was encoded: a table
+    read back from its shard hashes as the one that was written."""
+    schema = pa.schema([pa.field(f.name, _canonical_type(f.type), f.nullable) for f in table.schema])  # no metadata
+    table = table.cast(schema)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table.combine_chunks())
@@ -127,7 +139,9 @@ def read_manifest(source: str | os.PathLike) -> dict | None:
     return None
 
 
-def iter_batches(source: str | os.PathLike, columns: list[str] | None = None, batch_size: int = 256) -> Iterator[pa.RecordBatch]:
+def iter_batches(
+    source: str | os.PathLike, columns: list[str] | None = None, batch_size: int = 256
+) -> Iterator[pa.RecordBatch]:
     """Stream record batches from every shard of `source` (memory bounded by `batch_size`)."""
     for path in shard_paths(source):
         pf = pq.ParquetFile(path)

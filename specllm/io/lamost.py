@@ -103,6 +103,9 @@ def load(hdus: list[Hdu], path: str, layout: str) -> RawSpectrum:
             c0, c1 = float(header["COEFF0"]), float(header["COEFF1"])
             wave = 10.0 ** (c0 + c1 * np.arange(data.shape[1], dtype=np.float64))
     wave = np.asarray(wave, dtype=np.float64)
+    sizes = {np.size(a) for a in (wave, flux, ivar, ormask)}
+    if len(sizes) > 1:
+        raise SpectrumRejected("bad layout", f"flux, ivar, ormask and wavelength differ in length ({sorted(sizes)})")
     if wave.size < 10 or not np.all(np.diff(wave) > 0):
         raise SpectrumRejected("bad wavelength", "wavelengths are not increasing")
     return RawSpectrum(

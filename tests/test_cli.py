@@ -1,0 +1,305 @@
+"""The `specllm` command line, run as a user runs it (subprocess): bad input, exit codes, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from astropy.io import fits
+
+from .fitsfactory import (
+    log_grid,
+    make_dataset,
+    stellar_flux,
+    write_catalog,
+    write_coadd,
+    write_dr1,
+    write_image,
+    write_medium_resolution,
+    write_sdss,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["COLUMNS"] = "300"
+    return env
+
+
+def specllm(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "specllm.cli", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, env=_env(), timeout=timeout,
+    )  # fmt: skip
+
+
+def _no_traceback(proc):
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+    assert "Warning" not in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _bad_inputs(d: Path) -> dict[str, tuple[Path, str, str]]:
+    """name -> (path, reason, a word the detail must contain). Every case is a distinct kind of bad file."""
+    d.mkdir(parents=True, exist_ok=True)
+    wave = log_grid()
+    good = write_coadd(d / "truncated.fits.gz", obsid=501).read_bytes()
+    (d / "truncated.fits.gz").write_bytes(good[: len(good) // 3])
+    (d / "notes.fits").write_text("these are my observing notes, not FITS\n")
+    (d / "empty.fits.gz").write_bytes(b"")
+    fits.PrimaryHDU(np.ones((3, 500), np.float32)).writeto(d / "other-image.fits")
+    write_medium_resolution(d / "med-58408-TD230151N343645T01_sp01-015.fits.gz")
+    write_sdss(d / "spec-0266-51602-0031.fits.gz")
+    write_coadd(d / "all-masked.fits.gz", obsid=502, ormask=np.ones(wave.size))
+    write_coadd(d / "negative.fits.gz", obsid=503, flux=-stellar_flux(wave))
+    nan_flux = stellar_flux(wave)
+    nan_flux[1000:1010] = np.nan
+    nan_flux[2000] = np.inf
+    write_image(d / "nan.fits.gz", obsid=504, flux=nan_flux)
+    red = wave[wave > 7200]
+    write_coadd(d / "red-only.fits.gz", obsid=505, wave=red, flux=stellar_flux(red))
+    write_coadd(d / "no-snr.fits.gz", obsid=506, snr={"g": 30.0, "r": -9999.0, "i": -9999.0})
+    write_coadd(d / "dup-file-a.fits.gz", obsid=507)
+    write_coadd(d / "dup-file-b.fits.gz", obsid=507)  # same OBSID as the one before: rejected
+    write_coadd(d / "dup-catalogue.fits.gz", obsid=508)  # two catalogue rows have obsid 508
+    cols = [fits.Column(name=n, format=f"{k}E", array=np.ones((1, k), np.float32))
+            for n, k in (("FLUX", 3909), ("IVAR", 3909), ("WAVELENGTH", 3000), ("ORMASK", 3909))]  # fmt: skip
+    primary = fits.PrimaryHDU()
+    primary.header["TELESCOP"], primary.header["OBSID"] = "LAMOST", 509  # a LAMOST file, not an array table
+    fits.HDUList([primary, fits.BinTableHDU.from_columns(cols, name="COADD")]).writeto(d / "ragged.fits")
+    return {
+        "truncated.fits.gz": ("unreadable", "gzip"),
+        "notes.fits": ("unreadable", "not a readable FITS file"),
+        "empty.fits.gz": ("unreadable", "not a readable FITS file"),
+        "other-image.fits": ("unknown layout", "LAMOST"),
+        "med-58408-TD230151N343645T01_sp01-015.fits.gz": ("unsupported layout", "medium-resolution"),
+        "spec-0266-51602-0031.fits.gz": ("unsupported layout", "SDSS"),
+        "all-masked.fits.gz": ("no good pixels", "unmasked"),
+        "negative.fits.gz": ("non-positive normaliser", "max"),
+        "nan.fits.gz": ("non-finite flux", "11 NaN/inf"),
+        "red-only.fits.gz": ("poor coverage", "3800-8700"),
+        "no-snr.fits.gz": ("no SNR", "-9999"),
+        "dup-file-b.fits.gz": ("duplicate obsid", "dup-file-a.fits.gz"),
+        "dup-catalogue.fits.gz": ("duplicate obsid", "more than once"),
+        "ragged.fits": ("bad layout", "length"),
+        "missing.fits.gz": ("unreadable", "no such file"),  # never written: a path that does not exist
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    d = tmp / "spectra"
+    cases = _bad_inputs(d)
+    write_dr1(d / "good-dr1.fits.gz")
+    write_image(d / "good-image.fits", obsid=601)
+    write_coadd(d / "good-coadd.fits.gz", obsid=602)
+    rows = [dict(obsid=o, teff=5000.0, logg=4.0, feh=0.0) for o in (501, 502, 503, 504, 505, 507, 508, 508, 601, 602)]
+    catalog = write_catalog(tmp / "labels.csv", rows)
+    args = [
+        "ingest",
+        d,
+        d / "missing.fits.gz",
+        "--catalog",
+        catalog,
+        "--out",
+        tmp / "out",
+        "--workers",
+        2,
+        "--shard-size",
+        7,
+    ]
+    return tmp, cases, args, specllm(*args)
+
+
+def test_bad_inputs_one_line_each_rejects_table_and_exit_0(bad_run):
+    tmp, cases, _, proc = bad_run
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # stdout carries data only
+    lines = proc.stderr.splitlines()
+    for name, (reason, word) in cases.items():
+        mine = [line for line in lines if os.path.basename(line.split(": rejected: ")[0]) == name]
+        assert len(mine) == 1, (name, lines)
+        assert mine[0].startswith(str(tmp / "spectra" / name)) or mine[0].startswith(str(tmp / "spectra" / "missing"))
+        assert f": rejected: {reason}" in mine[0] and word in mine[0], mine[0]
+    rejects = {os.path.basename(r["file"]): r for r in pq.read_table(tmp / "out" / "rejects.parquet").to_pylist()}
+    assert set(rejects) == set(cases)
+    for name, (reason, word) in cases.items():
+        assert rejects[name]["reason"] == reason and word in rejects[name]["detail"]
+    assert f"ingest: read {len(cases) + 4}, kept 4, rejected {len(cases)}" in proc.stderr  # 3 good + dup-file-a
+    manifest = json.loads((tmp / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["kept"] == 4 and sum(manifest["counts"]["rejected"].values()) == len(cases)
+    assert len(cases) >= 10
+
+
+def test_strict_exits_1_and_resume_reports_rejects_again(bad_run):
+    tmp, cases, args, _ = bad_run
+    proc = specllm(*args, "--strict")
+    _no_traceback(proc)
+    assert proc.returncode == 1
+    assert "resumed: 3 shard(s)" in proc.stderr  # same options (strict and workers aside): nothing redone
+    assert sum(": rejected: " in line for line in proc.stderr.splitlines()) == len(cases)
+
+
+def test_nothing_kept_exits_1(tmp_path):
+    d = tmp_path / "spectra"
+    (d / "x").mkdir(parents=True)
+    (d / "x" / "a.fits").write_text("not fits")
+    write_sdss(d / "b.fits.gz")
+    proc = specllm("ingest", d, "--out", tmp_path / "out")
+    _no_traceback(proc)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == "specllm: error: no spectrum was kept"
+    assert pq.read_table(tmp_path / "out" / "rejects.parquet").num_rows == 2
+
+
+def test_catalogue_missing_column_exits_2_before_any_work(tmp_path):
+    rows = make_dataset(tmp_path / "spectra", 2)
+    catalog = write_catalog(tmp_path / "labels.csv", rows, ("filename", "obsid", "logg", "feh"))
+    proc = specllm("ingest", tmp_path / "spectra", "--catalog", catalog, "--out", tmp_path / "out")
+    _no_traceback(proc)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"specllm: error: {catalog}: catalogue lacks required column 'teff'"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "make_args, words",
+    [
+        (lambda t: ["ingest", str(t / "*.nothing"), "--out", t / "o"], "matches no file"),
+        (lambda t: ["ingest", t, "--catalog", t / "absent.csv", "--out", t / "o"], "no such catalogue"),
+        (lambda t: ["ingest", t, "--norm", "mean", "--out", t / "o"], "--norm"),
+        (lambda t: ["ingest", t], "--out"),
+    ],
+    ids=["glob", "catalogue", "norm", "no-out"],
+)
+def test_usage_errors_exit_2(tmp_path, make_args, words):
+    proc = specllm(*make_args(tmp_path))
+    _no_traceback(proc)
+    assert proc.returncode == 2 and words in proc.stderr
+
+
+def test_help_lists_the_paper_options():
+    proc = specllm("ingest", "--help")
+    assert proc.returncode == 0
+    for option in ("--catalog", "--out", "--workers", "--balance", "--snr-min-r", "--snr-min-i", "--norm", "--decimals",
+                   "--min-coverage", "--test-fraction", "--shard-size", "--strict", "--no-mask-ormask"):  # fmt: skip
+        assert option in proc.stdout
+
+
+# ---------------------------------------------------------------- crash safety
+
+# Runs the CLI with one hook: "slow" sleeps after each shard; "hang" writes half of shard 4's temporary file and
+# hangs there. Either way the test kills the process with SIGKILL.
+RUNNER = r"""
+import sys, time
+import pyarrow.parquet as pq
+import specllm.ingest as ingest
+from specllm.shards import atomic_write
+mode = sys.argv.pop(1)
+if mode == "slow":
+    original = ingest._process_chunk
+    def slow(*args, **kwargs):
+        record = original(*args, **kwargs)
+        time.sleep(0.3)
+        return record
+    ingest._process_chunk = slow
+elif mode == "hang":
+    original_write = ingest.write_table
+    def write_table(path, table):
+        if not str(path).endswith("part-00004.parquet"):
+            return original_write(path, table)
+        def half(tmp):
+            pq.write_table(table, tmp)
+            size = len(open(tmp, "rb").read())
+            with open(tmp, "r+b") as fh:
+                fh.truncate(size // 2)
+            print("HALF-WRITTEN", flush=True)
+            time.sleep(120)
+        atomic_write(path, half)
+    ingest.write_table = write_table
+sys.argv[0] = "specllm"
+from specllm.cli import main
+main()
+"""
+
+
+def _start(mode, args):
+    cmd = [sys.executable, "-c", RUNNER, mode, *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True)
+
+
+def _wait_for(proc, condition, timeout=180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
+    raise AssertionError("timed out")
+
+
+def _kill(proc):
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _check_visible_shards(out: Path) -> int:
+    """Every visible shard opens and holds what its record says; returns how many there are."""
+    shards = sorted(out.glob("part-*.parquet"))
+    for shard in shards:
+        table = pq.read_table(shard)  # a half shard would fail here
+        assert table.num_rows > 0 and len(table.column("flux")[0]) == 4901
+        record = shard.with_suffix(".json")
+        if record.exists():
+            assert json.loads(record.read_text())["ids"] == table.column("spec_id").to_pylist()
+    assert not (out / "manifest.json").exists()  # the run did not finish
+    return len(shards)
+
+
+def test_kill_9_then_rerun_gives_the_same_content_hash(tmp_path):
+    rows = make_dataset(tmp_path / "spectra", 24, layouts=("coadd", "image"))
+    catalog = write_catalog(
+        tmp_path / "labels.csv", rows, ("filename", "obsid", "subclass", "snrr", "snri", "teff", "logg", "feh")
+    )
+    out = tmp_path / "out"
+    args = ["ingest", tmp_path / "spectra", "--catalog", catalog, "--out", out, "--shard-size", 3]  # 8 shards
+
+    proc = _start("slow", args)  # killed between shards, once shards 0 and 1 are complete
+    _wait_for(proc, lambda: (out / "part-00001.json").exists())
+    _kill(proc)
+    assert 2 <= _check_visible_shards(out) < 8
+
+    proc = _start("hang", args)  # killed while shard 4 is half written
+    _wait_for(proc, lambda: proc.stdout.readline().strip() == "HALF-WRITTEN")
+    temporaries = list(out.glob(".part-00004.parquet.*.tmp"))
+    assert len(temporaries) == 1 and temporaries[0].stat().st_size > 0
+    _kill(proc)
+    assert not (out / "part-00004.parquet").exists() and _check_visible_shards(out) == 4
+
+    rerun = specllm(*args)
+    _no_traceback(rerun)
+    assert rerun.returncode == 0 and "resumed: 4 shard(s)" in rerun.stderr
+    assert not list(out.glob(".*.tmp"))  # the half-written temporary is cleaned up
+
+    fresh = specllm(*args[:-4], "--out", tmp_path / "fresh", "--shard-size", 3)
+    assert fresh.returncode == 0
+    resumed, uninterrupted = (json.loads((d / "manifest.json").read_text()) for d in (out, tmp_path / "fresh"))
+    assert resumed["content_hash"] == uninterrupted["content_hash"]
+    assert resumed["counts"] == uninterrupted["counts"] == {"read": 24, "kept": 24, "rejected": {}}
+    assert resumed["shards"] == [p.name for p in sorted(out.glob("part-*.parquet"))] == uninterrupted["shards"]
