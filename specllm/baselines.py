@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CLASSES, GRUConfig, LightGBMConfig, NetTrainConfig, ResNetConfig, SmallCNNConfig
+from .config import CLASSES, BenchmarkConfig, GRUConfig, LightGBMConfig, NetTrainConfig, ResNetConfig, SmallCNNConfig
 from .errors import SpecllmError
 from .progress import say
 from .shards import atomic_write, atomic_write_json
@@ -50,7 +50,9 @@ class SpectraSet:
 
     def subset(self, index) -> SpectraSet:
         index = np.asarray(index)
-        return SpectraSet(self.spec_id[index], self.flux[index], self.classes[index], self.labels[index], self.label_names)
+        return SpectraSet(
+            self.spec_id[index], self.flux[index], self.classes[index], self.labels[index], self.label_names
+        )
 
     def class_index(self) -> np.ndarray:
         """Class as an integer 0..4, -1 where unknown (masked out of the class loss)."""
@@ -87,8 +89,12 @@ class LabelScaler:
     def fit(cls, labels: np.ndarray) -> LabelScaler:
         with np.errstate(all="ignore"):
             present = np.isfinite(labels)
-            lo = np.array([labels[present[:, j], j].min() if present[:, j].any() else 0.0 for j in range(labels.shape[1])])
-            hi = np.array([labels[present[:, j], j].max() if present[:, j].any() else 1.0 for j in range(labels.shape[1])])
+            lo = np.array(
+                [labels[present[:, j], j].min() if present[:, j].any() else 0.0 for j in range(labels.shape[1])]
+            )
+            hi = np.array(
+                [labels[present[:, j], j].max() if present[:, j].any() else 1.0 for j in range(labels.shape[1])]
+            )
         hi = np.where(hi > lo, hi, lo + 1.0)
         return cls(lo.astype(np.float64), hi.astype(np.float64))
 
@@ -293,7 +299,9 @@ class NetModel:
         c = torch.from_numpy(train.class_index())
         self.net = self._build(train.flux.shape[1], len(self.label_names))
         opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        )
         gen = torch.Generator().manual_seed(self.seed)
         best_state, stale, self.log = None, 0, FitLog()
         monitor = va if len(va) else tr
@@ -314,7 +322,13 @@ class NetModel:
             val = self._loss(x[monitor], y[monitor], c[monitor])
             sched.step(val)
             self.log.history.append(
-                {"epoch": epoch, "train_loss": total / max(batches, 1), "val_loss": val, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+                {
+                    "epoch": epoch,
+                    "train_loss": total / max(batches, 1),
+                    "val_loss": val,
+                    "lr": opt.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - t0,
+                }
             )
             self.log.epochs = epoch
             if val < self.log.best_val_loss:
@@ -407,7 +421,13 @@ class LightGBMModel:
 
     name = "lightgbm"
 
-    def __init__(self, cfg: LightGBMConfig = LightGBMConfig(), val: NetTrainConfig = NetTrainConfig(), seed: int = 0, threads: int = 2):
+    def __init__(
+        self,
+        cfg: LightGBMConfig = LightGBMConfig(),
+        val: NetTrainConfig = NetTrainConfig(),
+        seed: int = 0,
+        threads: int = BenchmarkConfig.threads,
+    ):
         self.cfg = cfg
         self.val = val
         self.seed = seed
@@ -459,7 +479,11 @@ class LightGBMModel:
             vrows = va[np.isin(ci[va], present_classes)]
             params = self._params("multiclass", num_class=len(present_classes), metric="multi_logloss")
             self.classifier = self._train(
-                params, x[rows], np.array([remap[i] for i in ci[rows]]), x[vrows], np.array([remap[i] for i in ci[vrows]])
+                params,
+                x[rows],
+                np.array([remap[i] for i in ci[rows]]),
+                x[vrows],
+                np.array([remap[i] for i in ci[vrows]]),
             )
         self.regressors = []
         for j, name in enumerate(self.label_names):
@@ -469,8 +493,12 @@ class LightGBMModel:
                 say(f"lightgbm: label {name} has fewer than 2 training values; it is not predicted")
                 self.regressors.append(None)
                 continue
-            self.regressors.append(self._train(self._params("regression", metric="l2"), x[rows], y[rows], x[vrows], y[vrows]))
-        self.log.epochs = max([b.current_iteration() for b in [self.classifier, *self.regressors] if b is not None], default=0)
+            self.regressors.append(
+                self._train(self._params("regression", metric="l2"), x[rows], y[rows], x[vrows], y[vrows])
+            )
+        self.log.epochs = max(
+            [b.current_iteration() for b in [self.classifier, *self.regressors] if b is not None], default=0
+        )
         return self
 
     def predict(self, data: SpectraSet) -> Prediction:
@@ -498,7 +526,15 @@ class LightGBMModel:
             atomic_write(path, lambda tmp, b=booster: b.save_model(tmp, num_iteration=b.best_iteration or None))
             written.append(str(path))
         meta = directory / "lightgbm.json"
-        atomic_write_json(meta, {"model": "lightgbm", "params": asdict(self.cfg), "classes": self.class_names, "labels": list(self.label_names)})
+        atomic_write_json(
+            meta,
+            {
+                "model": "lightgbm",
+                "params": asdict(self.cfg),
+                "classes": self.class_names,
+                "labels": list(self.label_names),
+            },
+        )
         return written + [str(meta)]
 
 
@@ -510,5 +546,13 @@ def make_baseline(name: str, config) -> LightGBMModel | NetModel:
     if name == "lightgbm":
         return LightGBMModel(config.lightgbm, config.train, seed=config.seed, threads=config.threads)
     if name in ("resnet50", "smallcnn", "gru"):
-        return NetModel(name, config.train, config.resnet, config.smallcnn, config.gru, seed=config.seed, predict_batch=config.predict_batch)
+        return NetModel(
+            name,
+            config.train,
+            config.resnet,
+            config.smallcnn,
+            config.gru,
+            seed=config.seed,
+            predict_batch=config.predict_batch,
+        )
     raise SpecllmError(f"unknown baseline {name!r} (choose from lightgbm, resnet50, smallcnn, gru)")

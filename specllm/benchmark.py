@@ -67,7 +67,9 @@ def apply_quick(config: BenchmarkConfig) -> BenchmarkConfig:
         cfg = dataclasses.replace(
             cfg,
             train=dataclasses.replace(cfg.train, max_epochs=cfg.quick_max_epochs, patience=cfg.quick_patience),
-            resnet=dataclasses.replace(cfg.resnet, width=cfg.quick_resnet_width, stem_stride=cfg.quick_resnet_stem_stride),
+            resnet=dataclasses.replace(
+                cfg.resnet, width=cfg.quick_resnet_width, stem_stride=cfg.quick_resnet_stem_stride
+            ),
             lightgbm=dataclasses.replace(
                 cfg.lightgbm, n_estimators=cfg.quick_lgbm_estimators, learning_rate=cfg.quick_lgbm_learning_rate
             ),
@@ -116,7 +118,11 @@ def load_split(shards: str, split: str, labels: tuple[str, ...]) -> SpectraSet:
         raise SpecllmError(f"{shards}: no spectra in split {split!r}")
     table = pa.concat_tables(parts, promote_options="default")
     flux = arrow_to_vectors(table["flux"], np.float32)
-    y = np.column_stack([table[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in labels]) if labels else np.zeros((len(flux), 0))
+    y = (
+        np.column_stack([table[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in labels])
+        if labels
+        else np.zeros((len(flux), 0))
+    )
     placeholders = int((y <= PLACEHOLDER_MAX).sum())
     if placeholders:
         say(f"{shards}: {placeholders} label value(s) <= {PLACEHOLDER_MAX:g} in split {split!r} treated as missing")
@@ -204,7 +210,10 @@ def code_version() -> str:
     root = Path(__file__).resolve().parents[1]
     try:
         out = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"], capture_output=True, text=True, timeout=10
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         described = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
@@ -218,6 +227,7 @@ def code_version() -> str:
 class LLMModel:
     """Adapter for the fine-tuned LLM: `fit` does nothing (train it with `specllm train`); `predict` calls
     `specllm.infer.predict_table(model_dir, shards, split)` and aligns its rows to the test spectra by spec_id.
+    The predicted class is read from `class_pred` (or `class`, as `specllm infer` writes it).
 
     Label columns are looked up by name, then without an `apogee_` prefix (the LLM answers `mg_fe` for the shard
     column `apogee_mg_fe`); a label it does not answer is left missing.
@@ -248,8 +258,9 @@ class LLMModel:
         if not found.all():
             self.notes.append(f"llm: no prediction for {int((~found).sum())} of {len(rows)} test spectra")
         classes = np.full(len(rows), None, dtype=object)
-        if "class_pred" in table.column_names:
-            answers = np.array(table["class_pred"].to_pylist(), dtype=object)
+        class_column = next((c for c in ("class_pred", "class") if c in table.column_names), None)
+        if class_column is not None:
+            answers = np.array(table[class_column].to_pylist(), dtype=object)
             classes[found] = answers[rows[found]]
         labels = np.full((len(rows), len(data.label_names)), np.nan)
         for j, name in enumerate(data.label_names):
@@ -297,7 +308,11 @@ class BenchmarkResult:
 
 
 def run_benchmark(
-    shards: str, out: str, config: BenchmarkConfig = BenchmarkConfig(), llm: str | None = None, command: str | None = None
+    shards: str,
+    out: str,
+    config: BenchmarkConfig = BenchmarkConfig(),
+    llm: str | None = None,
+    command: str | None = None,
 ) -> BenchmarkResult:
     """Train the baselines, let every model predict the test split, and write the report into `out`."""
     check_models(config.models)
@@ -344,7 +359,9 @@ def run_benchmark(
     for note in size_notes:
         say(f"benchmark: {note}")
     result.n_train = len(train)
-    say(f"benchmark: {len(train)} training and {len(test)} {cfg.split} spectra; labels {', '.join(labels)}; models {', '.join(models)}")
+    say(
+        f"benchmark: {len(train)} training and {len(test)} {cfg.split} spectra; labels {', '.join(labels)}; models {', '.join(models)}"
+    )
     Path(out).mkdir(parents=True, exist_ok=True)
     for name in models:
         if name == "llm":
@@ -366,7 +383,9 @@ def _lightgbm_version() -> str:
         return "not installed"
 
 
-def _record(result: BenchmarkResult, name: str, n_train: int | None, test: SpectraSet, pred: Prediction, main: bool) -> list[Stat]:
+def _record(
+    result: BenchmarkResult, name: str, n_train: int | None, test: SpectraSet, pred: Prediction, main: bool
+) -> list[Stat]:
     stats = compute_stats(name, test.labels, pred.labels, test.classes, test.label_names)
     if main:
         result.stats = [s for s in result.stats if s.model != name] + stats
@@ -376,7 +395,9 @@ def _record(result: BenchmarkResult, name: str, n_train: int | None, test: Spect
     return stats
 
 
-def _run_baseline(result: BenchmarkResult, name: str, cfg: BenchmarkConfig, train: SpectraSet, test: SpectraSet, main: bool) -> None:
+def _run_baseline(
+    result: BenchmarkResult, name: str, cfg: BenchmarkConfig, train: SpectraSet, test: SpectraSet, main: bool
+) -> None:
     say(f"benchmark: training {name} on {len(train)} spectra")
     model = make_baseline(name, cfg)
     with MemoryWatch() as fit_watch:
@@ -417,7 +438,20 @@ def _run_llm(result: BenchmarkResult, model: LLMModel, test: SpectraSet) -> None
     result.notes += model.notes
     _, acc = class_accuracy(test.classes, pred.classes)
     result.runs.append(
-        ModelRun("llm", None, 0.0, watch.seconds, len(test) / max(watch.seconds, 1e-9), None, watch.peak_mib, None, watch.added_mib, None, None, acc)
+        ModelRun(
+            "llm",
+            None,
+            0.0,
+            watch.seconds,
+            len(test) / max(watch.seconds, 1e-9),
+            None,
+            watch.peak_mib,
+            None,
+            watch.added_mib,
+            None,
+            None,
+            acc,
+        )
     )
     _record(result, "llm", None, test, pred, main=True)
 
@@ -432,12 +466,23 @@ def _fmt(value, spec: str, missing: str = "—") -> str:
 
 
 def _runs_table(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "trained on", "epochs (best)", "fit s", "predict spectra/s", "peak RSS fit MiB (+added)", "peak RSS predict MiB (+added)", "class accuracy"]
+    header = [
+        "model",
+        "trained on",
+        "epochs (best)",
+        "fit s",
+        "predict spectra/s",
+        "peak RSS fit MiB (+added)",
+        "peak RSS predict MiB (+added)",
+        "class accuracy",
+    ]
     rows = []
     for r in result.runs:
         if r.n_train not in (None, result.n_train):
             continue
-        epochs = "—" if r.epochs is None else (f"{r.epochs} ({r.best_epoch})" if r.best_epoch else f"{r.epochs} trees max")
+        epochs = (
+            "—" if r.epochs is None else (f"{r.epochs} ({r.best_epoch})" if r.best_epoch else f"{r.epochs} trees max")
+        )
         fit_mem = "—" if r.peak_rss_fit_mib is None else f"{r.peak_rss_fit_mib:.0f} (+{r.added_rss_fit_mib:.0f})"
         rows.append(
             [
@@ -510,7 +555,11 @@ def report_markdown(result: BenchmarkResult) -> str:
     for label in result.labels:
         number = TABLE_NUMBERS.get(label)
         title = f"Table {number}" if number else "Per-class table"
-        lines += [f"## {title}: μ ± σ of {label_title(label)} per class", "", markdown_table(per_class_table(result.stats, label))]
+        lines += [
+            f"## {title}: μ ± σ of {label_title(label)} per class",
+            "",
+            markdown_table(per_class_table(result.stats, label)),
+        ]
     lines += ["## Table 5: μ ± σ per element / label (all classes)", "", markdown_table(element_table(result.stats))]
     lines += ["## Table 6: RMSE per element / label and class", "", markdown_table(rmse_table(result.stats))]
     lines += ["## Residual plots", ""]
@@ -533,7 +582,9 @@ def write_report(result: BenchmarkResult, test: SpectraSet) -> None:
     write_csv(out / "metrics.csv", header, rows)
     for label in result.labels:
         number = TABLE_NUMBERS.get(label)
-        write_csv(out / (f"table{number}_{label}.csv" if number else f"table_{label}.csv"), *per_class_table(stats, label))
+        write_csv(
+            out / (f"table{number}_{label}.csv" if number else f"table_{label}.csv"), *per_class_table(stats, label)
+        )
     write_csv(out / "table5_elements.csv", *element_table(stats))
     write_csv(out / "table6_rmse.csv", *rmse_table(stats))
     runs = [dataclasses.asdict(r) for r in result.runs]
@@ -552,13 +603,20 @@ def write_report(result: BenchmarkResult, test: SpectraSet) -> None:
             "groups": list(GROUPS),
             "models": runs,
             "metrics": stats_json(stats),
-            "scaling": [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in p.items()} for p in result.scaling],
+            "scaling": [
+                {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in p.items()}
+                for p in result.scaling
+            ],
             "notes": list(dict.fromkeys(result.notes)),
         },
     )
     for j, label in enumerate(result.labels):
         residual_plot(
-            out / f"residuals_{label}.png", label, test.labels[:, j], test.classes, {k: p.labels[:, j] for k, p in result.predictions.items()}
+            out / f"residuals_{label}.png",
+            label,
+            test.labels[:, j],
+            test.classes,
+            {k: p.labels[:, j] for k, p in result.predictions.items()},
         )
     _write_predictions(out / "predictions.parquet", result, test)
     atomic_write_text(out / "report.md", report_markdown(result))
@@ -582,4 +640,3 @@ def summary_csv(result: BenchmarkResult) -> str:
 
 def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(["specllm", *(sys.argv[1:] if argv is None else argv)])
-

@@ -214,7 +214,7 @@ class BenchmarkConfig:
     sizes: tuple[int, ...] = ()
     split: str = "test"
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # OpenMP threads spin-wait on a busy machine: LightGBM with 2 on 2 shared cores took 20x the CPU
     quick: bool = False
     max_epochs: int | None = None  # overrides the nets' max_epochs (quick or not) where given
     save_models: bool = True

@@ -121,7 +121,9 @@ def per_class_table(stats: Sequence[Stat], label: str) -> Table:
     look, d = _lookup(stats), label_decimals(label)
     rows = []
     for model in _models(stats):
-        rows.append([model] + [look[(model, label, g)].cell(d) if (model, label, g) in look else MISSING_CELL for g in GROUPS])
+        rows.append(
+            [model] + [look[(model, label, g)].cell(d) if (model, label, g) in look else MISSING_CELL for g in GROUPS]
+        )
     return ["model", *GROUPS], rows
 
 
@@ -130,7 +132,10 @@ def element_table(stats: Sequence[Stat]) -> Table:
     look, labels = _lookup(stats), _labels(stats)
     rows = []
     for model in _models(stats):
-        cells = [look[(model, lab, OVERALL)].cell(label_decimals(lab)) if (model, lab, OVERALL) in look else MISSING_CELL for lab in labels]
+        cells = [
+            look[(model, lab, OVERALL)].cell(label_decimals(lab)) if (model, lab, OVERALL) in look else MISSING_CELL
+            for lab in labels
+        ]
         rows.append([model, *cells])
     return ["model", *[label_title(lab) for lab in labels]], rows
 
@@ -211,7 +216,12 @@ def residual_plot(
     present = [c for c in CLASSES if (classes == c).any()] or [OVERALL]
     models = list(predictions)
     fig, axes = plt.subplots(
-        len(models), len(present), figsize=(2.6 * len(present) + 0.6, 2.0 * len(models) + 0.6), dpi=dpi, squeeze=False, sharey="row"
+        len(models),
+        len(present),
+        figsize=(2.6 * len(present) + 0.6, 2.0 * len(models) + 0.6),
+        dpi=dpi,
+        squeeze=False,
+        sharey="row",
     )
     d = label_decimals(label)
     for i, model in enumerate(models):
@@ -223,7 +233,9 @@ def residual_plot(
             ax.scatter(true[ok], pred[ok] - true[ok], s=4, alpha=0.6, lw=0)
             ax.axhline(0.0, color="k", lw=0.8)
             n, mu, sigma, _ = residual_stats(pred[rows], true[rows])
-            ax.set_title(f"{model} {group}: {mu:.{d}f} ± {sigma:.{d}f}" if n else f"{model} {group}: no data", fontsize=7)
+            ax.set_title(
+                f"{model} {group}: {mu:.{d}f} ± {sigma:.{d}f}" if n else f"{model} {group}: no data", fontsize=7
+            )
             ax.tick_params(labelsize=6)
             if i == len(models) - 1:
                 ax.set_xlabel(label_title(label), fontsize=7)
@@ -245,7 +257,11 @@ def scaling_plot(path: str | Path, points: Sequence[dict], labels: Sequence[str]
     for k, label in enumerate(labels):
         ax = axes[0][k]
         for model in models:
-            pts = sorted((p["n_train"], p["sigma"]) for p in points if p["model"] == model and p["label"] == label and p["sigma"] is not None)
+            pts = sorted(
+                (p["n_train"], p["sigma"])
+                for p in points
+                if p["model"] == model and p["label"] == label and p["sigma"] is not None
+            )
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, marker="o", ms=3, label=model)

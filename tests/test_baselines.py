@@ -16,7 +16,15 @@ from specllm.baselines import (
     validation_split,
 )
 from specllm.benchmark import apply_quick
-from specllm.config import CLASSES, BenchmarkConfig, GRUConfig, LightGBMConfig, NetTrainConfig, ResNetConfig, SmallCNNConfig
+from specllm.config import (
+    CLASSES,
+    BenchmarkConfig,
+    GRUConfig,
+    LightGBMConfig,
+    NetTrainConfig,
+    ResNetConfig,
+    SmallCNNConfig,
+)
 
 GRID = 96
 LABELS = ("teff", "logg", "feh")
@@ -35,7 +43,9 @@ def synthetic(n: int = 60, seed: int = 1, grid: int = GRID) -> SpectraSet:
     flux += rng.normal(0, 0.01, flux.shape)
     classes = np.array([CLASSES[min(int((9000 - t) / 1000), 4)] for t in teff], dtype=object)
     labels = np.column_stack([teff, logg, feh])
-    return SpectraSet(np.array([f"s{i}" for i in range(n)], dtype=object), flux.astype(np.float32), classes, labels, LABELS)
+    return SpectraSet(
+        np.array([f"s{i}" for i in range(n)], dtype=object), flux.astype(np.float32), classes, labels, LABELS
+    )
 
 
 def tiny_config() -> BenchmarkConfig:
@@ -98,7 +108,9 @@ def test_masked_loss_ignores_missing_labels():
 
 def test_masked_loss_all_missing_is_zero_not_nan():
     reg = torch.rand(3, 1, requires_grad=True)
-    total, ce, mse = masked_loss((torch.randn(3, 5), reg), torch.full((3, 1), float("nan")), torch.tensor([-1, -1, -1]), 50.0)
+    total, ce, mse = masked_loss(
+        (torch.randn(3, 5), reg), torch.full((3, 1), float("nan")), torch.tensor([-1, -1, -1]), 50.0
+    )
     assert float(total) == 0.0
     total.backward()
 

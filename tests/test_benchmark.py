@@ -15,7 +15,15 @@ from typer.testing import CliRunner
 
 from specllm import benchmark as bench
 from specllm.cli import app
-from specllm.config import CLASSES, BenchmarkConfig, GRUConfig, LightGBMConfig, NetTrainConfig, ResNetConfig, SmallCNNConfig
+from specllm.config import (
+    CLASSES,
+    BenchmarkConfig,
+    GRUConfig,
+    LightGBMConfig,
+    NetTrainConfig,
+    ResNetConfig,
+    SmallCNNConfig,
+)
 from specllm.errors import SpecllmError
 from specllm.shards import atomic_write_json, vectors_to_arrow, write_table
 
@@ -23,7 +31,9 @@ GRID = 64
 N = 60
 
 
-def make_shards(directory, n: int = N, grid: int = GRID, seed: int = 0, extra: dict | None = None, drop: str | None = None):
+def make_shards(
+    directory, n: int = N, grid: int = GRID, seed: int = 0, extra: dict | None = None, drop: str | None = None
+):
     """Two shards in the ingest schema (the columns benchmark reads), with a manifest naming a content hash."""
     rng = np.random.default_rng(seed)
     teff = rng.uniform(4000, 9000, n).astype(np.float32)
@@ -50,7 +60,10 @@ def make_shards(directory, n: int = N, grid: int = GRID, seed: int = 0, extra: d
     half = n // 2
     write_table(directory / "part-00000.parquet", table.slice(0, half))
     write_table(directory / "part-00001.parquet", table.slice(half))
-    atomic_write_json(directory / "manifest.json", {"shards": ["part-00000.parquet", "part-00001.parquet"], "content_hash": "feedc0de" * 8})
+    atomic_write_json(
+        directory / "manifest.json",
+        {"shards": ["part-00000.parquet", "part-00001.parquet"], "content_hash": "feedc0de" * 8},
+    )
     return directory
 
 
@@ -176,7 +189,9 @@ def test_llm_adapter_aligns_by_spec_id(shards, tmp_path, monkeypatch):
 
 def test_cli_prints_csv_on_stdout(shards, tmp_path):
     out = tmp_path / "r"
-    res = CliRunner().invoke(app, ["benchmark", str(shards), "--out", str(out), "--models", "lightgbm", "--threads", "1", "--no-save-models"])
+    res = CliRunner().invoke(
+        app, ["benchmark", str(shards), "--out", str(out), "--models", "lightgbm", "--threads", "1", "--no-save-models"]
+    )
     assert res.exit_code == 0, res.output
     rows = list(csv.reader(io.StringIO(res.stdout)))
     assert rows[0] == ["model", "label", "class", "n", "mu", "sigma", "rmse"] and len(rows) == 1 + 3 * 6
