@@ -496,9 +496,9 @@ class LightGBMModel:
             self.regressors.append(
                 self._train(self._params("regression", metric="l2"), x[rows], y[rows], x[vrows], y[vrows])
             )
-        self.log.epochs = max(
-            [b.current_iteration() for b in [self.classifier, *self.regressors] if b is not None], default=0
-        )
+        boosters = [b for b in [self.classifier, *self.regressors] if b is not None]
+        self.log.epochs = max([b.current_iteration() for b in boosters], default=0)  # trees grown (most of any booster)
+        self.log.best_epoch = max([b.best_iteration or b.current_iteration() for b in boosters], default=0)  # kept
         return self
 
     def predict(self, data: SpectraSet) -> Prediction:

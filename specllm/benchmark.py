@@ -171,7 +171,8 @@ def _rss_bytes() -> int:
 
 
 class MemoryWatch:
-    """Peak resident memory of this process while the block runs (sampled every `interval` seconds)."""
+    """Wall and CPU seconds, and peak resident memory (sampled every `interval` seconds), of this process while the
+    block runs. CPU seconds are the fairer cost on a shared machine, where wall time depends on other jobs."""
 
     def __init__(self, interval: float = 0.02):
         self.interval = interval
@@ -188,10 +189,12 @@ class MemoryWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
         return self
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.t0
+        self.cpu_seconds = time.process_time() - self.cpu0  # all threads of this process
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, _rss_bytes())
@@ -282,6 +285,8 @@ class ModelRun:
     n_train: int | None
     fit_seconds: float
     predict_seconds: float
+    fit_cpu_seconds: float | None
+    predict_cpu_seconds: float
     throughput: float  # test spectra per second of prediction
     peak_rss_fit_mib: float | None
     peak_rss_predict_mib: float
@@ -370,7 +375,8 @@ def run_benchmark(
             todo = sizes if cfg.sizes else [len(train)]
             for size in todo:
                 _run_baseline(result, name, cfg, train.subset(subsets[size]), test, main=size == len(train))
-        write_report(result, test)
+        write_report(result, test, plots=False)
+    write_report(result, test)
     return result
 
 
@@ -415,6 +421,8 @@ def _run_baseline(
             n_train=len(train),
             fit_seconds=fit_watch.seconds,
             predict_seconds=pred_watch.seconds,
+            fit_cpu_seconds=fit_watch.cpu_seconds,
+            predict_cpu_seconds=pred_watch.cpu_seconds,
             throughput=len(test) / max(pred_watch.seconds, 1e-9),
             peak_rss_fit_mib=fit_watch.peak_mib,
             peak_rss_predict_mib=pred_watch.peak_mib,
@@ -428,7 +436,9 @@ def _run_baseline(
     )
     stats = _record(result, name, len(train), test, pred, main)
     overall = ", ".join(f"{s.label} σ {s.sigma:.{label_decimals(s.label)}f}" for s in stats if s.group == OVERALL)
-    say(f"benchmark: {name} (n_train {len(train)}): {overall}; fit {fit_watch.seconds:.0f} s")
+    say(
+        f"benchmark: {name} (n_train {len(train)}): {overall}; fit {fit_watch.seconds:.0f} s ({fit_watch.cpu_seconds:.0f} s CPU)"
+    )
 
 
 def _run_llm(result: BenchmarkResult, model: LLMModel, test: SpectraSet) -> None:
@@ -443,6 +453,8 @@ def _run_llm(result: BenchmarkResult, model: LLMModel, test: SpectraSet) -> None
             None,
             0.0,
             watch.seconds,
+            None,
+            watch.cpu_seconds,
             len(test) / max(watch.seconds, 1e-9),
             None,
             watch.peak_mib,
@@ -469,8 +481,8 @@ def _runs_table(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
     header = [
         "model",
         "trained on",
-        "epochs (best)",
-        "fit s",
+        "epochs or trees (best)",
+        "fit s wall (CPU)",
         "predict spectra/s",
         "peak RSS fit MiB (+added)",
         "peak RSS predict MiB (+added)",
@@ -480,16 +492,14 @@ def _runs_table(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
     for r in result.runs:
         if r.n_train not in (None, result.n_train):
             continue
-        epochs = (
-            "—" if r.epochs is None else (f"{r.epochs} ({r.best_epoch})" if r.best_epoch else f"{r.epochs} trees max")
-        )
+        epochs = "—" if r.epochs is None else (f"{r.epochs} ({r.best_epoch})" if r.best_epoch else str(r.epochs))
         fit_mem = "—" if r.peak_rss_fit_mib is None else f"{r.peak_rss_fit_mib:.0f} (+{r.added_rss_fit_mib:.0f})"
         rows.append(
             [
                 r.model,
                 "outside (specllm train)" if r.n_train is None else str(r.n_train),
                 epochs,
-                _fmt(r.fit_seconds, ".1f") if r.n_train is not None else "—",
+                f"{r.fit_seconds:.1f} ({r.fit_cpu_seconds:.1f})" if r.n_train is not None else "—",
                 _fmt(r.throughput, ".1f"),
                 fit_mem,
                 f"{r.peak_rss_predict_mib:.0f} (+{r.added_rss_predict_mib:.0f})",
@@ -548,8 +558,10 @@ def report_markdown(result: BenchmarkResult) -> str:
         "## Models",
         "",
         markdown_table(_runs_table(result)),
-        "Throughput: test spectra predicted per second (batch prediction, after loading). Peak RSS: resident memory of the "
-        "benchmark process while the model trained / predicted, and what it added over the start of that step.",
+        "Throughput: test spectra predicted per second of wall time (batch prediction, after loading). Fit time in wall "
+        "and CPU seconds (CPU = all threads of the process; on a shared machine wall time depends on other jobs). "
+        "Peak RSS: resident memory of the benchmark process while the model trained / predicted, and what it added over "
+        "the start of that step. LightGBM: trees grown (kept after early stopping), the most of any of its boosters.",
         "",
     ]
     for label in result.labels:
@@ -573,9 +585,9 @@ def report_markdown(result: BenchmarkResult) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: BenchmarkResult, test: SpectraSet) -> None:
-    """Everything into `result.out` (each file written atomically; called after every model, so a stopped run
-    still leaves a consistent report of the models done so far)."""
+def write_report(result: BenchmarkResult, test: SpectraSet, plots: bool = True) -> None:
+    """Everything into `result.out`, each file written atomically. Called without plots after every model, so a
+    stopped run still leaves the tables of the models done so far, and with plots at the end."""
     out = Path(result.out)
     stats = result.stats
     header, rows = stats_rows(stats)
@@ -593,7 +605,8 @@ def write_report(result: BenchmarkResult, test: SpectraSet) -> None:
     if result.scaling:
         keys = ["model", "n_train", "label", "group", "n", "mu", "sigma", "rmse"]
         write_csv(out / "scaling.csv", keys, [[p[k] for k in keys] for p in result.scaling])
-        scaling_plot(out / "scaling.png", [p for p in result.scaling if p["group"] == OVERALL], result.labels)
+        if plots:
+            scaling_plot(out / "scaling.png", [p for p in result.scaling if p["group"] == OVERALL], result.labels)
     atomic_write_json(
         out / "report.json",
         {
@@ -610,7 +623,7 @@ def write_report(result: BenchmarkResult, test: SpectraSet) -> None:
             "notes": list(dict.fromkeys(result.notes)),
         },
     )
-    for j, label in enumerate(result.labels):
+    for j, label in enumerate(result.labels if plots else ()):
         residual_plot(
             out / f"residuals_{label}.png",
             label,

@@ -106,7 +106,10 @@ def test_benchmark_writes_the_paper_tables_and_plots(shards, tmp_path, capsys):
     assert meta["meta"]["manifest_content_hash"] == "feedc0de" * 8
     assert meta["meta"]["code_version"].startswith("0.")
     assert {m["model"] for m in meta["models"]} == {"lightgbm", "resnet50", "smallcnn", "gru"}
-    assert all(m["throughput"] > 0 and m["peak_rss_predict_mib"] > 0 for m in meta["models"])
+    assert all(
+        m["throughput"] > 0 and m["peak_rss_predict_mib"] > 0 and m["fit_cpu_seconds"] > 0 for m in meta["models"]
+    )
+    assert "fit s wall (CPU)" in report
     assert result.n_train == 45 and len(result.stats) == 4 * 3 * 6
     assert not result.scaling and not (out / "scaling.png").exists()
 
