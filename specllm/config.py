@@ -159,8 +159,8 @@ class NetTrainConfig:
     lr: float = 1e-3
     mse_weight: float = 50.0
     batch_size: int = 32
-    max_epochs: int = 60
-    patience: int = 8  # early stopping: epochs without a better validation loss
+    max_epochs: int = 100
+    patience: int = 10  # early stopping: epochs without a better validation loss
     plateau_patience: int = 3  # ReduceLROnPlateau
     plateau_factor: float = 0.5
     val_fraction: float = 0.1
@@ -224,9 +224,9 @@ class BenchmarkConfig:
     resnet: ResNetConfig = field(default_factory=ResNetConfig)
     smallcnn: SmallCNNConfig = field(default_factory=SmallCNNConfig)
     gru: GRUConfig = field(default_factory=GRUConfig)
-    quick_max_epochs: int = 12
-    quick_patience: int = 4
-    quick_resnet_width: int = 16
+    quick_max_epochs: int = 30
+    quick_patience: int = 6
+    quick_resnet_width: int = 8
     quick_resnet_stem_stride: int = 4
     quick_lgbm_estimators: int = 300
     quick_lgbm_learning_rate: float = 0.1
