@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench model completions clean
+.PHONY: install test demo lint bench model completions clean external
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,42 @@ lint: $(STAMP)
 	$(BIN)/ruff check specllm tests
 	$(BIN)/ruff format --check specllm tests
 
+# The main job on the embedded default: labels for real LAMOST spectra of all three layouts, with the shipped model.
+DEMO_INPUTS := $(SHARED)/lamost/dr1/spectra/spec-55862-B6212_sp06-00*.fits.gz $(SHARED)/lamost/dr7/spectra/10100*.fits.gz \
+	$(SHARED)/lamost/dr8/spectra/spec-55859-F5902_sp03-2*.fits.gz $(SHARED)/lamost/dr10/spectra/spec-5951*.fits.gz \
+	$(SHARED)/lamost/misc
+
 demo: $(STAMP)
-	$(BIN)/specllm ingest '$(SHARED)/lamost/dr10/spectra' --catalog $(SHARED)/lamost/dr10/labels.csv --out out/demo-shards --workers 2
+	$(BIN)/specllm infer $(DEMO_INPUTS) > labels.csv
+	@echo "labels.csv: $$(($$(wc -l < labels.csv) - 1)) rows; the first ones:"
+	@head -6 labels.csv | cut -c1-200
+
+# Retrain the shipped model (specllm/models/default) from ../shared, reproducibly (fixed seed), in under an hour here.
+MODEL_RECIPE ?= --layers 8 --lora-r 16 --lora-alpha 32 --epochs 6 --batch-size 8 --grad-accum 1 --lr 5e-4 \
+	--head-lr-mult 3 --no-gradient-checkpointing --noise 0.02 --scale 0.1 --span-probability 0.25 --save-every 100 \
+	--save-dtype bfloat16
+model: $(STAMP)
+	$(BIN)/specllm ingest '$(SHARED)/lamost/dr10/spectra' --catalog $(SHARED)/lamost/dr10/labels.csv --out out/model-shards --workers 2
+	$(BIN)/specllm serialize out/model-shards --stage 1 --format patch --out out/model-qa
+	$(BIN)/specllm train --stage 1 --data out/model-qa --out out/model-run $(MODEL_RECIPE)
+	rm -rf specllm/models/default && mkdir -p specllm/models && cp -r out/model-run/model specllm/models/default
+	$(BIN)/python -c "from specllm.runs import write_model_card as w; w('specllm/models/default', 'make model')"
 
 bench: $(STAMP)
 	$(BIN)/python -m specllm.bench ingest --shared $(SHARED)
+
+# External comparison (issue 7): the shipped model (or MODEL=dir) on LAMOST DR1 and MILES, reports in docs/external/.
+MODEL ?=
+EXTERNAL_OUT ?= docs/external
+MILES_NPZ := $(SHARED)/miles/miles_984stars_fwhm2.5A.npz
+external: $(STAMP)
+	mkdir -p out/external
+	$(BIN)/specllm infer '$(SHARED)/lamost/dr1/spectra' $(if $(MODEL),--model $(MODEL)) --output out/external/lamost-dr1.parquet
+	$(BIN)/specllm compare-external out/external/lamost-dr1.parquet --catalog $(SHARED)/lamost/dr1/catalog.csv \
+		--survey lamost --out $(EXTERNAL_OUT)/lamost-dr1 > out/external/lamost-dr1-table7.csv
+	$(BIN)/specllm infer $(MILES_NPZ) $(if $(MODEL),--model $(MODEL)) --output out/external/miles.parquet
+	$(BIN)/specllm compare-external out/external/miles.parquet --catalog $(MILES_NPZ) \
+		--survey miles --out $(EXTERNAL_OUT)/miles > out/external/miles-table7.csv
 
 completions: $(STAMP)
 	$(BIN)/python -m specllm.completions completions

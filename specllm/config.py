@@ -128,6 +128,114 @@ class TrainConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation of patch-mode spectra (not in the paper; all off by default).
+
+    noise: Gaussian flux noise, its sigma drawn per spectrum from |N(0, noise)|; scale: flux multiplied by
+    U(1 - scale, 1 + scale); span_probability: chance that a random span (a fraction span_min..span_max of the grid,
+    half of them at an edge) is masked and filled as the preprocessing fills gaps, so the model learns to read
+    spectra with partial wavelength coverage.
+    """
+
+    noise: float = 0.0
+    scale: float = 0.0
+    span_probability: float = 0.0
+    span_min: float = 0.05
+    span_max: float = 0.3
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    batch_size: int = 16
+    decode: str = "head"  # 'head': numeric read-out written as the answer text; 'text': constrained greedy decoding
+    max_new_tokens: int = 64
+    partial_coverage: float = 0.95  # (compare-external, without a `partial` column) rows below this coverage
+    partial_edge: float = 0.02  # a spectrum missing more than this fraction of the grid at one end is `partial`
+
+
+# ---------------------------------------------------------------- external spectra and comparison (issue 7)
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """Spectra given as arrays with their own wavelength grid (MILES npz, wave/flux tables).
+
+    match_resolution: a source that states its resolution (npz `fwhm_angstrom`, FITS `FWHM`, Parquet metadata) is
+        broadened with a Gaussian of varying width to this resolving power where it is sharper (LAMOST LRS:
+        R~1800; MILES, FWHM 2.5 A, is sharper red-ward of ~4500 A). None keeps the flux as given.
+    kernel_sigmas: the broadening kernel is cut at this many sigma.
+    """
+
+    match_resolution: float | None = 1800.0
+    kernel_sigmas: float = 4.0
+
+
+SURVEYS: tuple[str, ...] = ("generic", "galah", "gaia-eso", "apogee", "miles", "lamost")
+MatchMethod = Literal["auto", "id", "sky"]
+
+
+@dataclass(frozen=True)
+class ExternalConfig:
+    """`compare-external`: predictions against an independent catalogue (paper Tables 7-8, Figures 1-8).
+
+    match: 'id' joins on spec_id / obsid / file name (MILES: miles_id); 'sky' on position within radius_arcsec;
+        'auto' tries ids first, then the sky for rows without an id match.
+    partial_coverage: a row is 'partial' when its `partial` column says so or, if the predictions lack that
+        column, when its coverage is below this fraction of the grid (infer's own threshold).
+    min_n: per-class statistics with fewer rows than this are shown as n/a.
+    """
+
+    survey: str = "generic"
+    match: MatchMethod = "auto"
+    radius_arcsec: float = 3.0
+    partial_coverage: float = InferConfig.partial_coverage
+    min_n: int = 2
+    hexbin_gridsize: int = 40
+    hexbin_min_rows: int = 50  # fewer matched rows than this: a scatter plot instead of a hexbin
+
+
+@dataclass(frozen=True)
+class SerializeConfig:
+    """Question/answer text (`specllm serialize`). The paper's digit counts for stage 1 are in STAGE1_LABELS.
+
+    label_prefix: stage-2 label columns are `<prefix><x>_fe` in the crossmatched shards (e.g. apogee_c_fe).
+    flux_decimals: the flux is written to this many decimals (paper: 3, as ingest rounds it); `compact` writes it as
+        integers in units of 10**-flux_decimals (thousandths), which keeps every value exact.
+    stage2_decimals: digits after the point of the paper's [X/Fe] answers (paper: 3, e.g. ' 0 . 1 5 1 ').
+    compact_decimals: digits after the point of log g, [Fe/H] and [X/Fe] in the short answer of compact and patch
+        (Teff is written as an integer there: compact_teff_decimals).
+    shard_size: question/answer rows per output Parquet shard; batch_size: input rows read at a time.
+    """
+
+    label_prefix: str = "apogee_"
+    flux_decimals: int = CleanConfig.decimals
+    stage2_decimals: int = 3
+    compact_decimals: int = 2
+    compact_teff_decimals: int = 0
+    shard_size: int = 512
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class CrossmatchConfig:
+    """Sky matching of spectra to survey label catalogues (`specllm crossmatch`).
+
+    radius_arcsec: a spectrum takes the labels of the nearest catalogue star within this separation.
+    quality_cuts: apply each survey's flags and cuts (paper; described in `specllm.io.surveys`).
+    one_per_star: keep only the nearest spectrum of each catalogue star (ties: the earlier spectrum); by default
+        every spectrum of a matched star (LAMOST repeat observations) takes its labels, as the paper does.
+    matched_only: write only spectra matched in at least one catalogue.
+    match_chunk: positions matched per call (bounds the memory of the matching step).
+    """
+
+    radius_arcsec: float = 3.0
+    quality_cuts: bool = True
+    one_per_star: bool = False
+    matched_only: bool = False
+    match_chunk: int = 1_000_000
+
+
 # ---------------------------------------------------------------- benchmark and baselines (issue 6)
 
 BASELINE_MODELS: tuple[str, ...] = ("lightgbm", "resnet50", "smallcnn", "gru")

@@ -23,7 +23,7 @@ import pyarrow as pa
 from . import __version__
 from .config import IngestConfig, SplitConfig
 from .errors import SpecllmError, SpectrumRejected
-from .io import expand_inputs, read_spectrum
+from .io import LAYOUT_ARRAY, expand_inputs, expand_spectra, load_spectrum
 from .io.lamost_catalog import LabelCatalog, file_key, reduce_class
 from .preprocess import clean_spectrum
 from .progress import progress_bar, say
@@ -113,16 +113,18 @@ def describe(path: str, meta: dict) -> dict:
             raise SpectrumRejected("duplicate obsid", f"{exc.args[0]} appears more than once in {catalog.path}") from None
         if cat:
             row.update({k: v for k, v in cat.items() if v is not None or k not in row})
-    row["spec_id"] = str(row["obsid"]) if row.get("obsid") is not None else file_key(path)
+    if not row.get("spec_id"):  # array sources name their spectra themselves (e.g. miles-0272)
+        row["spec_id"] = str(row["obsid"]) if row.get("obsid") is not None else file_key(path)
     row["class"] = reduce_class(row.get("subclass"))
     return row
 
 
-def check_snr(row: dict, config: IngestConfig) -> None:
+def check_snr(row: dict, config: IngestConfig, required: bool = True) -> None:
+    """`required=False` (array sources, which rarely state an SNR): a missing SNR passes, a stated one is cut."""
     for band, minimum in (("r", config.clean.snr_min_r), ("i", config.clean.snr_min_i)):
         snr = row.get(f"snr{band}")
         if snr is None:
-            if minimum > 0:
+            if minimum > 0 and required:
                 raise SpectrumRejected("no SNR", f"snr{band} is neither in the catalogue nor the header")
         elif snr < minimum:
             raise SpectrumRejected("low SNR", f"snr{band} = {snr:.2f} < {minimum:g}")
@@ -132,9 +134,9 @@ def process_one(path: str):
     """Read, join, cut and clean one file -> ('ok', row, flux, mask) or ('rejected', path, reason, detail)."""
     config: IngestConfig = _STATE["config"]
     try:
-        raw = read_spectrum(path)
+        raw = load_spectrum(path)  # a survey FITS file, or spectrum i of an array source (`FILE#i`)
         row = describe(path, raw.meta)
-        check_snr(row, config)
+        check_snr(row, config, required=raw.layout != LAYOUT_ARRAY)
         cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, config.grid, config.clean)
     except SpectrumRejected as exc:
         return ("rejected", path, exc.reason, exc.detail)
@@ -224,7 +226,7 @@ def run_ingest(
     overwrite: bool = False,
 ) -> IngestResult:
     catalog = LabelCatalog(catalog_path) if catalog_path else None  # fails at once on a missing column
-    paths = list(expand_inputs(inputs))
+    paths = list(expand_spectra(expand_inputs(inputs)))  # an array source -> FILE#0 ... FILE#N-1
     if not paths:
         raise SpecllmError("no input files")
     os.makedirs(out, exist_ok=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+LOG_EVERY = 30.0
 
 
 def say(message: str) -> None:
@@ -20,14 +22,24 @@ def say(message: str) -> None:
 def progress_bar(label: str, total: int | None = None, **fields: str):
     """Yields `advance(n=1, **fields)`. Extra fields (e.g. loss="") are shown after the bar.
 
-    The bar is drawn on stderr when it is a terminal; in pipelines and CI it stays silent.
+    The bar is drawn on stderr when it is a terminal; elsewhere (logs, CI) a plain status line is written at most
+    every `LOG_EVERY` seconds.
     """
     columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     columns += [TextColumn(f"{name} {{task.fields[{name}]}}") for name in fields]
-    with Progress(*columns, console=console, disable=not sys.stderr.isatty()) as progress:
+    interactive = sys.stderr.isatty()
+    state = {"done": 0, "last": time.monotonic(), "start": time.monotonic()}
+    with Progress(*columns, console=console, disable=not interactive) as progress:
         task = progress.add_task(label, total=total, **fields)
 
         def advance(n: int = 1, **values) -> None:
             progress.update(task, advance=n, **values)
+            state["done"] += n
+            now = time.monotonic()
+            if not interactive and now - state["last"] >= LOG_EVERY:
+                state["last"] = now
+                shown = " ".join(f"{k} {v}" for k, v in values.items() if v != "")
+                of = f"/{total}" if total else ""
+                say(f"{label}: {state['done']}{of} after {now - state['start']:.0f} s {shown}".rstrip())
 
         yield advance

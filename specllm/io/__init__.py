@@ -81,3 +81,55 @@ def expand_inputs(inputs: Iterable[str]) -> Iterator[str]:
             yield from (m for m in matches if os.path.isfile(m))
         else:
             yield item
+
+
+# ---------------------------------------------------------------- array sources (issue 7)
+# Spectra given as arrays with their own wavelength grid (MILES npz, wave/flux tables): see `arrays.py`.
+# An array file holding N spectra is addressed spectrum by spectrum through virtual paths `FILE#0` ... `FILE#N-1`.
+
+from .arrays import LAYOUT_ARRAY, array_count, is_array_source, iter_array_spectra, read_array_row  # noqa: E402
+
+__all__ += ["LAYOUT_ARRAY", "is_array_source", "iter_array_spectra", "expand_spectra", "load_spectrum", "iter_spectra"]
+
+
+def expand_spectra(paths: Iterable[str]) -> Iterator[str]:
+    """Paths as given, except that an array source becomes one virtual path `FILE#i` per spectrum."""
+    for path in paths:
+        if is_array_source(path):
+            try:
+                n = array_count(path)
+            except SpectrumRejected:
+                yield path  # unreadable: load_spectrum reports why
+                continue
+            yield from (f"{path}#{i}" for i in range(n))
+        else:
+            yield path
+
+
+def load_spectrum(path: str) -> RawSpectrum:
+    """One spectrum: a survey FITS file through `read_spectrum`, a virtual path `FILE#i` from its array source."""
+    if "#" in path and not os.path.exists(path):
+        return read_array_row(path)
+    if is_array_source(path):
+        raise SpectrumRejected("array source", "holds spectra as arrays: expand it with expand_spectra first")
+    return read_spectrum(path)
+
+
+def iter_spectra(path: str) -> Iterator[RawSpectrum | SpectrumRejected]:
+    """Every spectrum of one input file, streamed: the rows of an array source, or the one spectrum of a FITS file.
+
+    Yields a `RawSpectrum`, or a `SpectrumRejected` (with `.path`) for a spectrum that cannot be read; the caller
+    reports it (one line naming the path and reason) and goes on.
+    """
+    if is_array_source(path):
+        try:
+            yield from iter_array_spectra(path)
+        except SpectrumRejected as exc:
+            exc.path = getattr(exc, "path", path) or path
+            yield exc
+        return
+    try:
+        yield read_spectrum(path)
+    except SpectrumRejected as exc:
+        exc.path = path
+        yield exc

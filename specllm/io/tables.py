@@ -16,43 +16,103 @@ from ..errors import SpecllmError
 PLACEHOLDER_MAX = -9999.0
 
 
-def read_catalog(path: str) -> pa.Table:
-    """Read a CSV, FITS (first table HDU) or Parquet catalogue. Column names keep their case."""
+FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def _kind(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if lower.endswith(FITS_SUFFIXES):
+        return "fits"
+    return "csv"
+
+
+def _unreadable(path: str, exc: Exception) -> SpecllmError:
+    text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return SpecllmError(f"{path}: unreadable catalogue ({text})")
+
+
+def read_catalog(path: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a CSV, FITS (first table HDU) or Parquet catalogue. Column names keep their case.
+
+    `columns` (exact names, as `catalog_columns` gives them) reads only those: a 4 GB allStar file is then read
+    column by column from a memory map, never whole.
+    """
     if not os.path.exists(path):
         raise SpecllmError(f"{path}: no such catalogue")
-    lower = path.lower()
     try:
-        if lower.endswith((".parquet", ".pq")):
-            return pq.read_table(path)
-        if lower.endswith((".fits", ".fits.gz", ".fit", ".fit.gz", ".fts")):
-            return _read_fits_table(path)
-        return pacsv.read_csv(path)
+        kind = _kind(path)
+        if kind == "parquet":
+            return pq.read_table(path, columns=columns)
+        if kind == "fits":
+            return _read_fits_table(path, columns)
+        options = pacsv.ConvertOptions(include_columns=columns) if columns is not None else None
+        return pacsv.read_csv(path, convert_options=options)
     except SpecllmError:
         raise
     except Exception as exc:  # pyarrow and astropy raise many types for unreadable files
-        raise SpecllmError(f"{path}: unreadable catalogue ({str(exc).splitlines()[0][:160]})") from None
+        raise _unreadable(path, exc) from None
 
 
-def _read_fits_table(path: str) -> pa.Table:
+def catalog_columns(path: str) -> list[str]:
+    """The column names of a catalogue, read from its header or schema only (FITS vector columns included)."""
+    if not os.path.exists(path):
+        raise SpecllmError(f"{path}: no such catalogue")
+    try:
+        kind = _kind(path)
+        if kind == "parquet":
+            return list(pq.read_schema(path).names)
+        if kind == "fits":
+            from astropy.io import fits
+
+            with fits.open(path) as hdul:
+                hdu = _first_table_hdu(hdul)
+                return list(hdu.columns.names)
+        with pacsv.open_csv(path) as reader:
+            return list(reader.schema.names)
+    except SpecllmError:
+        raise
+    except Exception as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _first_table_hdu(hdul):
+    from astropy.io import fits
+
+    for hdu in hdul:
+        if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
+            return hdu
+    raise SpecllmError(f"{hdul.filename()}: no table HDU")
+
+
+def _read_fits_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    from astropy.io import fits
     from astropy.table import Table
     from astropy.utils.exceptions import AstropyWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
-        table = Table.read(path, format="fits", character_as_bytes=False)
-    columns = {}
-    for name in table.colnames:
-        col = table[name]
-        if col.ndim > 1:
-            continue  # vector columns (spectra, covariances) are not labels
-        values = np.asarray(col)
-        if hasattr(col, "mask") and np.any(col.mask):
-            columns[name] = pa.array(values, mask=np.asarray(col.mask))
-        elif values.dtype.kind in "SU":
-            columns[name] = pa.array(np.char.strip(values.astype(str)))
-        else:
-            columns[name] = pa.array(values.astype(values.dtype.newbyteorder("=")))
-    return pa.table(columns)
+        with fits.open(path, memmap=not path.lower().endswith(".gz")) as hdul:
+            hdu = _first_table_hdu(hdul)
+            if columns is not None:
+                hdu = fits.BinTableHDU.from_columns([hdu.columns[name] for name in columns], header=None)
+                hdu.data  # noqa: B018 - materialise the selected columns before the file closes
+            table = Table.read(hdu, character_as_bytes=False)
+            result = {}  # converted while the (memory-mapped) file is open
+            for name in table.colnames:
+                col = table[name]
+                if col.ndim > 1:
+                    continue  # vector columns (spectra, covariances) are not labels
+                values = np.asarray(col)
+                if values.dtype.kind in "SU":
+                    values = np.char.strip(values.astype(str))
+                elif values.dtype.byteorder not in ("=", "|"):
+                    values = values.astype(values.dtype.newbyteorder("="))  # FITS is big-endian; Arrow wants native
+                mask = np.asarray(col.mask) if hasattr(col, "mask") and np.any(col.mask) else None
+                result[name] = pa.array(values, mask=mask)
+    return pa.table(result)
 
 
 def column_as_float(table: pa.Table, name: str) -> np.ndarray:

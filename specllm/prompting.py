@@ -1,0 +1,102 @@
+"""Chat prompts -> token batches for the spectral LM (training and inference share this code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import SpecllmError
+from .spectral import FLUX_SPAN, Batch
+
+SYSTEM = "You are an astronomer's assistant. You read stellar spectra and answer with their labels."
+
+
+@dataclass
+class Encoded:
+    before: list[int]  # prompt tokens up to and including <flux>
+    after: list[int]  # prompt tokens from </flux> to the start of the assistant turn
+    answer: list[int]  # answer tokens + end of turn (empty at inference)
+
+
+class PromptBuilder:
+    def __init__(self, tokenizer, patch_count: int | None):
+        self.tokenizer = tokenizer
+        self.patch_count = patch_count  # None for the text formats
+        self._cache: dict[str, tuple[list[int], list[int]]] = {}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_text = tokenizer.eos_token or ""
+
+    def prompt_text(self, question: str) -> str:
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, question: str) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt, split around the flux span in patch mode (cached: questions repeat)."""
+        hit = self._cache.get(question)
+        if hit is None:
+            text = self.prompt_text(question)
+            if self.patch_count is not None:
+                if FLUX_SPAN not in text:
+                    raise SpecllmError(f"a patch-format question must contain {FLUX_SPAN!r}")
+                head, tail = text.split(FLUX_SPAN, 1)
+                hit = (self._ids(head + "<flux>"), self._ids("</flux>" + tail))
+            else:
+                hit = (self._ids(text), [])
+            if len(self._cache) < 4096:
+                self._cache[question] = hit
+        return hit
+
+    def encode(self, question: str, answer: str | None) -> Encoded:
+        before, after = self.prompt_ids(question)
+        return Encoded(before, after, self._ids(answer + self.eos_text) if answer is not None else [])
+
+    def length(self, enc: Encoded) -> int:
+        return len(enc.before) + (self.patch_count or 0) + len(enc.after) + len(enc.answer)
+
+    def collate(
+        self,
+        encoded: list[Encoded],
+        flux: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        values: np.ndarray | None = None,
+        classes: np.ndarray | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Batch:
+        """Left-padded batch. Targets sit at the positions that predict each answer token."""
+        P = self.patch_count or 0
+        lengths = [self.length(e) for e in encoded]
+        L = max(lengths)
+        B = len(encoded)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, L), dtype=torch.long)
+        slots = torch.zeros((B, L), dtype=torch.bool) if P else None
+        targets = torch.full((B, L), -100, dtype=torch.long)
+        readout = torch.zeros(B, dtype=torch.long)
+        for i, (e, n) in enumerate(zip(encoded, lengths)):
+            start = L - n
+            seq = e.before + [self.pad_id] * P + e.after + e.answer
+            ids[i, start:] = torch.tensor(seq, dtype=torch.long)
+            attn[i, start:] = 1
+            if P:
+                s = start + len(e.before)
+                slots[i, s : s + P] = True
+            prompt_end = start + n - len(e.answer)  # index of the first answer token
+            readout[i] = prompt_end - 1
+            if e.answer:
+                targets[i, prompt_end - 1 : L - 1] = torch.tensor(e.answer, dtype=torch.long)
+        return Batch(
+            input_ids=ids.to(device),
+            attention_mask=attn.to(device),
+            patch_slots=slots.to(device) if slots is not None else None,
+            flux=torch.as_tensor(flux, dtype=torch.float32, device=device) if P else None,
+            mask=torch.as_tensor(mask, dtype=torch.bool, device=device) if P else None,
+            readout_index=readout.to(device),
+            target_ids=targets.to(device) if any(e.answer for e in encoded) else None,
+            values=torch.as_tensor(values, dtype=torch.float32, device=device) if values is not None else None,
+            classes=torch.as_tensor(classes, dtype=torch.long, device=device) if classes is not None else None,
+        )

@@ -1,0 +1,261 @@
+"""Model directories: building a spectral LM from a recipe, saving it (safetensors + JSON), loading it back.
+
+A model directory holds:
+- `spec.json`: what the model is (base model and its fingerprint, format, stage, labels and their standardisation,
+  classes, LoRA recipe, patch width, layers kept) plus the run manifest (data hash, recipe, metrics);
+- `weights.safetensors`: the trainable tensors only (LoRA adapter `lora.*`, patch projector `patcher.*`, read-out
+  heads `value_head.*`, `class_head.*`), small enough to ship. The base model is loaded from `base_model`.
+Directories are written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import LoraConfig
+from .errors import SpecllmError
+from .models import base_fingerprint, load_causal_lm, load_tokenizer, quiet_offline, resolve_base
+from .progress import say
+from .spectral import PatchEmbedder, SpectralLM
+
+SPEC = "spec.json"
+WEIGHTS = "weights.safetensors"
+
+
+@dataclass
+class ModelSpec:
+    stage: int
+    format: str
+    base_model: str
+    base_fingerprint: str
+    value_names: list[str]
+    value_mean: list[float]
+    value_std: list[float]
+    classes: list[str]
+    lora: dict = field(default_factory=lambda: asdict(LoraConfig()))
+    patch_width: int | None = None
+    grid_size: int | None = None
+    layers: int | None = None  # decoder layers kept (None: all)
+    manifest: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, path: Path) -> ModelSpec:
+        data = json.loads(Path(path).read_text())
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def bitsandbytes_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def build_model(spec: ModelSpec, quantize: bool = False, gradient_checkpointing: bool = False):
+    """(SpectralLM, tokenizer) with fresh LoRA and heads for `spec`."""
+    quiet_offline()
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    path = resolve_base(spec.base_model)
+    tokenizer = load_tokenizer(spec.base_model)
+    lm = load_causal_lm(path, quantize_4bit=quantize)
+    if spec.layers is not None:
+        inner = lm.model
+        if not 0 < spec.layers <= len(inner.layers):
+            raise SpecllmError(f"--layers {spec.layers}: the base model has {len(inner.layers)} decoder layers")
+        inner.layers = inner.layers[: spec.layers]
+        lm.config.num_hidden_layers = spec.layers
+        if getattr(lm.config, "layer_types", None):
+            lm.config.layer_types = lm.config.layer_types[: spec.layers]
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    if quantize:
+        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.enable_input_require_grads()
+    lora = spec.lora
+    peft_config = PeftLoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    lm = get_peft_model(lm, peft_config)
+    patcher = None
+    if spec.patch_width:
+        patcher = PatchEmbedder(spec.grid_size, spec.patch_width, lm.config.hidden_size)
+        # Start the spectral tokens at the scale of the model's own token embeddings.
+        scale = lm.get_input_embeddings().weight.detach().float().std().item()
+        with torch.no_grad():
+            patcher.net[-1].weight.mul_(scale / max(1e-6, patcher.net[-1].weight.std().item()) * 0.5)
+    model = SpectralLM(lm, len(spec.value_names), len(spec.classes), patcher)
+    return model, tokenizer
+
+
+def gathered(model: SpectralLM, modify: bool = False):
+    """Under DeepSpeed ZeRO-3 the trainable tensors are sharded across ranks: gather them whole (for saving, or for
+    loading with `modify=True`) -- saving without this writes empty LoRA tensors (peft issues 2884 and 453)."""
+    params = [p for p in model.parameters() if p.requires_grad or hasattr(p, "ds_id")]
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return deepspeed.zero.GatheredParameters(trainable, modifier_rank=0 if modify else None)
+
+
+def trainable_state(model: SpectralLM) -> dict[str, torch.Tensor]:
+    """Every trainable tensor under a stable name (LoRA weights named as PEFT names them)."""
+    from peft import get_peft_model_state_dict
+
+    with gathered(model):
+        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(model.lm).items()}
+        for name in ("patcher", "value_head", "class_head"):
+            module = getattr(model, name)
+            if module is not None:
+                state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+        return {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
+
+
+def load_trainable(model: SpectralLM, state: dict[str, torch.Tensor], heads: bool = True) -> None:
+    from peft import set_peft_model_state_dict
+
+    lora = {k[5:]: v for k, v in state.items() if k.startswith("lora.")}
+    with gathered(model, modify=True):
+        result = set_peft_model_state_dict(model.lm, lora)
+        unexpected = getattr(result, "unexpected_keys", None) or []
+        if unexpected:
+            raise SpecllmError(f"adapter does not fit the model: unexpected keys {unexpected[:3]}")
+        names = ("patcher", "value_head", "class_head") if heads else ("patcher",)
+        for name in names:
+            module = getattr(model, name)
+            part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+            if module is not None and part:
+                module.load_state_dict(part)
+
+
+PARENT = "parent"  # a stage-2 model keeps a copy of the stage-1 model it continued from, so infer can run both
+
+
+def save_model_dir(
+    model: SpectralLM, spec: ModelSpec, path: str | os.PathLike, dtype: torch.dtype | None = None, parent: Path | None = None
+) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = trainable_state(model)
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "specllm": "model"})
+        (tmp / SPEC).write_text(json.dumps(asdict(spec), indent=2, default=str) + "\n")
+        if parent is not None:
+            (tmp / PARENT).mkdir()
+            for name in (SPEC, WEIGHTS):
+                shutil.copy(parent / name, tmp / PARENT / name)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / WEIGHTS))
+
+
+def model_dir(path: str | os.PathLike) -> Path:
+    """A model directory, given it or the training run directory that holds it (RUN/model)."""
+    path = Path(path)
+    return path / "model" if (path / "model" / SPEC).exists() else path
+
+
+def load_model_dir(path: str | os.PathLike, quantize: bool = False):
+    """(SpectralLM, ModelSpec, tokenizer) from a model directory (see module doc)."""
+    path = model_dir(path)
+    if not (path / SPEC).exists() or not (path / WEIGHTS).exists():
+        raise SpecllmError(f"{path}: not a specllm model directory (needs {SPEC} and {WEIGHTS})")
+    spec = ModelSpec.from_json(path / SPEC)
+    model, tokenizer = build_model(spec, quantize=quantize)
+    fingerprint = base_fingerprint(resolve_base(spec.base_model))
+    if fingerprint != spec.base_fingerprint:
+        say(f"warning: {path}: base model differs from the one it was trained on ({spec.base_model})")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in read_weights(path).items()}
+    load_trainable(model, state)
+    model.eval()
+    return model, spec, tokenizer
+
+
+def write_model_card(path: str | os.PathLike, command: str) -> Path:
+    """A Markdown model card (data, recipe, test-split metrics, limits) from a model directory's spec.json."""
+    path = Path(path)
+    spec = ModelSpec.from_json(path / SPEC)
+    m = spec.manifest
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    lines = [
+        f"# specllm model: stage {spec.stage}, format `{spec.format}`",
+        "",
+        f"- Base model: `{spec.base_model}` (fingerprint `{spec.base_fingerprint[:16]}`), first {spec.layers or 'all'} decoder layers",
+        f"- Trainable: LoRA r={spec.lora['r']}, alpha={spec.lora['alpha']}, dropout={spec.lora['dropout']} on {spec.lora['target_modules']}"
+        + (f"; patch projector ({spec.patch_width}-pixel patches)" if spec.patch_width else "")
+        + "; numeric read-out heads",
+        f"- Weights: `{WEIGHTS}` ({size / 1e6:.1f} MB in this directory), safetensors",
+        f"- Data: `{m.get('data')}` (content hash `{str(m.get('data_content_hash'))[:16]}`), "
+        f"{m.get('train_examples')} train / {m.get('test_examples')} test spectra",
+        f"- Recipe: {json.dumps(m.get('recipe'))}",
+        f"- Options: {json.dumps(m.get('options'))}",
+        f"- Augmentation: {json.dumps(m.get('augment'))}",
+        f"- Training: {m.get('steps')} optimizer steps at {m.get('samples_per_second', 0):.2f} samples/s",
+        f"- Reproduce: `{command}`",
+        "",
+        "## Test split: mu ± sigma of (prediction - label)",
+        "",
+    ]
+    metrics = m.get("metrics", {})
+    classes = [c for c in ("A", "F", "G", "K", "M", "all") if any(c in metrics.get(n, {}) for n in spec.value_names)]
+    lines += ["| label | " + " | ".join(classes) + " | within 1 sigma |", "|---" * (len(classes) + 2) + "|"]
+    for name in spec.value_names:
+        row = metrics.get(name, {})
+        cells = [f"{row[c]['mu']:+.3g} ± {row[c]['sigma']:.3g} (n={row[c]['n']})" if c in row else "" for c in classes]
+        within = row.get("all", {}).get("within_1sigma")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {within:.0%} |" if within is not None else " |")
+    if "class_accuracy" in metrics:
+        lines += ["", f"Class accuracy on the test split: {metrics['class_accuracy']:.1%}"]
+    lines += [
+        "",
+        "## Known limits",
+        "",
+        "- Trained on LAMOST DR10 A, F and G stars only (the shared sample): K and M stars and giants are outside its",
+        "  training range, and its labels for them are extrapolations.",
+        "- Labels are the LAMOST pipeline's (LASP); the model inherits their systematics.",
+        "- Uncertainties are the read-out's Gaussian sigma; their calibration is the 'within 1 sigma' column above.",
+    ]
+    card = path / "README.md"
+    card.write_text("\n".join(lines) + "\n")
+    return card

@@ -1,0 +1,133 @@
+"""The spectral language model: a causal LM (+ LoRA) that reads spectra as text or as spectral tokens.
+
+Prompt layout (left-padded in a batch): [pad ...][chat prompt before <flux>][<flux>][P patch embeddings][</flux> ...
+rest of prompt, assistant turn start][answer tokens + eos]. In the text formats (`paper`, `compact`) the flux is in
+the prompt text and no patch embedding is spliced.
+
+Outputs:
+- the answer text, learned with cross-entropy on the answer tokens only (the paper's objective);
+- a numeric read-out on the hidden state that predicts the first answer token: a Gaussian mean and log-variance per
+  label (standardised) and class logits, trained jointly. Its values are written out as the answer text by default
+  at inference (one forward pass, calibrated uncertainties); greedy constrained decoding of the text stays available.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FLUX_SPAN = "<flux></flux>"
+
+
+class PatchEmbedder(nn.Module):
+    """(B, G) flux + mask -> (B, P, H): fixed-width patches, each normalised on its own, projected by a 2-layer MLP.
+
+    Per patch the MLP sees the patch's shape (flux minus its mean, over its std), its mask, its mean and log std, so
+    both the line profile and the continuum level reach the model; a learned position embedding per patch is added.
+    """
+
+    def __init__(self, grid_size: int, width: int, hidden: int, inner: int = 512):
+        super().__init__()
+        self.grid_size, self.width = grid_size, width
+        self.count = -(-grid_size // width)
+        self.net = nn.Sequential(nn.Linear(2 * width + 2, inner), nn.GELU(), nn.Linear(inner, hidden))
+        self.position = nn.Parameter(torch.zeros(self.count, hidden))
+
+    def forward(self, flux: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pad = self.count * self.width - self.grid_size
+        f = F.pad(flux.float(), (0, pad)).view(flux.shape[0], self.count, self.width)
+        m = F.pad(mask.float(), (0, pad), value=1.0).view(flux.shape[0], self.count, self.width)
+        w = 1.0 - m
+        n = w.sum(-1, keepdim=True).clamp_min(1.0)
+        mean = (f * w).sum(-1, keepdim=True) / n
+        std = (((f - mean) ** 2 * w).sum(-1, keepdim=True) / n).sqrt() + 1e-3
+        shape = (f - mean) / std * w
+        x = torch.cat([shape, m, mean, std.log()], dim=-1)
+        return self.net(x) + self.position
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, L) token ids (pad where patches go)
+    attention_mask: torch.Tensor  # (B, L)
+    patch_slots: torch.Tensor | None  # (B, L) bool, True where a patch embedding goes
+    flux: torch.Tensor | None  # (B, G)
+    mask: torch.Tensor | None  # (B, G)
+    readout_index: torch.Tensor  # (B,) position whose hidden state predicts the first answer token
+    target_ids: torch.Tensor | None = None  # (B, L) answer token ids at positions predicting them, -100 elsewhere
+    values: torch.Tensor | None = None  # (B, K) standardised labels, NaN where missing
+    classes: torch.Tensor | None = None  # (B,) class index, -100 where missing
+
+
+class SpectralLM(nn.Module):
+    def __init__(self, lm: nn.Module, n_values: int, n_classes: int, patcher: PatchEmbedder | None):
+        super().__init__()
+        self.lm = lm  # a PeftModel (LoRA) or a plain causal LM
+        self.patcher = patcher
+        hidden = self._config().hidden_size
+        self.value_head = nn.Sequential(nn.Linear(hidden, 256), nn.GELU(), nn.Linear(256, 2 * n_values))
+        self.class_head = nn.Linear(hidden, n_classes) if n_classes else None
+        self.n_values = n_values
+
+    def _config(self):
+        return self.lm.config
+
+    def _inner(self):
+        """The causal LM under any PEFT wrapper."""
+        lm = self.lm
+        return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        inner = self._inner()
+        embeds = inner.get_input_embeddings()(batch.input_ids)
+        if batch.patch_slots is not None and self.patcher is not None:
+            patches = self.patcher(batch.flux, batch.mask).to(embeds.dtype)
+            embeds = embeds.masked_scatter(batch.patch_slots.unsqueeze(-1), patches.reshape(-1, patches.shape[-1]))
+        return embeds
+
+    def hidden_states(self, batch: Batch, past_key_values=None, use_cache: bool = False):
+        embeds = self.embed(batch)
+        position_ids = (batch.attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        backbone = self._inner().model
+        out = backbone(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        return out
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._inner().lm_head(hidden)
+
+    def readout(self, hidden_last: torch.Tensor):
+        out = self.value_head(hidden_last.float())
+        mean, log_var = out[:, : self.n_values], out[:, self.n_values :].clamp(-12.0, 6.0)
+        logits = self.class_head(hidden_last.float()) if self.class_head is not None else None
+        return mean, log_var, logits
+
+    def forward(self, batch: Batch, text_weight: float = 1.0, value_weight: float = 1.0, class_weight: float = 0.2):
+        hidden = self.hidden_states(batch).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        mean, log_var, class_logits = self.readout(hidden[rows, batch.readout_index])
+        losses = {}
+        if batch.target_ids is not None and text_weight > 0:
+            where = batch.target_ids != -100
+            logits = self.lm_logits(hidden[where]).float()
+            losses["text"] = F.cross_entropy(logits, batch.target_ids[where])
+        if batch.values is not None and value_weight > 0:
+            known = ~torch.isnan(batch.values)
+            target = torch.nan_to_num(batch.values)
+            nll = 0.5 * (log_var + (target - mean) ** 2 * torch.exp(-log_var) + math.log(2 * math.pi))
+            losses["value"] = (nll * known).sum() / known.sum().clamp_min(1)
+        if batch.classes is not None and class_logits is not None and class_weight > 0:
+            if (batch.classes != -100).any():
+                losses["class"] = F.cross_entropy(class_logits, batch.classes, ignore_index=-100)
+        weights = {"text": text_weight, "value": value_weight, "class": class_weight}
+        total = sum(weights[k] * v for k, v in losses.items())
+        return total, {k: float(v.detach()) for k, v in losses.items()}, (mean, log_var, class_logits)

@@ -1,0 +1,87 @@
+"""Tiny models and QA shards for the LLM tests (built by the tests themselves; seconds to train)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from specllm.shards import vectors_to_arrow, write_table
+
+TINY_GRID = 256
+
+
+def tiny_llama_dir(root: Path) -> Path:
+    """A 2-layer Llama with the embedded model's tokenizer (and so its chat template), saved as safetensors."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from specllm.models import resolve_base
+
+    target = root / "tiny-llama"
+    if (target / "config.json").exists():
+        return target
+    tok_src = resolve_base(None)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=65536,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        initializer_range=0.5,  # logits of a random tiny model must be able to move far from uniform
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(target, safe_serialization=True)
+    for name in os.listdir(tok_src):
+        if name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(tok_src / name, target / name)
+    return target
+
+
+def synthetic_spectra(n: int, grid: int = TINY_GRID, seed: int = 0):
+    """Spectra whose shape follows their labels, so a model can learn them."""
+    rng = np.random.default_rng(seed)
+    teff = rng.uniform(4500, 8000, n)
+    logg = rng.uniform(3.5, 4.8, n)
+    feh = rng.uniform(-1.0, 0.3, n)
+    x = np.linspace(0, 1, grid)
+    slope = (teff[:, None] - 6000) / 3000
+    flux = 0.6 + 0.3 * slope * (x - 0.5) - 0.2 * np.exp(-((x - 0.3) ** 2) / 0.001) * (1 + feh[:, None])
+    flux = flux - 0.1 * (logg[:, None] - 4) * np.exp(-((x - 0.7) ** 2) / 0.002)
+    flux = np.round(flux / flux.max(1, keepdims=True), 3).astype(np.float32)
+    mask = np.zeros_like(flux, dtype=bool)
+    classes = np.where(teff > 7000, "A", np.where(teff > 6000, "F", "G"))
+    return flux, mask, teff, logg, feh, classes
+
+
+def write_qa(out: Path, fmt: str, n: int = 16, grid: int = TINY_GRID, test_every: int = 4, seed: int = 0) -> Path:
+    from specllm.serialize import answer, question
+
+    flux, mask, teff, logg, feh, classes = synthetic_spectra(n, grid, seed)
+    rows = {"spec_id": [], "split": [], "class": [], "teff": [], "logg": [], "feh": [], "question": [], "answer": []}
+    for i in range(n):
+        labels = {"class": str(classes[i]), "teff": float(teff[i]), "logg": float(logg[i]), "feh": float(feh[i])}
+        rows["spec_id"].append(f"s{i}")
+        rows["split"].append("test" if i % test_every == test_every - 1 else "train")
+        for k in ("class", "teff", "logg", "feh"):
+            rows[k].append(labels[k])
+        rows["question"].append(question(fmt, 1, None if fmt == "patch" else flux[i], list(labels)))
+        rows["answer"].append(answer(fmt, 1, labels))
+    table = pa.table(rows)
+    table = table.append_column("format", pa.array([fmt] * n)).append_column("stage", pa.array([1] * n, pa.int32()))
+    if fmt == "patch":
+        table = table.append_column("flux", vectors_to_arrow(flux, pa.float32()))
+        table = table.append_column("mask", vectors_to_arrow(mask, pa.bool_()))
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(out / "part-00000.parquet", table)
+    return out
