@@ -252,6 +252,8 @@ def scaling_plot(path: str | Path, points: Sequence[dict], labels: Sequence[str]
     `points`: dicts with keys model, n_train, label, sigma.
     """
     plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 2.8), dpi=dpi, squeeze=False)
     models = list(dict.fromkeys(p["model"] for p in points))
     for k, label in enumerate(labels):
@@ -266,6 +268,9 @@ def scaling_plot(path: str | Path, points: Sequence[dict], labels: Sequence[str]
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, marker="o", ms=3, label=model)
         ax.set_xscale("log")
+        sizes = sorted({p["n_train"] for p in points})
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training spectra", fontsize=8)
         ax.set_ylabel(f"σ {label_title(label)}", fontsize=8)
         ax.tick_params(labelsize=7)
