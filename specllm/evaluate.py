@@ -40,7 +40,8 @@ def label_title(name: str) -> str:
         return _TITLES[name]
     m = re.fullmatch(r"(?:apogee_|galah_)?([a-z0-9]+)_fe", name)
     if m:
-        return f"[{m.group(1).capitalize()}/Fe]"
+        element = {"ci": "C I", "tiii": "Ti II"}.get(m.group(1), m.group(1).capitalize())
+        return f"[{element}/Fe]"
     return name
 
 

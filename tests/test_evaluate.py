@@ -97,6 +97,7 @@ def test_element_and_rmse_tables():
 def test_label_titles():
     assert label_title("apogee_mg_fe") == "[Mg/Fe]" and label_title("ca_fe") == "[Ca/Fe]"
     assert label_title("teff") == "Teff (K)" and label_title("other") == "other"
+    assert label_title("apogee_tiii_fe") == "[Ti II/Fe]" and label_title("ci_fe") == "[C I/Fe]"
 
 
 def test_writers(tmp_path):
