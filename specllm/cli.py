@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from typing import Annotated
@@ -11,6 +12,7 @@ import typer
 from .config import (
     SURVEYS,
     AugmentConfig,
+    BenchmarkConfig,
     CleanConfig,
     CrossmatchConfig,
     ExternalConfig,
@@ -118,6 +120,54 @@ def ingest(
         raise typer.Exit(1)
     if strict and result.rejected:
         raise typer.Exit(1)
+
+_BENCH = BenchmarkConfig()
+
+
+def _csv_list(value: str, what: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise typer.BadParameter(f"{what} must be a comma-separated list")
+    return items
+
+
+@app.command()
+@user_errors
+def benchmark(
+    shards: Annotated[str, typer.Argument(help="Spectrum shards (directory written by `specllm ingest`/`crossmatch`).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Report directory (Markdown, CSV, JSON, PNG, saved models).")],
+    models: Annotated[str, typer.Option(help="Comma-separated: llm, lightgbm, resnet50, smallcnn, gru.")] = ",".join(_BENCH.models),
+    llm: Annotated[str | None, typer.Option(help="Run directory of a trained LLM (`specllm train`); without it llm is skipped.")] = None,
+    labels: Annotated[str, typer.Option(help="Comma-separated label columns; 'auto' adds every apogee_<x>_fe column.")] = ",".join(_BENCH.labels),
+    sizes: Annotated[str | None, typer.Option(help="Nested training-set sizes for the scaling check, e.g. 200,400,800,1600.")] = None,
+    quick: Annotated[bool, typer.Option(help="Fewer epochs, narrower ResNet-50, fewer trees: a full run in ~30 min on 2 CPU cores.")] = _BENCH.quick,
+    split: Annotated[str, typer.Option(help="Split every model is evaluated on.")] = _BENCH.split,
+    seed: Annotated[int, typer.Option(help="Seed of subsets, validation parts and weights.")] = _BENCH.seed,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch and LightGBM.")] = _BENCH.threads,
+    max_epochs: Annotated[int | None, typer.Option(help="Override the networks' maximum number of epochs.")] = None,
+    save_models: Annotated[bool, typer.Option(help="Save the trained baselines (safetensors / LightGBM text) under OUT/models.")] = _BENCH.save_models,
+):
+    """Train the baselines, evaluate every model on one test split, and write the paper's tables and plots."""
+    from . import benchmark as bench
+
+    try:
+        size_list = tuple(int(s) for s in _csv_list(sizes, "--sizes")) if sizes else ()
+    except ValueError:
+        raise typer.BadParameter("--sizes must be comma-separated integers") from None
+    config = dataclasses.replace(
+        _BENCH,
+        models=_csv_list(models, "--models"),
+        labels=_csv_list(labels, "--labels"),
+        sizes=size_list,
+        quick=quick,
+        split=split,
+        seed=seed,
+        threads=threads,
+        max_epochs=max_epochs,
+        save_models=save_models,
+    )
+    result = bench.run_benchmark(shards, out, config, llm=llm, command=bench.command_line())
+    sys.stdout.write(bench.summary_csv(result))
 
 
 @app.command()

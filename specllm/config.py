@@ -234,3 +234,107 @@ class CrossmatchConfig:
     one_per_star: bool = False
     matched_only: bool = False
     match_chunk: int = 1_000_000
+
+
+# ---------------------------------------------------------------- benchmark and baselines (issue 6)
+
+BASELINE_MODELS: tuple[str, ...] = ("lightgbm", "resnet50", "smallcnn", "gru")
+BENCHMARK_MODELS: tuple[str, ...] = ("llm", *BASELINE_MODELS)
+
+
+@dataclass(frozen=True)
+class LightGBMConfig:
+    """LightGBM baseline: one multiclass classifier for the class and one regressor per label on the raw flux.
+
+    Boosting stops early on the validation part of the training split (`NetTrainConfig.val_fraction`).
+    """
+
+    n_estimators: int = 1000
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 10
+    feature_fraction: float = 0.2
+    bagging_fraction: float = 0.8
+    early_stopping_rounds: int = 50
+
+
+@dataclass(frozen=True)
+class NetTrainConfig:
+    """Training of the PyTorch baselines (paper section IV.1): cross-entropy + `mse_weight` x MSE on min-max
+    normalised labels (missing labels masked), Adam lr 1e-3 reduced on plateau, early stopping on a validation part
+    of the training split, best checkpoint kept."""
+
+    lr: float = 1e-3
+    mse_weight: float = 50.0
+    batch_size: int = 32
+    max_epochs: int = 100
+    patience: int = 10  # early stopping: epochs without a better validation loss
+    plateau_patience: int = 3  # ReduceLROnPlateau
+    plateau_factor: float = 0.5
+    val_fraction: float = 0.1
+    min_val: int = 8  # never fewer validation spectra than this (if the training set allows)
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """1-D ResNet-50: bottleneck blocks [3, 4, 6, 3], stage widths width x (1, 2, 4, 8), expansion 4."""
+
+    blocks: tuple[int, ...] = (3, 4, 6, 3)
+    width: int = 64  # paper-size ResNet-50; --quick uses `BenchmarkConfig.quick_resnet_width`
+    stem_kernel: int = 7
+    stem_stride: int = 2  # then a stride-2 max-pool, as in ResNet-50; --quick uses `quick_resnet_stem_stride`
+    kernel: int = 3
+
+
+@dataclass(frozen=True)
+class SmallCNNConfig:
+    """Small CNN: three conv (kernel 7) + batch-norm + ReLU + max-pool (4) layers, then a dense layer."""
+
+    channels: tuple[int, ...] = (16, 32, 64)
+    kernel: int = 7
+    pool: int = 4
+    pooled_length: int = 16  # adaptive average pool before the dense layer
+    hidden: int = 256
+
+
+@dataclass(frozen=True)
+class GRUConfig:
+    """Three-layer GRU over the spectrum cut into patches of `patch` pixels (4901 px -> 77 steps of 64)."""
+
+    layers: int = 3
+    hidden: int = 128
+    patch: int = 64
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """`specllm benchmark`: which models, on which labels, how large the training subsets, and the quick settings.
+
+    --quick (a full run on a 2-core CPU in about 30 minutes) sets: nets at most `quick_max_epochs` epochs with
+    early-stopping patience `quick_patience`; ResNet-50 width `quick_resnet_width` (instead of 64) and stem stride
+    `quick_resnet_stem_stride` (instead of 2); LightGBM at most `quick_lgbm_estimators` trees at learning rate
+    `quick_lgbm_learning_rate`. Block counts, heads, loss and optimiser are unchanged.
+    """
+
+    models: tuple[str, ...] = BENCHMARK_MODELS
+    labels: tuple[str, ...] = tuple(name for name, _ in STAGE1_LABELS)
+    sizes: tuple[int, ...] = ()
+    split: str = "test"
+    seed: int = 0
+    threads: int = 1  # OpenMP threads spin-wait on a busy machine: LightGBM with 2 on 2 shared cores took 20x the CPU
+    quick: bool = False
+    max_epochs: int | None = None  # overrides the nets' max_epochs (quick or not) where given
+    save_models: bool = True
+    predict_batch: int = 256
+    lightgbm: LightGBMConfig = field(default_factory=LightGBMConfig)
+    train: NetTrainConfig = field(default_factory=NetTrainConfig)
+    resnet: ResNetConfig = field(default_factory=ResNetConfig)
+    smallcnn: SmallCNNConfig = field(default_factory=SmallCNNConfig)
+    gru: GRUConfig = field(default_factory=GRUConfig)
+    quick_max_epochs: int = 30
+    quick_patience: int = 6
+    quick_resnet_width: int = 8
+    quick_resnet_stem_stride: int = 4
+    quick_lgbm_estimators: int = 300
+    quick_lgbm_learning_rate: float = 0.1

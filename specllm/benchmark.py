@@ -1,0 +1,655 @@
+"""`specllm benchmark`: the LLM against the paper's baselines on one split, per class and per label, and as the
+training set grows.
+
+Every model is an object with `fit(train)` and `predict(test)` (see `specllm.baselines`). The baselines are trained
+here on the train split (and on nested subsets of it for `--sizes`); the LLM is trained elsewhere (`specllm train`)
+and only predicts, through `specllm.infer.predict_table`, imported when it is needed. All models are evaluated on the
+same test split; the report directory receives Markdown, CSV and JSON tables, residual plots and the scaling plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .baselines import Prediction, SpectraSet, make_baseline
+from .config import BENCHMARK_MODELS, CLASSES, BenchmarkConfig
+from .errors import SpecllmError
+from .evaluate import (
+    GROUPS,
+    OVERALL,
+    Stat,
+    class_accuracy,
+    compute_stats,
+    csv_text,
+    element_table,
+    label_decimals,
+    label_title,
+    markdown_table,
+    per_class_table,
+    residual_plot,
+    rmse_table,
+    scaling_plot,
+    stats_json,
+    stats_rows,
+    write_csv,
+)
+from .progress import say
+from .shards import arrow_to_vectors, atomic_write_json, atomic_write_text, read_manifest, shard_paths, write_table
+
+PLACEHOLDER_MAX = -9999.0  # survey catalogues write -9999 / -9999.99 for "no value"
+ELEMENT_COLUMN = re.compile(r"^apogee_[a-z0-9]+_fe$")
+TABLE_NUMBERS = {"teff": 2, "logg": 3, "feh": 4}
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def apply_quick(config: BenchmarkConfig) -> BenchmarkConfig:
+    """The configuration actually run: --quick settings and a --max-epochs override applied."""
+    cfg = config
+    if cfg.quick:
+        cfg = dataclasses.replace(
+            cfg,
+            train=dataclasses.replace(cfg.train, max_epochs=cfg.quick_max_epochs, patience=cfg.quick_patience),
+            resnet=dataclasses.replace(
+                cfg.resnet, width=cfg.quick_resnet_width, stem_stride=cfg.quick_resnet_stem_stride
+            ),
+            lightgbm=dataclasses.replace(
+                cfg.lightgbm, n_estimators=cfg.quick_lgbm_estimators, learning_rate=cfg.quick_lgbm_learning_rate
+            ),
+        )
+    if cfg.max_epochs is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_epochs=cfg.max_epochs))
+    return cfg
+
+
+def check_models(models: tuple[str, ...]) -> None:
+    unknown = [m for m in models if m not in BENCHMARK_MODELS]
+    if unknown:
+        raise SpecllmError(f"unknown model(s) {', '.join(unknown)} (choose from {', '.join(BENCHMARK_MODELS)})")
+    if not models:
+        raise SpecllmError("no model to benchmark")
+
+
+def resolve_labels(shards: str, labels: tuple[str, ...]) -> tuple[str, ...]:
+    """The label columns to evaluate; 'auto' = teff, logg, feh plus every `apogee_<x>_fe` column in the shards."""
+    if "auto" not in labels:
+        return tuple(labels)
+    names = pq.read_schema(shard_paths(shards)[0]).names
+    base = [lab for lab in labels if lab != "auto"] or ["teff", "logg", "feh"]
+    return tuple(dict.fromkeys([*base, *(n for n in names if ELEMENT_COLUMN.match(n))]))
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_split(shards: str, split: str, labels: tuple[str, ...]) -> SpectraSet:
+    """Spectra of one split from the shards; label placeholders (<= -9999) and non-finite values become missing."""
+    columns = ["spec_id", "class", "split", "flux", *labels]
+    parts = []
+    for path in shard_paths(shards):
+        try:
+            schema = pq.read_schema(path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable shard is one user-facing line
+            raise SpecllmError(f"{path}: not a readable Parquet shard ({exc})") from None
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise SpecllmError(f"{path}: missing column(s) {', '.join(missing)}")
+        table = pq.read_table(path, columns=columns, filters=[("split", "=", split)])
+        if table.num_rows:
+            parts.append(table)
+    if not parts:
+        raise SpecllmError(f"{shards}: no spectra in split {split!r}")
+    table = pa.concat_tables(parts, promote_options="default")
+    flux = arrow_to_vectors(table["flux"], np.float32)
+    y = (
+        np.column_stack([table[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in labels])
+        if labels
+        else np.zeros((len(flux), 0))
+    )
+    placeholders = int((y <= PLACEHOLDER_MAX).sum())
+    if placeholders:
+        say(f"{shards}: {placeholders} label value(s) <= {PLACEHOLDER_MAX:g} in split {split!r} treated as missing")
+    y[~np.isfinite(y) | (y <= PLACEHOLDER_MAX)] = np.nan
+    good = np.isfinite(flux).all(axis=1)
+    if not good.all():
+        bad = table["spec_id"].to_numpy(zero_copy_only=False)[~good]
+        say(f"{shards}: {len(bad)} spectrum/spectra with non-finite flux left out of split {split!r} (e.g. {bad[0]})")
+    classes = np.array(table["class"].to_pylist(), dtype=object)
+    ids = np.array(table["spec_id"].to_pylist(), dtype=object)
+    return SpectraSet(ids, flux, classes, y, tuple(labels)).subset(np.flatnonzero(good))
+
+
+def nested_subsets(n: int, sizes: tuple[int, ...], seed: int) -> tuple[list[int], dict[int, np.ndarray], list[str]]:
+    """Training-set sizes (capped at n, de-duplicated, ascending, always including n) and nested index sets:
+    the first k of one fixed permutation, so every smaller subset lies inside every larger one."""
+    notes = []
+    for s in sizes:
+        if s < 2:
+            raise SpecllmError(f"--sizes: {s} is too small (at least 2 training spectra)")
+        if s > n:
+            notes.append(f"training size {s} asked for, but the train split holds {n}: the full split is used")
+    order = np.random.default_rng(seed).permutation(n)
+    chosen = sorted({min(s, n) for s in sizes} | {n})
+    return chosen, {s: np.sort(order[:s]) for s in chosen}, notes
+
+
+def class_counts(data: SpectraSet) -> dict[str, int]:
+    out = {c: int((data.classes == c).sum()) for c in CLASSES}
+    out["unknown"] = int(sum(1 for c in data.classes if not isinstance(c, str)))
+    return out
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+class MemoryWatch:
+    """Wall and CPU seconds, and peak resident memory (sampled every `interval` seconds), of this process while the
+    block runs. CPU seconds are the fairer cost on a shared machine, where wall time depends on other jobs."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __enter__(self) -> MemoryWatch:
+        self.start = self.peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.t0
+        self.cpu_seconds = time.process_time() - self.cpu0  # all threads of this process
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak / 2**20
+
+    @property
+    def added_mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def code_version() -> str:
+    """specllm's version, plus `git describe` of its checkout where there is one."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        described = out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        described = ""
+    return f"{__version__} ({described})" if described else __version__
+
+
+# ---------------------------------------------------------------- the LLM, trained elsewhere
+
+
+class LLMModel:
+    """Adapter for the fine-tuned LLM: `fit` does nothing (train it with `specllm train`); `predict` calls
+    `specllm.infer.predict_table(model_dir, shards, split)` and aligns its rows to the test spectra by spec_id.
+    The predicted class is read from `class_pred` (or `class`, as `specllm infer` writes it).
+
+    Label columns are looked up by name, then without an `apogee_` prefix (the LLM answers `mg_fe` for the shard
+    column `apogee_mg_fe`); a label it does not answer is left missing.
+    """
+
+    name = "llm"
+
+    def __init__(self, model_dir: str, shards: str, split: str = "test"):
+        self.model_dir = model_dir
+        self.shards = shards
+        self.split = split
+        self.notes: list[str] = []
+
+    def fit(self, train: SpectraSet) -> LLMModel:
+        return self
+
+    def predict(self, data: SpectraSet) -> Prediction:
+        try:
+            from .infer import predict_table
+        except ImportError as exc:
+            raise SpecllmError(f"llm: specllm.infer.predict_table is not available ({exc})") from None
+        table = predict_table(self.model_dir, self.shards, split=self.split)
+        if "spec_id" not in table.column_names:
+            raise SpecllmError(f"{self.model_dir}: the LLM's predictions have no spec_id column")
+        where = {sid: i for i, sid in enumerate(table["spec_id"].to_pylist())}
+        rows = np.array([where.get(sid, -1) for sid in data.spec_id])
+        found = rows >= 0
+        if not found.all():
+            self.notes.append(f"llm: no prediction for {int((~found).sum())} of {len(rows)} test spectra")
+        classes = np.full(len(rows), None, dtype=object)
+        class_column = next((c for c in ("class_pred", "class") if c in table.column_names), None)
+        if class_column is not None:
+            answers = np.array(table[class_column].to_pylist(), dtype=object)
+            classes[found] = answers[rows[found]]
+        labels = np.full((len(rows), len(data.label_names)), np.nan)
+        for j, name in enumerate(data.label_names):
+            column = name if name in table.column_names else name.removeprefix("apogee_")
+            if column not in table.column_names:
+                self.notes.append(f"llm: no {name} column in the predictions; left missing")
+                continue
+            values = table[column].to_numpy(zero_copy_only=False).astype(np.float64)
+            labels[found, j] = values[rows[found]]
+        return Prediction(classes, labels, data.label_names)
+
+
+# ---------------------------------------------------------------- one benchmark run
+
+
+@dataclass
+class ModelRun:
+    model: str
+    n_train: int | None
+    fit_seconds: float
+    predict_seconds: float
+    fit_cpu_seconds: float | None
+    predict_cpu_seconds: float
+    throughput: float  # test spectra per second of prediction
+    peak_rss_fit_mib: float | None
+    peak_rss_predict_mib: float
+    added_rss_fit_mib: float | None
+    added_rss_predict_mib: float
+    epochs: int | None
+    best_epoch: int | None
+    class_accuracy: float
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchmarkResult:
+    out: str
+    config: BenchmarkConfig
+    labels: tuple[str, ...]
+    meta: dict
+    n_train: int = 0
+    stats: list[Stat] = field(default_factory=list)  # main run (full train split)
+    runs: list[ModelRun] = field(default_factory=list)  # every fit, scaling ones included
+    scaling: list[dict] = field(default_factory=list)  # model, n_train, label, group, n, mu, sigma, rmse
+    predictions: dict[str, Prediction] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_benchmark(
+    shards: str,
+    out: str,
+    config: BenchmarkConfig = BenchmarkConfig(),
+    llm: str | None = None,
+    command: str | None = None,
+) -> BenchmarkResult:
+    """Train the baselines, let every model predict the test split, and write the report into `out`."""
+    check_models(config.models)
+    cfg = apply_quick(config)
+    import torch
+
+    torch.set_num_threads(max(1, cfg.threads))
+    labels = resolve_labels(shards, cfg.labels)
+    if not labels:
+        raise SpecllmError("no label to evaluate (--labels)")
+    train = load_split(shards, "train", labels)
+    test = load_split(shards, cfg.split, labels)
+    manifest = read_manifest(shards) or {}
+    result = BenchmarkResult(
+        out=out,
+        config=cfg,
+        labels=labels,
+        meta={
+            "shards": str(shards),
+            "manifest_content_hash": manifest.get("content_hash"),
+            "code_version": code_version(),
+            "command": command,
+            "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "lightgbm": _lightgbm_version(),
+            "platform": f"{platform.machine()}, {os.cpu_count()} CPU(s), {cfg.threads} thread(s)",
+            "train_counts": class_counts(train),
+            "test_counts": class_counts(test),
+            "split": cfg.split,
+        },
+    )
+    if not manifest:
+        result.notes.append(f"{shards}: no manifest.json, so no content hash to name")
+    models = list(dict.fromkeys(cfg.models))
+    if "llm" in models and llm is None:
+        say("benchmark: --llm RUN not given, so the llm model is skipped (train it with `specllm train`)")
+        result.notes.append("llm skipped: no --llm run directory given")
+        models.remove("llm")
+    if not models:
+        raise SpecllmError("no model left to benchmark (the llm needs --llm RUN)")
+    sizes, subsets, size_notes = nested_subsets(len(train), cfg.sizes, cfg.seed)
+    result.notes += size_notes
+    for note in size_notes:
+        say(f"benchmark: {note}")
+    result.n_train = len(train)
+    say(
+        f"benchmark: {len(train)} training and {len(test)} {cfg.split} spectra; labels {', '.join(labels)}; models {', '.join(models)}"
+    )
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for name in models:
+        if name == "llm":
+            _run_llm(result, LLMModel(llm, shards, cfg.split), test)
+        else:
+            todo = sizes if cfg.sizes else [len(train)]
+            for size in todo:
+                _run_baseline(result, name, cfg, train.subset(subsets[size]), test, main=size == len(train))
+        write_report(result, test, plots=False)
+    write_report(result, test)
+    return result
+
+
+def _lightgbm_version() -> str:
+    try:
+        import lightgbm
+
+        return lightgbm.__version__
+    except ImportError:
+        return "not installed"
+
+
+def _record(
+    result: BenchmarkResult, name: str, n_train: int | None, test: SpectraSet, pred: Prediction, main: bool
+) -> list[Stat]:
+    stats = compute_stats(name, test.labels, pred.labels, test.classes, test.label_names)
+    if main:
+        result.stats = [s for s in result.stats if s.model != name] + stats
+        result.predictions[name] = pred
+    if n_train is not None and result.config.sizes:
+        result.scaling += [dict(n_train=n_train, **dataclasses.asdict(s)) for s in stats]
+    return stats
+
+
+def _run_baseline(
+    result: BenchmarkResult, name: str, cfg: BenchmarkConfig, train: SpectraSet, test: SpectraSet, main: bool
+) -> None:
+    say(f"benchmark: training {name} on {len(train)} spectra")
+    model = make_baseline(name, cfg)
+    with MemoryWatch() as fit_watch:
+        model.fit(train)
+    with MemoryWatch() as pred_watch:
+        pred = model.predict(test)
+    files = []
+    if main and cfg.save_models:
+        files = model.save(Path(result.out) / "models")
+    _, acc = class_accuracy(test.classes, pred.classes)
+    log = model.log
+    result.runs.append(
+        ModelRun(
+            model=name,
+            n_train=len(train),
+            fit_seconds=fit_watch.seconds,
+            predict_seconds=pred_watch.seconds,
+            fit_cpu_seconds=fit_watch.cpu_seconds,
+            predict_cpu_seconds=pred_watch.cpu_seconds,
+            throughput=len(test) / max(pred_watch.seconds, 1e-9),
+            peak_rss_fit_mib=fit_watch.peak_mib,
+            peak_rss_predict_mib=pred_watch.peak_mib,
+            added_rss_fit_mib=fit_watch.added_mib,
+            added_rss_predict_mib=pred_watch.added_mib,
+            epochs=log.epochs,
+            best_epoch=log.best_epoch or None,
+            class_accuracy=acc,
+            files=[os.path.relpath(f, result.out) for f in files],
+        )
+    )
+    stats = _record(result, name, len(train), test, pred, main)
+    overall = ", ".join(f"{s.label} σ {s.sigma:.{label_decimals(s.label)}f}" for s in stats if s.group == OVERALL)
+    say(
+        f"benchmark: {name} (n_train {len(train)}): {overall}; fit {fit_watch.seconds:.0f} s ({fit_watch.cpu_seconds:.0f} s CPU)"
+    )
+
+
+def _run_llm(result: BenchmarkResult, model: LLMModel, test: SpectraSet) -> None:
+    say(f"benchmark: llm predicting {len(test)} spectra with {model.model_dir}")
+    with MemoryWatch() as watch:
+        pred = model.predict(test)
+    result.notes += model.notes
+    _, acc = class_accuracy(test.classes, pred.classes)
+    result.runs.append(
+        ModelRun(
+            "llm",
+            None,
+            0.0,
+            watch.seconds,
+            None,
+            watch.cpu_seconds,
+            len(test) / max(watch.seconds, 1e-9),
+            None,
+            watch.peak_mib,
+            None,
+            watch.added_mib,
+            None,
+            None,
+            acc,
+        )
+    )
+    _record(result, "llm", None, test, pred, main=True)
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fmt(value, spec: str, missing: str = "—") -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return missing
+    return format(value, spec)
+
+
+def _runs_table(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "model",
+        "trained on",
+        "epochs or trees (best)",
+        "fit s wall (CPU)",
+        "predict spectra/s",
+        "peak RSS fit MiB (+added)",
+        "peak RSS predict MiB (+added)",
+        "class accuracy",
+    ]
+    rows = []
+    for r in result.runs:
+        if r.n_train not in (None, result.n_train):
+            continue
+        epochs = "—" if r.epochs is None else (f"{r.epochs} ({r.best_epoch})" if r.best_epoch else str(r.epochs))
+        fit_mem = "—" if r.peak_rss_fit_mib is None else f"{r.peak_rss_fit_mib:.0f} (+{r.added_rss_fit_mib:.0f})"
+        rows.append(
+            [
+                r.model,
+                "outside (specllm train)" if r.n_train is None else str(r.n_train),
+                epochs,
+                f"{r.fit_seconds:.1f} ({r.fit_cpu_seconds:.1f})" if r.n_train is not None else "—",
+                _fmt(r.throughput, ".1f"),
+                fit_mem,
+                f"{r.peak_rss_predict_mib:.0f} (+{r.added_rss_predict_mib:.0f})",
+                _fmt(r.class_accuracy, ".3f"),
+            ]
+        )
+    return header, rows
+
+
+def scaling_table(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
+    """rows = model x label, columns = training sizes, cells = overall sigma."""
+    sizes = sorted({p["n_train"] for p in result.scaling})
+    look = {(p["model"], p["label"], p["n_train"]): p for p in result.scaling if p["group"] == OVERALL}
+    rows = []
+    for label in result.labels:
+        for model in dict.fromkeys(p["model"] for p in result.scaling):
+            cells = []
+            for s in sizes:
+                p = look.get((model, label, s))
+                cells.append("—" if p is None or not p["n"] else f"{p['sigma']:.{label_decimals(label)}f}")
+            rows.append([label_title(label), model, *cells])
+    return ["label", "model", *(str(s) for s in sizes)], rows
+
+
+def _settings(cfg: BenchmarkConfig) -> str:
+    t, r = cfg.train, cfg.resnet
+    return (
+        f"nets: Adam lr {t.lr:g}, batch {t.batch_size}, loss CE + {t.mse_weight:g} x MSE (min-max labels, missing masked), "
+        f"ReduceLROnPlateau x{t.plateau_factor:g} after {t.plateau_patience}, early stop after {t.patience} epochs "
+        f"without a better validation loss (validation {t.val_fraction:.0%} of the training set), at most {t.max_epochs} epochs; "
+        f"ResNet-50 blocks {list(r.blocks)} width {r.width} stem stride {r.stem_stride}; "
+        f"small CNN channels {list(cfg.smallcnn.channels)}; GRU {cfg.gru.layers} layers x {cfg.gru.hidden} over patches of {cfg.gru.patch} px; "
+        f"LightGBM at most {cfg.lightgbm.n_estimators} trees, lr {cfg.lightgbm.learning_rate:g}, {cfg.lightgbm.num_leaves} leaves, "
+        f"early stop {cfg.lightgbm.early_stopping_rounds}"
+    )
+
+
+def report_markdown(result: BenchmarkResult) -> str:
+    m, cfg = result.meta, result.config
+    counts = lambda c: ", ".join(f"{k} {v}" for k, v in c.items() if v)  # noqa: E731
+    lines = [
+        "# specllm benchmark",
+        "",
+        f"- data: `{m['shards']}`, manifest content hash `{m['manifest_content_hash']}`",
+        f"- train split: {result.n_train} spectra ({counts(m['train_counts'])}); {m['split']} split: {counts(m['test_counts'])}",
+        f"- code: specllm {m['code_version']}; torch {m['torch']}, lightgbm {m['lightgbm']}, Python {m['python']}; {m['platform']}",
+        f"- date: {m['date']}; seed {cfg.seed}; {'--quick' if cfg.quick else 'full settings'}",
+        f"- settings: {_settings(cfg)}",
+    ]
+    if m.get("command"):
+        lines.append(f"- command: `{m['command']}`")
+    lines += [
+        "",
+        "Residual = prediction − label; μ = mean, σ = standard deviation (over spectra with both a label and a prediction).",
+        "",
+        "## Models",
+        "",
+        markdown_table(_runs_table(result)),
+        "Throughput: test spectra predicted per second of wall time (batch prediction, after loading). Fit time in wall "
+        "and CPU seconds (CPU = all threads of the process; on a shared machine wall time depends on other jobs). "
+        "Peak RSS: resident memory of the benchmark process while the model trained / predicted, and what it added over "
+        "the start of that step. LightGBM: trees grown (kept after early stopping), the most of any of its boosters.",
+        "",
+    ]
+    for label in result.labels:
+        number = TABLE_NUMBERS.get(label)
+        title = f"Table {number}" if number else "Per-class table"
+        lines += [
+            f"## {title}: μ ± σ of {label_title(label)} per class",
+            "",
+            markdown_table(per_class_table(result.stats, label)),
+        ]
+    lines += ["## Table 5: μ ± σ per element / label (all classes)", "", markdown_table(element_table(result.stats))]
+    lines += ["## Table 6: RMSE per element / label and class", "", markdown_table(rmse_table(result.stats))]
+    lines += ["## Residual plots", ""]
+    lines += [f"![residuals {label}](residuals_{label}.png)" for label in result.labels]
+    lines.append("")
+    if result.scaling:
+        lines += ["## Scaling: overall σ against training-set size (nested subsets, same test split)", ""]
+        lines += [markdown_table(scaling_table(result)), "![scaling](scaling.png)", ""]
+    if result.notes:
+        lines += ["## Notes", "", *(f"- {n}" for n in dict.fromkeys(result.notes)), ""]
+    return "\n".join(lines)
+
+
+def write_report(result: BenchmarkResult, test: SpectraSet, plots: bool = True) -> None:
+    """Everything into `result.out`, each file written atomically. Called without plots after every model, so a
+    stopped run still leaves the tables of the models done so far, and with plots at the end."""
+    out = Path(result.out)
+    stats = result.stats
+    header, rows = stats_rows(stats)
+    write_csv(out / "metrics.csv", header, rows)
+    for label in result.labels:
+        number = TABLE_NUMBERS.get(label)
+        write_csv(
+            out / (f"table{number}_{label}.csv" if number else f"table_{label}.csv"), *per_class_table(stats, label)
+        )
+    write_csv(out / "table5_elements.csv", *element_table(stats))
+    write_csv(out / "table6_rmse.csv", *rmse_table(stats))
+    runs = [dataclasses.asdict(r) for r in result.runs]
+    run_header = [k for k in runs[0] if k != "files"] if runs else []
+    write_csv(out / "models.csv", run_header, [[r[k] for k in run_header] for r in runs])
+    if result.scaling:
+        keys = ["model", "n_train", "label", "group", "n", "mu", "sigma", "rmse"]
+        write_csv(out / "scaling.csv", keys, [[p[k] for k in keys] for p in result.scaling])
+        if plots:
+            scaling_plot(out / "scaling.png", [p for p in result.scaling if p["group"] == OVERALL], result.labels)
+    atomic_write_json(
+        out / "report.json",
+        {
+            "meta": result.meta,
+            "config": dataclasses.asdict(result.config),
+            "labels": list(result.labels),
+            "groups": list(GROUPS),
+            "models": runs,
+            "metrics": stats_json(stats),
+            "scaling": [
+                {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in p.items()}
+                for p in result.scaling
+            ],
+            "notes": list(dict.fromkeys(result.notes)),
+        },
+    )
+    for j, label in enumerate(result.labels if plots else ()):
+        residual_plot(
+            out / f"residuals_{label}.png",
+            label,
+            test.labels[:, j],
+            test.classes,
+            {k: p.labels[:, j] for k, p in result.predictions.items()},
+        )
+    _write_predictions(out / "predictions.parquet", result, test)
+    atomic_write_text(out / "report.md", report_markdown(result))
+
+
+def _write_predictions(path: Path, result: BenchmarkResult, test: SpectraSet) -> None:
+    cols = {"spec_id": pa.array(list(test.spec_id), pa.string()), "class": pa.array(list(test.classes), pa.string())}
+    for j, label in enumerate(result.labels):
+        cols[label] = pa.array(test.labels[:, j], pa.float64(), from_pandas=True)
+    for name, pred in result.predictions.items():
+        cols[f"{name}_class"] = pa.array(list(pred.classes), pa.string())
+        for j, label in enumerate(result.labels):
+            cols[f"{name}_{label}"] = pa.array(pred.labels[:, j], pa.float64(), from_pandas=True)
+    write_table(path, pa.table(cols))
+
+
+def summary_csv(result: BenchmarkResult) -> str:
+    """The main run's statistics as CSV (what `specllm benchmark` prints on stdout)."""
+    return csv_text(*stats_rows(result.stats))
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    return shlex.join(["specllm", *(sys.argv[1:] if argv is None else argv)])
