@@ -32,7 +32,13 @@ def end_to_end(n: int) -> dict:
     t = time.time()
     subprocess.run([sys.executable, "-m", "specllm", "infer", files[0]], capture_output=True, text=True)
     startup = time.time() - t
-    return {"spectra": rows, "wall_s": wall, "per_s_wall": rows / wall, "startup_one_file_s": startup, "per_s_after_load": (rows - 1) / max(1e-9, wall - startup)}
+    return {
+        "spectra": rows,
+        "wall_s": wall,
+        "per_s_wall": rows / wall,
+        "startup_one_file_s": startup,
+        "per_s_after_load": (rows - 1) / max(1e-9, wall - startup),
+    }
 
 
 def paper_format(k: int) -> dict:
@@ -62,7 +68,12 @@ def paper_format(k: int) -> dict:
         seconds.append(time.time() - t)
     patch_q = question("patch", 1, None, ["class", "teff", "logg", "feh"])
     patch_tokens = PromptBuilder(tokenizer, 77).length(PromptBuilder(tokenizer, 77).encode(patch_q, None))
-    return {"paper_tokens_mean": float(np.mean(tokens)), "paper_forward_s_mean": float(np.mean(seconds)), "patch_prompt_tokens": patch_tokens, "layers": spec.layers}
+    return {
+        "paper_tokens_mean": float(np.mean(tokens)),
+        "paper_forward_s_mean": float(np.mean(seconds)),
+        "patch_prompt_tokens": patch_tokens,
+        "layers": spec.layers,
+    }
 
 
 def main() -> None:
@@ -73,7 +84,9 @@ def main() -> None:
     result = {"end_to_end": end_to_end(args.n)}
     if args.paper:
         result["paper"] = paper_format(args.paper)
-        result["ratio_seconds_per_spectrum"] = result["paper"]["paper_forward_s_mean"] * result["end_to_end"]["per_s_after_load"]
+        result["ratio_seconds_per_spectrum"] = (
+            result["paper"]["paper_forward_s_mean"] * result["end_to_end"]["per_s_after_load"]
+        )
     print(json.dumps(result, indent=2))
 
 

@@ -33,7 +33,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """specllm: ingest -> crossmatch -> serialize -> train -> infer, with benchmark and compare-external."""
@@ -71,23 +70,41 @@ def user_errors(fn):
 @app.command()
 @user_errors
 def ingest(
-    spectra: Annotated[list[str], typer.Argument(help="FITS files, directories, or quoted globs ('spectra/**/*.fits.gz').")],
+    spectra: Annotated[
+        list[str], typer.Argument(help="FITS files, directories, or quoted globs ('spectra/**/*.fits.gz').")
+    ],
     out: Annotated[str, typer.Option("--out", "-o", help="Directory for the Parquet shards.")],
-    catalog: Annotated[str | None, typer.Option(help="Label catalogue (CSV, FITS or Parquet), joined by obsid or file name.")] = None,
+    catalog: Annotated[
+        str | None, typer.Option(help="Label catalogue (CSV, FITS or Parquet), joined by obsid or file name.")
+    ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = _INGEST.workers,
     balance: Annotated[int | None, typer.Option(help="Draw at most N spectra per class A/F/G/K/M.")] = None,
     snr_min_r: Annotated[float, typer.Option(help="Keep spectra with SNR_r >= this (paper: 2).")] = _CLEAN.snr_min_r,
     snr_min_i: Annotated[float, typer.Option(help="Keep spectra with SNR_i >= this (paper: 2).")] = _CLEAN.snr_min_i,
-    mask_ormask: Annotated[bool, typer.Option(help="Exclude pixels whose ormask is non-zero (paper).")] = _CLEAN.mask_ormask,
-    require_ivar: Annotated[bool, typer.Option(help="Exclude pixels whose inverse variance is <= 0.")] = _CLEAN.require_ivar,
-    norm: Annotated[str, typer.Option(help="Normalise by 'max' (paper), 'quantile' or 'median' of the good flux.")] = _CLEAN.norm,
+    mask_ormask: Annotated[
+        bool, typer.Option(help="Exclude pixels whose ormask is non-zero (paper).")
+    ] = _CLEAN.mask_ormask,
+    require_ivar: Annotated[
+        bool, typer.Option(help="Exclude pixels whose inverse variance is <= 0.")
+    ] = _CLEAN.require_ivar,
+    norm: Annotated[
+        str, typer.Option(help="Normalise by 'max' (paper), 'quantile' or 'median' of the good flux.")
+    ] = _CLEAN.norm,
     norm_quantile: Annotated[float, typer.Option(help="Quantile used by --norm quantile.")] = _CLEAN.norm_quantile,
-    decimals: Annotated[int, typer.Option(help="Round the normalised flux to this many decimals (paper: 3).")] = _CLEAN.decimals,
-    min_coverage: Annotated[float, typer.Option(help="Reject spectra observing less than this fraction of the grid.")] = _CLEAN.min_coverage,
-    test_fraction: Annotated[float, typer.Option(help="Fraction of spectra in the test split (paper: 0.2).")] = _SPLIT.test_fraction,
+    decimals: Annotated[
+        int, typer.Option(help="Round the normalised flux to this many decimals (paper: 3).")
+    ] = _CLEAN.decimals,
+    min_coverage: Annotated[
+        float, typer.Option(help="Reject spectra observing less than this fraction of the grid.")
+    ] = _CLEAN.min_coverage,
+    test_fraction: Annotated[
+        float, typer.Option(help="Fraction of spectra in the test split (paper: 0.2).")
+    ] = _SPLIT.test_fraction,
     shard_size: Annotated[int, typer.Option(help="Spectra per Parquet shard.")] = _INGEST.shard_size,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any spectrum was rejected.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing ingest in --out made with other options.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing ingest in --out made with other options.")
+    ] = False,
 ):
     """Read LAMOST spectra, clean them as the paper does, and write Parquet shards."""
     from . import ingest as ingest_mod
@@ -121,6 +138,7 @@ def ingest(
     if strict and result.rejected:
         raise typer.Exit(1)
 
+
 _BENCH = BenchmarkConfig()
 
 
@@ -134,18 +152,32 @@ def _csv_list(value: str, what: str) -> tuple[str, ...]:
 @app.command()
 @user_errors
 def benchmark(
-    shards: Annotated[str, typer.Argument(help="Spectrum shards (directory written by `specllm ingest`/`crossmatch`).")],
+    shards: Annotated[
+        str, typer.Argument(help="Spectrum shards (directory written by `specllm ingest`/`crossmatch`).")
+    ],
     out: Annotated[str, typer.Option("--out", "-o", help="Report directory (Markdown, CSV, JSON, PNG, saved models).")],
-    models: Annotated[str, typer.Option(help="Comma-separated: llm, lightgbm, resnet50, smallcnn, gru.")] = ",".join(_BENCH.models),
-    llm: Annotated[str | None, typer.Option(help="Run directory of a trained LLM (`specllm train`); without it llm is skipped.")] = None,
-    labels: Annotated[str, typer.Option(help="Comma-separated label columns; 'auto' adds every apogee_<x>_fe column.")] = ",".join(_BENCH.labels),
-    sizes: Annotated[str | None, typer.Option(help="Nested training-set sizes for the scaling check, e.g. 200,400,800,1600.")] = None,
-    quick: Annotated[bool, typer.Option(help="Fewer epochs, narrower ResNet-50, fewer trees: a full run in ~30 min on 2 CPU cores.")] = _BENCH.quick,
+    models: Annotated[str, typer.Option(help="Comma-separated: llm, lightgbm, resnet50, smallcnn, gru.")] = ",".join(
+        _BENCH.models
+    ),
+    llm: Annotated[
+        str | None, typer.Option(help="Run directory of a trained LLM (`specllm train`); without it llm is skipped.")
+    ] = None,
+    labels: Annotated[
+        str, typer.Option(help="Comma-separated label columns; 'auto' adds every apogee_<x>_fe column.")
+    ] = ",".join(_BENCH.labels),
+    sizes: Annotated[
+        str | None, typer.Option(help="Nested training-set sizes for the scaling check, e.g. 200,400,800,1600.")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="Fewer epochs, narrower ResNet-50, fewer trees: a full run in ~30 min on 2 CPU cores.")
+    ] = _BENCH.quick,
     split: Annotated[str, typer.Option(help="Split every model is evaluated on.")] = _BENCH.split,
     seed: Annotated[int, typer.Option(help="Seed of subsets, validation parts and weights.")] = _BENCH.seed,
     threads: Annotated[int, typer.Option(help="CPU threads for torch and LightGBM.")] = _BENCH.threads,
     max_epochs: Annotated[int | None, typer.Option(help="Override the networks' maximum number of epochs.")] = None,
-    save_models: Annotated[bool, typer.Option(help="Save the trained baselines (safetensors / LightGBM text) under OUT/models.")] = _BENCH.save_models,
+    save_models: Annotated[
+        bool, typer.Option(help="Save the trained baselines (safetensors / LightGBM text) under OUT/models.")
+    ] = _BENCH.save_models,
 ):
     """Train the baselines, evaluate every model on one test split, and write the paper's tables and plots."""
     from . import benchmark as bench
@@ -176,30 +208,45 @@ def train(
     stage: Annotated[int, typer.Option(help="1: class + Teff, log g, [Fe/H]; 2: [X/Fe] (continues from --init).")],
     data: Annotated[str, typer.Option(help="QA shards written by `specllm serialize`.")],
     out: Annotated[str, typer.Option(help="Run directory (checkpoints, final model in OUT/model).")],
-    base_model: Annotated[str | None, typer.Option(help="'embedded' (SmolLM2-135M-Instruct), a .gguf file or a local HF model directory.")] = None,
-    init: Annotated[str | None, typer.Option(help="Start from this run's adapter and projector (required for stage 2).")] = None,
+    base_model: Annotated[
+        str | None, typer.Option(help="'embedded' (SmolLM2-135M-Instruct), a .gguf file or a local HF model directory.")
+    ] = None,
+    init: Annotated[
+        str | None, typer.Option(help="Start from this run's adapter and projector (required for stage 2).")
+    ] = None,
     layers: Annotated[int | None, typer.Option(help="Keep only the first N decoder layers of the base model.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
-    deepspeed: Annotated[str | None, typer.Option(help="DeepSpeed config JSON (e.g. specllm/recipes/zero3.json); use under the deepspeed launcher.")] = None,
+    deepspeed: Annotated[
+        str | None,
+        typer.Option(help="DeepSpeed config JSON (e.g. specllm/recipes/zero3.json); use under the deepspeed launcher."),
+    ] = None,
     epochs: Annotated[float, typer.Option(help="Passes over the train split.")] = _TRAIN.epochs,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 1e-4).")] = _TRAIN.lr,
-    head_lr_mult: Annotated[float, typer.Option(help="Learning-rate multiplier for the patch projector and read-out heads.")] = 1.0,
+    head_lr_mult: Annotated[
+        float, typer.Option(help="Learning-rate multiplier for the patch projector and read-out heads.")
+    ] = 1.0,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (paper: 0.1).")] = _TRAIN.weight_decay,
     batch_size: Annotated[int, typer.Option(help="Micro-batch size.")] = _TRAIN.batch_size,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = _TRAIN.grad_accum,
     warmup: Annotated[float, typer.Option(help="Warm-up fraction of the cosine schedule.")] = _TRAIN.warmup_fraction,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast where the hardware supports it.")] = _TRAIN.bf16,
-    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in the backward pass.")] = _TRAIN.gradient_checkpointing,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute activations in the backward pass.")
+    ] = _TRAIN.gradient_checkpointing,
     lora_r: Annotated[int, typer.Option(help="LoRA rank (paper: 64).")] = _LORA.r,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (paper: 128).")] = _LORA.alpha,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout (paper: 0.1).")] = _LORA.dropout,
-    quantize: Annotated[bool, typer.Option(help="4-bit NF4 base (QLoRA) where CUDA + bitsandbytes are available.")] = _LORA.quantize_4bit,
+    quantize: Annotated[
+        bool, typer.Option(help="4-bit NF4 base (QLoRA) where CUDA + bitsandbytes are available.")
+    ] = _LORA.quantize_4bit,
     text_weight: Annotated[float, typer.Option(help="Weight of the answer-token cross-entropy.")] = 1.0,
     value_weight: Annotated[float, typer.Option(help="Weight of the numeric read-out's Gaussian NLL.")] = 1.0,
     class_weight: Annotated[float, typer.Option(help="Weight of the class read-out's cross-entropy.")] = 0.2,
     noise: Annotated[float, typer.Option(help="Augmentation: flux noise sigma scale.")] = _AUG.noise,
     scale: Annotated[float, typer.Option(help="Augmentation: flux scaling half-range.")] = _AUG.scale,
-    span_probability: Annotated[float, typer.Option(help="Augmentation: chance of a masked wavelength span.")] = _AUG.span_probability,
+    span_probability: Annotated[
+        float, typer.Option(help="Augmentation: chance of a masked wavelength span.")
+    ] = _AUG.span_probability,
     save_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints.")] = _TRAIN.save_every,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
     max_train: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
@@ -231,21 +278,47 @@ _SERIALIZE = SerializeConfig()
 @app.command()
 @user_errors
 def serialize(
-    shards: Annotated[str, typer.Argument(help="Spectrum shards (ingest or crossmatch output directory, or one Parquet file).")],
+    shards: Annotated[
+        str, typer.Argument(help="Spectrum shards (ingest or crossmatch output directory, or one Parquet file).")
+    ],
     out: Annotated[str, typer.Option("--out", "-o", help="Directory for the question/answer Parquet shards.")],
     stage: Annotated[int, typer.Option(help="1: class, Teff, log g, [Fe/H]; 2: [X/Fe] abundances.")],
-    format: Annotated[str, typer.Option("--format", help="paper (the paper's text), compact (fewer tokens) or patch (spectral tokens; the only one SmolLM2's context holds).")],
-    base_model: Annotated[str | None, typer.Option(help="'embedded' (SmolLM2, default), a .gguf file or a local HF model directory: its tokenizer counts tokens.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Refuse examples longer than this (default: the model's context).")] = None,
-    label_prefix: Annotated[str, typer.Option(help="Stage 2: label columns are PREFIX<x>_fe.")] = _SERIALIZE.label_prefix,
-    count_tokens: Annotated[bool, typer.Option(help="Count tokens per example with the model's tokenizer and check the context.")] = True,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="paper (the paper's text), compact (fewer tokens) or patch (spectral tokens; the only one SmolLM2's context holds).",
+        ),
+    ],
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            help="'embedded' (SmolLM2, default), a .gguf file or a local HF model directory: its tokenizer counts tokens."
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Refuse examples longer than this (default: the model's context).")
+    ] = None,
+    label_prefix: Annotated[
+        str, typer.Option(help="Stage 2: label columns are PREFIX<x>_fe.")
+    ] = _SERIALIZE.label_prefix,
+    count_tokens: Annotated[
+        bool, typer.Option(help="Count tokens per example with the model's tokenizer and check the context.")
+    ] = True,
 ):
     """Write spectra as language: question/answer Parquet shards for `specllm train`."""
     from . import serialize as serialize_mod
     from .progress import say
 
     result = serialize_mod.run_serialize(
-        shards, stage, format, out, tokenizer_from=base_model, max_tokens=max_tokens, label_prefix=label_prefix, count=count_tokens
+        shards,
+        stage,
+        format,
+        out,
+        tokenizer_from=base_model,
+        max_tokens=max_tokens,
+        label_prefix=label_prefix,
+        count=count_tokens,
     )
     for line in serialize_mod.summary_lines(result):
         say(line)
@@ -256,9 +329,13 @@ def serialize(
 def infer(
     inputs: Annotated[list[str], typer.Argument(help="FITS files, directories, quoted globs, or ingest shards.")],
     model: Annotated[str | None, typer.Option(help="Model or run directory (default: the shipped model).")] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Write here (.csv or .parquet) instead of CSV on stdout.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write here (.csv or .parquet) instead of CSV on stdout.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Spectra per forward pass.")] = _INFER.batch_size,
-    decode: Annotated[str, typer.Option(help="'head' (numeric read-out, default) or 'text' (constrained greedy decoding).")] = _INFER.decode,
+    decode: Annotated[
+        str, typer.Option(help="'head' (numeric read-out, default) or 'text' (constrained greedy decoding).")
+    ] = _INFER.decode,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any input failed.")] = False,
 ):
     """Labels for spectra: one CSV row per input, in input order, on stdout."""
@@ -282,8 +359,12 @@ def compare_external(
     predictions: Annotated[str, typer.Argument(help="Predictions from `specllm infer` (CSV or Parquet).")],
     catalog: Annotated[str, typer.Option(help="Reference catalogue (CSV, FITS, Parquet, or the MILES npz).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Directory for the report, tables and plots.")],
-    survey: Annotated[str, typer.Option(help=f"Column table and quality cuts: {', '.join(SURVEYS)}.")] = _EXTERNAL.survey,
-    match: Annotated[str, typer.Option(help="Join by 'id', by 'sky' position, or 'auto' (ids, then sky).")] = _EXTERNAL.match,
+    survey: Annotated[
+        str, typer.Option(help=f"Column table and quality cuts: {', '.join(SURVEYS)}.")
+    ] = _EXTERNAL.survey,
+    match: Annotated[
+        str, typer.Option(help="Join by 'id', by 'sky' position, or 'auto' (ids, then sky).")
+    ] = _EXTERNAL.match,
     radius: Annotated[float, typer.Option(help="Sky-match radius in arcsec.")] = _EXTERNAL.radius_arcsec,
     partial_coverage: Annotated[
         float, typer.Option(help="Without a `partial` column, rows below this coverage count as partial.")
@@ -329,15 +410,25 @@ _CROSSMATCH = CrossmatchConfig()
 @app.command()
 @user_errors
 def crossmatch(
-    shards: Annotated[str, typer.Argument(help="Spectrum shards written by `specllm ingest` (directory or Parquet file).")],
+    shards: Annotated[
+        str, typer.Argument(help="Spectrum shards written by `specllm ingest` (directory or Parquet file).")
+    ],
     out: Annotated[str, typer.Option("--out", "-o", help="Directory for the labelled shards.")],
-    apogee: Annotated[str | None, typer.Option(help="APOGEE allStar (DR16/DR17) or a table like it (CSV, FITS, Parquet).")] = None,
+    apogee: Annotated[
+        str | None, typer.Option(help="APOGEE allStar (DR16/DR17) or a table like it (CSV, FITS, Parquet).")
+    ] = None,
     galah: Annotated[str | None, typer.Option(help="GALAH allstar (DR4, or DR3) catalogue.")] = None,
     gaia_eso: Annotated[str | None, typer.Option("--gaia-eso", help="Gaia-ESO (iDR6-like) catalogue.")] = None,
     radius: Annotated[float, typer.Option(help="Match radius in arcsec.")] = _CROSSMATCH.radius_arcsec,
-    quality_cuts: Annotated[bool, typer.Option(help="Apply the surveys' flags and cuts (paper).")] = _CROSSMATCH.quality_cuts,
-    one_per_star: Annotated[bool, typer.Option(help="Only the nearest spectrum of each star takes its labels.")] = _CROSSMATCH.one_per_star,
-    matched_only: Annotated[bool, typer.Option(help="Write only spectra matched in some catalogue.")] = _CROSSMATCH.matched_only,
+    quality_cuts: Annotated[
+        bool, typer.Option(help="Apply the surveys' flags and cuts (paper).")
+    ] = _CROSSMATCH.quality_cuts,
+    one_per_star: Annotated[
+        bool, typer.Option(help="Only the nearest spectrum of each star takes its labels.")
+    ] = _CROSSMATCH.one_per_star,
+    matched_only: Annotated[
+        bool, typer.Option(help="Write only spectra matched in some catalogue.")
+    ] = _CROSSMATCH.matched_only,
 ):
     """Add APOGEE / GALAH / Gaia-ESO labels to spectrum shards by sky position (nearest star within --radius)."""
     import dataclasses
@@ -345,7 +436,11 @@ def crossmatch(
     from .crossmatch import run_crossmatch
 
     config = dataclasses.replace(
-        _CROSSMATCH, radius_arcsec=radius, quality_cuts=quality_cuts, one_per_star=one_per_star, matched_only=matched_only
+        _CROSSMATCH,
+        radius_arcsec=radius,
+        quality_cuts=quality_cuts,
+        one_per_star=one_per_star,
+        matched_only=matched_only,
     )
     result = run_crossmatch(shards, out, {"apogee": apogee, "galah": galah, "gaiaeso": gaia_eso}, config)
     if result.matched == 0:

@@ -14,7 +14,7 @@ import glob
 import io
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -71,7 +71,9 @@ def predict(model, spec, builder, questions, flux, mask, device, config: InferCo
     for start in range(0, n, config.batch_size):
         sl = slice(start, min(n, start + config.batch_size))
         enc = [builder.encode(q, None) for q in questions[sl]]
-        batch = builder.collate(enc, flux[sl] if flux is not None else None, mask[sl] if mask is not None else None, device=device)
+        batch = builder.collate(
+            enc, flux[sl] if flux is not None else None, mask[sl] if mask is not None else None, device=device
+        )
         with torch.no_grad(), autocast(device, True):
             out = model.hidden_states(batch, use_cache=config.decode == "text")
             last = out.last_hidden_state[:, -1]
@@ -170,7 +172,11 @@ def constrained_generate(model, builder, batch, out, spec, device, config: Infer
         positions = positions + 1
         with torch.no_grad():
             step = inner.model(
-                input_ids=ids, attention_mask=attn, position_ids=positions.unsqueeze(1), past_key_values=past, use_cache=True
+                input_ids=ids,
+                attention_mask=attn,
+                position_ids=positions.unsqueeze(1),
+                past_key_values=past,
+                use_cache=True,
             )
         past = step.past_key_values
         hidden = step.last_hidden_state[:, -1]
@@ -190,7 +196,12 @@ def residual_table(values, errors, labels, classes, names) -> dict:
                 continue
             res = values[sel, j] - labels[sel, j]
             within = np.abs(res) <= errors[sel, j]
-            entry[cls] = {"n": int(sel.sum()), "mu": float(res.mean()), "sigma": float(res.std()), "within_1sigma": float(within.mean())}
+            entry[cls] = {
+                "n": int(sel.sum()),
+                "mu": float(res.mean()),
+                "sigma": float(res.std()),
+                "within_1sigma": float(within.mean()),
+            }
         metrics[name] = entry
     return metrics
 
@@ -237,26 +248,64 @@ def edge_gap(mask: np.ndarray) -> float:
     return max(observed[0], mask.size - 1 - observed[-1]) / mask.size
 
 
+def iter_shard_items(path: str, split: str | None = None) -> Iterator[Item]:
+    """The spectra of `ingest` or `serialize --format patch` shards (a directory or one .parquet file), optionally
+    only one split's. spec_id, flux and mask are required; obsid, file, position and coverage are read if present."""
+    import pyarrow.parquet as pq
+
+    from .shards import arrow_to_vectors, iter_batches, shard_paths
+
+    optional = ["obsid", "file", "ra", "dec", "coverage"]
+    for shard in shard_paths(path):
+        names = pq.ParquetFile(shard).schema_arrow.names
+        present = [c for c in optional if c in names]
+        for rb in iter_batches(shard, columns=["spec_id", "flux", "mask", *present] + (["split"] if split else [])):
+            keep = (
+                np.ones(rb.num_rows, bool)
+                if not split
+                else np.array([s == split for s in rb.column("split").to_pylist()])
+            )
+            if not keep.any():
+                continue
+            flux = arrow_to_vectors(rb.column("flux"), np.float32)
+            mask = arrow_to_vectors(rb.column("mask"), bool)
+            meta = {c: (rb.column(c).to_pylist() if c in present else [None] * rb.num_rows) for c in optional}
+            for i, sid in enumerate(rb.column("spec_id").to_pylist()):
+                if keep[i]:
+                    f = meta["file"][i] if meta["file"][i] is not None else str(shard)
+                    yield Item(
+                        f,
+                        sid,
+                        meta["obsid"][i],
+                        meta["ra"][i],
+                        meta["dec"][i],
+                        flux[i],
+                        mask[i],
+                        meta["coverage"][i],
+                        edge_gap(mask[i]),
+                    )
+
+
+def is_shard_input(item: str) -> bool:
+    from .io import is_array_source
+
+    if os.path.isdir(item):
+        return os.path.exists(os.path.join(item, "manifest.json")) or bool(
+            glob.glob(os.path.join(item, "part-*.parquet"))
+        )
+    return item.endswith(".parquet") and not is_array_source(item)
+
+
 def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Iterator[Item]:
     """Input order preserved; FITS and array spectra through the same readers and cleaning as `ingest`; ingest
     shards read as they are."""
-    from .io import expand_inputs, is_array_source, iter_spectra
+    from .io import expand_inputs, iter_spectra
     from .io.lamost_catalog import file_key
     from .preprocess import clean_spectrum
-    from .shards import arrow_to_vectors, iter_batches
 
     for item in inputs:
-        is_shards = os.path.isdir(item) and (
-            os.path.exists(os.path.join(item, "manifest.json")) or bool(glob.glob(os.path.join(item, "part-*.parquet")))
-        )
-        if is_shards or (item.endswith(".parquet") and not is_array_source(item)):
-            columns = ["spec_id", "obsid", "file", "ra", "dec", "flux", "mask", "coverage"]
-            for rb in iter_batches(item, columns=columns):
-                flux = arrow_to_vectors(rb.column("flux"), np.float32)
-                mask = arrow_to_vectors(rb.column("mask"), bool)
-                scalars = zip(*(rb.column(c).to_pylist() for c in columns[:5] + ["coverage"]))
-                for i, (sid, obsid, f, ra, dec, cov) in enumerate(scalars):
-                    yield Item(f, sid, obsid, ra, dec, flux[i], mask[i], cov, edge_gap(mask[i]))
+        if is_shard_input(item):
+            yield from iter_shard_items(item)
             continue
         for path in expand_inputs([item]):
             for raw in iter_spectra(path):
@@ -273,7 +322,17 @@ def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Itera
                     say(f"{raw.path}: {exc}")
                     yield Item(raw.path, sid, obsid, meta.get("ra"), meta.get("dec"), status=str(exc))
                     continue
-                yield Item(raw.path, sid, obsid, meta.get("ra"), meta.get("dec"), cleaned.flux, cleaned.mask, cleaned.coverage, edge_gap(cleaned.mask))
+                yield Item(
+                    raw.path,
+                    sid,
+                    obsid,
+                    meta.get("ra"),
+                    meta.get("dec"),
+                    cleaned.flux,
+                    cleaned.mask,
+                    cleaned.coverage,
+                    edge_gap(cleaned.mask),
+                )
 
 
 def label_columns(spec) -> list[str]:
@@ -315,33 +374,11 @@ def _rank_slice() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def run_infer(inputs: list[str], model_dir: str | None, output: str | None, config: InferConfig = InferConfig()) -> tuple[int, int]:
-    """Writes the predictions; returns (failed, total) input counts."""
-    from .shards import atomic_write_text, write_table
-
-    rank, world = _rank_slice()
-    if world > 1 and not output:
-        raise SpecllmError("under a multi-process launcher give --output; each rank writes its own part")
-    if world > 1:
-        stem, ext = os.path.splitext(output)
-        output = f"{stem}.rank{rank:03d}-of-{world:03d}{ext}"
-    model_path = Path(model_dir) if model_dir else default_model_dir()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
-    models = load_for_inference(model_path, device)
-    grid = GridConfig()
-    columns = output_columns([m.spec for m in models])
-    parquet = bool(output and output.endswith(".parquet"))
-    text_out = io.StringIO() if output and not parquet else None
-    sink = text_out if text_out is not None else sys.stdout
-    writer = None if parquet else csv.writer(sink, lineterminator="\n")
-    if writer:
-        writer.writerow(columns)
-    rows_all: list[dict] = []
-    failed = total = 0
+def label_rows(items: Iterable[Item], models: list[Loaded], device, config: InferConfig) -> Iterator[tuple[Item, dict]]:
+    """(item, output row) per item, in order; spectra are batched through every model in the chain."""
     chunk: list[Item] = []
 
     def flush():
-        nonlocal failed
         good = [it for it in chunk if it.status == "ok"]
         results = []  # (spec, Predictions) per model
         if good:
@@ -354,7 +391,11 @@ def run_infer(inputs: list[str], model_dir: str | None, output: str | None, conf
         k = 0
         for it in chunk:
             row = {"file": it.file, "spec_id": it.spec_id, "obsid": it.obsid, "ra": it.ra, "dec": it.dec}
-            row.update(coverage=it.coverage, status=it.status, partial=bool(it.edge_gap is not None and it.edge_gap > config.partial_edge))
+            row.update(
+                coverage=it.coverage,
+                status=it.status,
+                partial=bool(it.edge_gap is not None and it.edge_gap > config.partial_edge),
+            )
             if it.status == "ok":
                 for spec, preds in results:
                     if not preds.ok[k]:
@@ -365,33 +406,82 @@ def run_infer(inputs: list[str], model_dir: str | None, output: str | None, conf
                     if spec.stage == 1:
                         row["class"] = preds.classes[k]
                 k += 1
-            else:
-                failed += 1
-            if writer:
-                writer.writerow([_fmt(row.get(c)) for c in columns])
-            else:
-                rows_all.append(row)
-        if writer and sink is sys.stdout:
-            sys.stdout.flush()
+            yield it, row
         chunk.clear()
 
-    items = iter_items(inputs, grid, CleanConfig())
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= config.batch_size * 4:
+            yield from flush()
+    yield from flush()
+
+
+def _device() -> torch.device:
+    return (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+
+
+def rows_to_table(rows: list[dict], columns: list[str]) -> pa.Table:
+    schema = pa.schema([(c, _arrow_type(c)) for c in columns])
+    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema)
+
+
+def predict_table(
+    model_dir: str | None, shards: str, split: str | None = "test", config: InferConfig = InferConfig()
+) -> pa.Table:
+    """The model's labels for the spectra of `ingest`/`serialize` shards (one split, or all with split=None), as
+    an Arrow table with the columns `specllm infer` writes. Used by `specllm benchmark --llm`."""
+    device = _device()
+    models = load_for_inference(Path(model_dir) if model_dir else default_model_dir(), device)
+    rows = []
+    with progress_bar("predict", total=None) as advance:
+        for _, row in label_rows(iter_shard_items(shards, split), models, device, config):
+            rows.append(row)
+            advance(1)
+    return rows_to_table(rows, output_columns([m.spec for m in models]))
+
+
+def run_infer(
+    inputs: list[str], model_dir: str | None, output: str | None, config: InferConfig = InferConfig()
+) -> tuple[int, int]:
+    """Writes the predictions; returns (failed, total) input counts."""
+    from .shards import atomic_write_text, write_table
+
+    rank, world = _rank_slice()
+    if world > 1 and not output:
+        raise SpecllmError("under a multi-process launcher give --output; each rank writes its own part")
+    if world > 1:
+        stem, ext = os.path.splitext(output)
+        output = f"{stem}.rank{rank:03d}-of-{world:03d}{ext}"
+    model_path = Path(model_dir) if model_dir else default_model_dir()
+    device = _device()
+    models = load_for_inference(model_path, device)
+    columns = output_columns([m.spec for m in models])
+    parquet = bool(output and output.endswith(".parquet"))
+    text_out = io.StringIO() if output and not parquet else None
+    sink = text_out if text_out is not None else sys.stdout
+    writer = None if parquet else csv.writer(sink, lineterminator="\n")
+    if writer:
+        writer.writerow(columns)
+    rows_all: list[dict] = []
+    failed = total = 0
+    items = (it for n, it in enumerate(iter_items(inputs, GridConfig(), CleanConfig())) if n % world == rank)
     with progress_bar("infer", total=None) as advance:
-        for n, item in enumerate(items):
-            if n % world != rank:
-                continue
-            chunk.append(item)
+        for item, row in label_rows(items, models, device, config):
             total += 1
-            if len(chunk) >= config.batch_size * 4:
-                size = len(chunk)
-                flush()
-                advance(size)
-        size = len(chunk)
-        flush()
-        advance(size)
+            failed += item.status != "ok"
+            if writer:
+                writer.writerow([_fmt(row.get(c)) for c in columns])
+                if sink is sys.stdout:
+                    sys.stdout.flush()
+            else:
+                rows_all.append(row)
+            advance(1)
     if parquet:
-        schema = pa.schema([(c, _arrow_type(c)) for c in columns])
-        write_table(output, pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows_all], schema=schema))
+        write_table(output, rows_to_table(rows_all, columns))
     elif text_out is not None:
         atomic_write_text(output, text_out.getvalue())
     say(f"infer: {total} input(s), {total - failed} labelled, {failed} failed" + (f" -> {output}" if output else ""))

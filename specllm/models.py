@@ -38,7 +38,9 @@ def quiet_offline() -> None:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SPECLLM_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "specllm")
+    root = os.environ.get("SPECLLM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "specllm"
+    )
     return Path(root)
 
 

@@ -56,7 +56,9 @@ def normaliser(values: np.ndarray, clean: CleanConfig) -> float:
     raise ValueError(f"unknown normalisation {clean.norm!r}")
 
 
-def resample(wave: np.ndarray, flux: np.ndarray, good: np.ndarray, grid: np.ndarray, min_run: int) -> tuple[np.ndarray, np.ndarray]:
+def resample(
+    wave: np.ndarray, flux: np.ndarray, good: np.ndarray, grid: np.ndarray, min_run: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Cubic interpolation of `flux` (on `wave`) onto `grid`, trusted only within runs of good pixels.
 
     One cubic spline passes through every good pixel of the runs at least `min_run` long; it is evaluated only at
@@ -76,7 +78,9 @@ def resample(wave: np.ndarray, flux: np.ndarray, good: np.ndarray, grid: np.ndar
     inside = (left >= 0) & (left < knots_w.size)
     left_c = np.clip(left, 0, knots_w.size - 1)
     right_c = np.clip(left + 1, 0, knots_w.size - 1)
-    observed = inside & ((knots_run[left_c] == knots_run[right_c]) & (left + 1 < knots_w.size) | (grid == knots_w[left_c]))
+    observed = inside & (
+        (knots_run[left_c] == knots_run[right_c]) & (left + 1 < knots_w.size) | (grid == knots_w[left_c])
+    )
     out = np.interp(grid, knots_w, knots_f)  # linear between run ends, constant past the edges
     out[observed] = CubicSpline(knots_w, knots_f, bc_type="not-a-knot")(grid[observed])
     return out, ~observed

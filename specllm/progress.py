@@ -25,7 +25,13 @@ def progress_bar(label: str, total: int | None = None, **fields: str):
     The bar is drawn on stderr when it is a terminal; elsewhere (logs, CI) a plain status line is written at most
     every `LOG_EVERY` seconds.
     """
-    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     columns += [TextColumn(f"{name} {{task.fields[{name}]}}") for name in fields]
     interactive = sys.stderr.isatty()
     state = {"done": 0, "last": time.monotonic(), "start": time.monotonic()}

@@ -153,7 +153,11 @@ PARENT = "parent"  # a stage-2 model keeps a copy of the stage-1 model it contin
 
 
 def save_model_dir(
-    model: SpectralLM, spec: ModelSpec, path: str | os.PathLike, dtype: torch.dtype | None = None, parent: Path | None = None
+    model: SpectralLM,
+    spec: ModelSpec,
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    parent: Path | None = None,
 ) -> None:
     from safetensors.torch import save_file
 

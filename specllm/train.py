@@ -264,7 +264,9 @@ def run_train(opts: TrainOptions) -> dict:
     grid_size = data.flux.shape[1] if data.flux is not None else None
     spec, init_state = _spec_for(opts, data, grid_size)
     if opts.resume and (out / CHECKPOINTS / LATEST).exists():
-        spec = ModelSpec.from_json(out / CHECKPOINTS / json.loads((out / CHECKPOINTS / LATEST).read_text())["checkpoint"] / "spec.json")
+        spec = ModelSpec.from_json(
+            out / CHECKPOINTS / json.loads((out / CHECKPOINTS / LATEST).read_text())["checkpoint"] / "spec.json"
+        )
     elif (out / "model").exists() and not opts.resume:
         raise SpecllmError(f"{out}: already holds a trained model; use --resume or another --out")
 
@@ -306,11 +308,20 @@ def run_train(opts: TrainOptions) -> dict:
     engine = None
     if opts.deepspeed:
         engine = _deepspeed_engine(model, optimizer, scheduler, opts)
-    step = restore_checkpoint(model, optimizer, scheduler, out) if opts.resume and (out / CHECKPOINTS / LATEST).exists() else 0
+    step = (
+        restore_checkpoint(model, optimizer, scheduler, out)
+        if opts.resume and (out / CHECKPOINTS / LATEST).exists()
+        else 0
+    )
     if step:
         say(f"train: resumed from step {step}")
 
-    order = np.concatenate([np.random.default_rng(recipe.seed + e).permutation(len(train_idx)) for e in range(math.ceil(recipe.epochs) + 1)])
+    order = np.concatenate(
+        [
+            np.random.default_rng(recipe.seed + e).permutation(len(train_idx))
+            for e in range(math.ceil(recipe.epochs) + 1)
+        ]
+    )
     model.train()
     history, t0, seen = [], time.time(), 0
     cursor = step * recipe.grad_accum * recipe.batch_size
@@ -384,7 +395,9 @@ def _deepspeed_engine(model, optimizer, scheduler, opts: TrainOptions):
     config["train_micro_batch_size_per_gpu"] = opts.recipe.batch_size
     config["gradient_accumulation_steps"] = opts.recipe.grad_accum  # the engine steps at accumulation boundaries
     config["gradient_clipping"] = opts.recipe.max_grad_norm
-    config.setdefault("bf16", {})["enabled"] = bool(opts.recipe.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    config.setdefault("bf16", {})["enabled"] = bool(
+        opts.recipe.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)

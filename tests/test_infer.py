@@ -28,7 +28,16 @@ def tiny_run(tmp_path_factory) -> Path:
     tiny = tiny_llama_dir(root)
     data = write_qa(root / "qa", "patch", n=8, grid=GridConfig().size, test_every=8)
     recipe = TrainConfig(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False)
-    run_train(TrainOptions(data=str(data), out=str(root / "run"), base_model=str(tiny), recipe=recipe, lora=LoraConfig(r=4, alpha=8), max_steps=2))
+    run_train(
+        TrainOptions(
+            data=str(data),
+            out=str(root / "run"),
+            base_model=str(tiny),
+            recipe=recipe,
+            lora=LoraConfig(r=4, alpha=8),
+            max_steps=2,
+        )
+    )
     return root / "run"
 
 
@@ -39,7 +48,9 @@ def real_files(n: int) -> list[str]:
 
 
 def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "specllm", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "specllm", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
 
 
 def test_csv_schema_order_and_bad_files(tmp_path, tiny_run):
@@ -88,6 +99,17 @@ def test_parquet_output_and_shard_input(tmp_path, tiny_run):
     assert table.num_rows == 4 and set(table.column("status").to_pylist()) == {"ok"}
 
 
+def test_predict_table_reads_one_split(tmp_path, tiny_run):
+    from specllm.infer import predict_table
+
+    qa = write_qa(tmp_path / "qa", "patch", n=12, grid=GridConfig().size, test_every=3)
+    table = predict_table(str(tiny_run), str(qa), split="test")
+    assert table["spec_id"].to_pylist() == ["s2", "s5", "s8", "s11"]
+    for name in ("class", "teff", "logg", "feh", "teff_err"):
+        assert table[name].null_count == 0, name
+    assert len(predict_table(str(tiny_run), str(qa), split=None)) == 12
+
+
 def test_constrained_decoding_always_parses(tiny_run):
     from specllm.infer import predict, questions_for
     from specllm.prompting import PromptBuilder
@@ -101,7 +123,16 @@ def test_constrained_decoding_always_parses(tiny_run):
     mask = np.zeros_like(flux, dtype=bool)
     import torch
 
-    preds = predict(model, spec, builder, questions_for(spec, flux), flux, mask, torch.device("cpu"), InferConfig(decode="text", max_new_tokens=40))
+    preds = predict(
+        model,
+        spec,
+        builder,
+        questions_for(spec, flux),
+        flux,
+        mask,
+        torch.device("cpu"),
+        InferConfig(decode="text", max_new_tokens=40),
+    )
     assert preds.ok.all(), preds.texts
     for text in preds.texts:
         assert parse_answer(spec.format, spec.stage, text)[1]
@@ -111,7 +142,17 @@ def test_rank_slices_cover_inputs_once(tmp_path, tiny_run, monkeypatch):
     files = real_files(5)
     parts = []
     for rank in range(2):
-        env_cmd = [sys.executable, "-m", "specllm", "infer", *files, "--model", str(tiny_run), "--output", str(tmp_path / "p.csv")]
+        env_cmd = [
+            sys.executable,
+            "-m",
+            "specllm",
+            "infer",
+            *files,
+            "--model",
+            str(tiny_run),
+            "--output",
+            str(tmp_path / "p.csv"),
+        ]
         env = dict(__import__("os").environ, RANK=str(rank), WORLD_SIZE="2")
         proc = subprocess.run(env_cmd, capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr

@@ -68,7 +68,9 @@ def test_stage_two_from_crossmatch_to_infer(tmp_path):
     recipe = TrainConfig(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False)
     common = dict(base_model=str(tiny), recipe=recipe, lora=LoraConfig(r=4, alpha=8), max_steps=2)
     run_train(TrainOptions(data=str(tmp_path / "qa1"), out=str(tmp_path / "s1"), **common))
-    run_train(TrainOptions(data=str(tmp_path / "qa2"), out=str(tmp_path / "s2"), stage=2, init=str(tmp_path / "s1"), **common))
+    run_train(
+        TrainOptions(data=str(tmp_path / "qa2"), out=str(tmp_path / "s2"), stage=2, init=str(tmp_path / "s1"), **common)
+    )
 
     proc = subprocess.run(
         [sys.executable, "-m", "specllm", "infer", str(shards), "--model", str(tmp_path / "s2")],

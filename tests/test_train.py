@@ -28,8 +28,27 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def options(data, out, base, **kw) -> TrainOptions:
-    recipe = kw.pop("recipe", TrainConfig(lr=1e-2, epochs=40, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False, save_every=1000, warmup_fraction=0.0))
-    return TrainOptions(data=str(data), out=str(out), base_model=str(base), lora=LoraConfig(r=4, alpha=8, dropout=0.0), recipe=recipe, **kw)
+    recipe = kw.pop(
+        "recipe",
+        TrainConfig(
+            lr=1e-2,
+            epochs=40,
+            batch_size=4,
+            grad_accum=1,
+            bf16=False,
+            gradient_checkpointing=False,
+            save_every=1000,
+            warmup_fraction=0.0,
+        ),
+    )
+    return TrainOptions(
+        data=str(data),
+        out=str(out),
+        base_model=str(base),
+        lora=LoraConfig(r=4, alpha=8, dropout=0.0),
+        recipe=recipe,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("fmt", ["patch", "compact", "paper"])
@@ -50,7 +69,16 @@ def _weights(path: Path) -> dict:
 
 def test_resume_continues_exactly(tmp_path, tiny, monkeypatch):
     data = write_qa(tmp_path / "qa", "patch", n=12)
-    recipe = TrainConfig(lr=1e-3, epochs=2, batch_size=3, grad_accum=1, bf16=False, gradient_checkpointing=False, save_every=2, warmup_fraction=0.0)
+    recipe = TrainConfig(
+        lr=1e-3,
+        epochs=2,
+        batch_size=3,
+        grad_accum=1,
+        bf16=False,
+        gradient_checkpointing=False,
+        save_every=2,
+        warmup_fraction=0.0,
+    )
     run_train(options(data, tmp_path / "straight", tiny, recipe=recipe, max_steps=5))
 
     import specllm.train as train_mod
@@ -79,7 +107,9 @@ def test_stage_two_starts_from_stage_one(tmp_path, tiny):
     data1 = write_qa(tmp_path / "qa1", "patch", n=8)
     run_train(options(data1, tmp_path / "s1", tiny, max_steps=3))
     data2 = _stage2_qa(tmp_path / "qa2", data1)
-    frozen = TrainConfig(lr=0.0, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False, warmup_fraction=0.0)
+    frozen = TrainConfig(
+        lr=0.0, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False, warmup_fraction=0.0
+    )
     run_train(options(data2, tmp_path / "s2", tiny, stage=2, init=str(tmp_path / "s1"), recipe=frozen, max_steps=1))
     s1, s2 = _weights(tmp_path / "s1" / "model"), _weights(tmp_path / "s2" / "model")
     shared = [k for k in s1 if k.startswith(("lora.", "patcher."))]
@@ -172,8 +202,18 @@ def test_real_smollm2_patch_steps_on_real_spectra(tmp_path):
     files = [str(p) for p in sorted((shared / "spectra").glob("*.fits.gz"))[:12]]
     run_ingest(files, str(tmp_path / "shards"), str(shared / "labels.csv"), IngestConfig())
     run_serialize(str(tmp_path / "shards"), 1, "patch", str(tmp_path / "qa"), count=False)
-    recipe = TrainConfig(lr=1e-3, epochs=10, batch_size=2, grad_accum=1, gradient_checkpointing=False, warmup_fraction=0.0)
-    opts = TrainOptions(data=str(tmp_path / "qa"), out=str(tmp_path / "run"), base_model="embedded", recipe=recipe, lora=LoraConfig(r=8, alpha=16), max_steps=6, max_train=4)
+    recipe = TrainConfig(
+        lr=1e-3, epochs=10, batch_size=2, grad_accum=1, gradient_checkpointing=False, warmup_fraction=0.0
+    )
+    opts = TrainOptions(
+        data=str(tmp_path / "qa"),
+        out=str(tmp_path / "run"),
+        base_model="embedded",
+        recipe=recipe,
+        lora=LoraConfig(r=8, alpha=16),
+        max_steps=6,
+        max_train=4,
+    )
     hist = run_train(opts)["history"]
     first = np.mean([h["text"] for h in hist[:2]])
     last = np.mean([h["text"] for h in hist[-2:]])

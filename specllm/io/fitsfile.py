@@ -160,4 +160,3 @@ def open_fits(path: str, fast: bool = True) -> list[Hdu]:
         hdul.verify("silentfix")
         _ = [h.data for h in hdul]  # force reading now, inside the error handling of the caller
         return [Hdu(h.header, astropy_hdu=h) for h in hdul]
-

@@ -87,16 +87,23 @@ class LabelCatalog:
         self._index: dict = {}
         self.duplicates: set = set()
         if "obsid" in lower:
-            self._add_keys(("obsid", int(k)) if k is not None else None for k in table.column(lower["obsid"]).to_pylist())
+            self._add_keys(
+                ("obsid", int(k)) if k is not None else None for k in table.column(lower["obsid"]).to_pylist()
+            )
         if self.file_column:
-            self._add_keys(("file", file_key(k)) if k else None for k in table.column(lower[self.file_column]).to_pylist())
+            self._add_keys(
+                ("file", file_key(k)) if k else None for k in table.column(lower[self.file_column]).to_pylist()
+            )
         self.n_rows = table.num_rows
 
     @staticmethod
     def _clean(column: pa.ChunkedArray) -> list:
         values = column.to_pylist()
         if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
-            return [None if v is None or (isinstance(v, float) and not np.isfinite(v)) or v <= PLACEHOLDER_MAX else v for v in values]
+            return [
+                None if v is None or (isinstance(v, float) and not np.isfinite(v)) or v <= PLACEHOLDER_MAX else v
+                for v in values
+            ]
         return values
 
     def _add_keys(self, keys) -> None:
