@@ -5,8 +5,9 @@ position -> the survey's quality cuts -> per-class mu +- sigma of (prediction - 
 (Table 7), per-element N, mu, sigma of [X/Fe] (Table 8), a one-to-one density plot per label, and a Markdown report.
 Rows whose spectrum covered only part of the grid (`partial`, e.g. MILES beyond 7410 A) are reported separately.
 
-Every survey-specific fact (id columns, label columns, quality cuts) lives in `SURVEY_TABLE` / `survey_columns`
-alone, so the survey readers of `specllm/io/surveys.py` can replace it in one place.
+APOGEE, GALAH and Gaia-ESO catalogues are read by `specllm.io.surveys.read_survey`, their one description (id,
+position and label columns, placeholders, per-label flags, the paper's cuts, Gaia-ESO's A(X) -> [X/Fe]); this module
+keeps only the comparison and the plain tables without cuts (`PLAIN_TABLES`: lamost, miles, generic).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .config import SURVEYS, ExternalConfig
 from .errors import SpecllmError
 from .io.arrays import FLUX_KEYS, WAVE_KEYS, miles_spec_id
 from .io.lamost_catalog import file_key
+from .io.surveys import SURVEYS as IO_SURVEYS
+from .io.surveys import get_survey, read_survey
 from .io.tables import PLACEHOLDER_MAX, read_catalog
 from .progress import say
 from .shards import atomic_write, atomic_write_json, atomic_write_text, write_table
@@ -48,110 +51,118 @@ NPZ_SPECTRUM_KEYS = (*WAVE_KEYS, *FLUX_KEYS, "ivar", "error")
 _ELEMENT_RE = re.compile(r"^([a-z]{1,2}(?:i{1,3})?)_fe$")
 
 
-# ---------------------------------------------------------------- survey column tables (one place)
+# ---------------------------------------------------------------- reference catalogues
 
 
 @dataclass(frozen=True)
-class Cut:
-    """A quality cut on a catalogue column: keep rows where `column op value` ('bit_clear': bit `value` is 0)."""
+class PlainTable:
+    """A reference table that is no survey of `specllm.io.surveys` (no quality cuts): where it keeps what the
+    comparison needs (column names lower-case, first present wins).
 
-    column: str
-    op: str
-    value: float
-
-    def describe(self) -> str:
-        if self.op == "bit_clear":
-            return f"{self.column} bit {int(self.value)} == 0"
-        return f"{self.column} {self.op} {self.value:g}"
-
-    def keep(self, values: np.ndarray) -> np.ndarray:
-        v = np.asarray(values, dtype=np.float64)
-        finite = np.isfinite(v)
-        with np.errstate(invalid="ignore"):
-            if self.op == "bit_clear":
-                ok = (np.where(finite, v, 0).astype(np.int64) >> int(self.value)) & 1 == 0
-            else:
-                ok = {
-                    ">": v > self.value,
-                    ">=": v >= self.value,
-                    "<": v < self.value,
-                    "<=": v <= self.value,
-                    "==": v == self.value,
-                    "!=": v != self.value,
-                }[self.op]
-        return finite & ok
-
-
-@dataclass(frozen=True)
-class SurveyColumns:
-    """Where a survey keeps what `compare-external` needs (column names lower-case, first present wins).
-
-    ids: catalogue id columns tried in order; values of `filename`-like columns are compared by file stem, of
-        `miles_id` as `miles-NNNN`.
-    labels: Teff, log g, [Fe/H] columns. label_flags: a per-label flag column that must be 0 to compare that label.
-    element / element_flag: the [X/Fe] column and its flag (which must be 0) for element x (lower-case).
-    cuts: row cuts applied to every label (a cut whose column is absent is reported as not applied).
+    ids: id columns tried in order; values of `filename`-like columns are compared by file stem, of `miles_id` as
+        `miles-NNNN`. labels: Teff, log g, [Fe/H] columns; [X/Fe] is read from `<x>_fe`, valid only where the
+        first of `element_flag` present is 0.
     """
 
     name: str
     title: str
     ids: tuple[str, ...]
     labels: dict = field(default_factory=dict)
-    label_flags: dict = field(default_factory=dict)
-    element: str = "{x}_fe"
     element_flag: tuple[str, ...] = ()
-    cuts: tuple[Cut, ...] = ()
     ra: tuple[str, ...] = ("ra", "ra_deg", "raj2000")
     dec: tuple[str, ...] = ("dec", "dec_deg", "dej2000")
 
 
 _STD_LABELS = {"teff": ("teff",), "logg": ("logg",), "feh": ("feh", "fe_h", "m_h")}
-SURVEY_TABLE: dict[str, SurveyColumns] = {
-    "generic": SurveyColumns(
+PLAIN_TABLES: dict[str, PlainTable] = {
+    "generic": PlainTable(
         "generic",
         "reference",
         ids=("spec_id", "obsid", "filename", "file", "sobject_id", "tmass_id", "apogee_id", "cname", "miles_id", "id"),
         labels=_STD_LABELS,
         element_flag=("flag_{x}_fe", "{x}_fe_flag"),
     ),
-    "lamost": SurveyColumns("lamost", "LAMOST", ids=("obsid", "filename", "spec_id"), labels=_STD_LABELS),
-    "miles": SurveyColumns("miles", "MILES", ids=("miles_id", "spec_id"), labels=_STD_LABELS),
-    # GALAH DR4 allstar (paper: snr_px_ccd3 > 30, flag_sp == 0, flag_x_fe == 0).
-    "galah": SurveyColumns(
-        "galah",
-        "GALAH",
-        ids=("sobject_id", "tmass_id", "spec_id"),
-        labels={"teff": ("teff",), "logg": ("logg",), "feh": ("fe_h",)},
-        label_flags={"feh": ("flag_fe_h",)},
-        element_flag=("flag_{x}_fe",),
-        cuts=(Cut("snr_px_ccd3", ">", 30.0), Cut("flag_sp", "==", 0.0)),
-    ),
-    # APOGEE DR16/17 allStar: ASPCAPFLAG bit 23 is STAR_BAD; <X>_FE_FLAG must be 0.
-    "apogee": SurveyColumns(
-        "apogee",
-        "APOGEE",
-        ids=("apogee_id", "spec_id"),
-        labels={"teff": ("teff",), "logg": ("logg",), "feh": ("fe_h", "m_h")},
-        element_flag=("{x}_fe_flag",),
-        cuts=(Cut("aspcapflag", "bit_clear", 23),),
-    ),
-    # Gaia-ESO: ids CNAME; its abundances are absolute (A(X)), so [X/Fe] awaits the survey reader.
-    "gaia-eso": SurveyColumns(
-        "gaia-eso",
-        "Gaia-ESO",
-        ids=("cname", "spec_id"),
-        labels={"teff": ("teff",), "logg": ("logg",), "feh": ("feh", "fe_h")},
-    ),
+    "lamost": PlainTable("lamost", "LAMOST", ids=("obsid", "filename", "spec_id"), labels=_STD_LABELS),
+    "miles": PlainTable("miles", "MILES", ids=("miles_id", "spec_id"), labels=_STD_LABELS),
 }
-assert tuple(sorted(SURVEY_TABLE)) == tuple(sorted(SURVEYS)), "config.SURVEYS and SURVEY_TABLE disagree"
+# The other names of config.SURVEYS (galah, apogee, gaia-eso) are surveys of `specllm.io.surveys`, read (columns,
+# flags, cuts) by its `read_survey` alone.
+SURVEY_NAMES: dict[str, str] = {name: get_survey(name).key for name in SURVEYS if name not in PLAIN_TABLES}
+assert set(SURVEY_NAMES.values()) == set(IO_SURVEYS), "config.SURVEYS misses a survey of specllm.io.surveys"
 
 
-def survey_columns(name: str) -> SurveyColumns:
-    """The column table of a survey (the one place to point at `specllm.io.surveys` once it is merged)."""
-    try:
-        return SURVEY_TABLE[name]
-    except KeyError:
-        raise SpecllmError(f"unknown survey {name!r}; choose one of {', '.join(SURVEYS)}") from None
+@dataclass
+class Reference:
+    """A reference catalogue as the comparison needs it, whatever its kind.
+
+    ids: id column (lower-case) -> raw values, tried in this order. ra/dec: deg, NaN where unknown. joinable: rows
+    that may be matched (not a survey's duplicate entry). labels: prediction name (teff, logg, feh, <x>_fe) -> values
+    with NaN where missing, flagged or cut. cuts: star-level cut -> rows passing it (None: column absent, not applied).
+    """
+
+    name: str
+    title: str
+    n: int
+    ids: dict[str, list]
+    id_candidates: tuple[str, ...]
+    ra: np.ndarray
+    dec: np.ndarray
+    joinable: np.ndarray
+    labels: dict[str, np.ndarray]
+    cuts: dict[str, np.ndarray | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_survey(name: str) -> None:
+    if name not in SURVEYS:
+        raise SpecllmError(f"unknown survey {name!r}; choose one of {', '.join(SURVEYS)}")
+
+
+def _prediction_label(survey_label: str) -> str:
+    """io/surveys' `fe_h` is the predictions' `feh`; `teff`, `logg` and `<x>_fe` are spelled alike."""
+    return "feh" if survey_label == "fe_h" else survey_label
+
+
+def read_reference(path: str, name: str) -> Reference:
+    """The reference catalogue `path` read as `name`, one of config.SURVEYS."""
+    _check_survey(name)
+    if name in SURVEY_NAMES:
+        cat = read_survey(path, SURVEY_NAMES[name], quality_cuts=True, need_position=False, all_ids=True)
+        return Reference(
+            name=name,
+            title=cat.survey.title,
+            n=cat.n_rows,
+            ids={col.lower(): values.tolist() for col, values in cat.id_values.items()},
+            id_candidates=cat.survey.id_columns,
+            ra=cat.ra,
+            dec=cat.dec,
+            joinable=~cat.excluded,
+            labels={_prediction_label(lab): cat.labels[lab].astype(np.float64) for lab in cat.present},
+            cuts=cat.cuts,
+            notes=[f"catalogue: {note}" for note in cat.notes],
+        )
+    table = PLAIN_TABLES[name]
+    ref = read_table_any(path)
+    ra_col, dec_col = ref.first(table.ra), ref.first(table.dec)
+    no_position = np.full(ref.n, np.nan)
+    labels = {n: ref.floats(c) for n in table.labels if (c := ref.first(table.labels[n]))}
+    for x in _elements(ref):
+        values = ref.floats(f"{x}_fe")
+        flag = ref.first(tuple(f.format(x=x) for f in table.element_flag))
+        if flag:
+            values[ref.floats(flag) != 0] = np.nan
+        labels[f"{x}_fe"] = values
+    return Reference(
+        name=name,
+        title=table.title,
+        n=ref.n,
+        ids={c: ref.values(c) for c in table.ids if ref.has(c)},
+        id_candidates=table.ids,
+        ra=ref.floats(ra_col) if ra_col and dec_col else no_position,
+        dec=ref.floats(dec_col) if ra_col and dec_col else no_position,
+        joinable=np.ones(ref.n, dtype=bool),
+        labels=labels,
+    )
 
 
 # ---------------------------------------------------------------- reading
@@ -245,20 +256,19 @@ def _prediction_keys(pred: Columns) -> list[list[str | None]]:
     return keys
 
 
-def _reference_index(ref: Columns, survey: SurveyColumns) -> tuple[dict[str, int], set[str], list[str]]:
+def _reference_index(ref: Reference) -> tuple[dict[str, int], set[str], list[str]]:
     index: dict[str, int] = {}
     duplicates: set[str] = set()
-    used = [c for c in survey.ids if ref.has(c)]
-    for column in used:
-        for i, v in enumerate(ref.values(column)):
+    for column, values in ref.ids.items():
+        for i, v in enumerate(values):
             key = _norm_id(v, column)
-            if key is None:
+            if key is None or not ref.joinable[i]:
                 continue
             if key in index and index[key] != i:
                 duplicates.add(key)
             else:
                 index[key] = i
-    return index, duplicates, used
+    return index, duplicates, list(ref.ids)
 
 
 # ---------------------------------------------------------------- joining
@@ -275,7 +285,7 @@ class Join:
     notes: list[str] = field(default_factory=list)
 
 
-def join(pred: Columns, ref: Columns, survey: SurveyColumns, config: ExternalConfig, rows: np.ndarray) -> Join:
+def join(pred: Columns, ref: Reference, config: ExternalConfig, rows: np.ndarray) -> Join:
     """Match prediction rows (`rows`, indices into pred) to reference rows, by id, by sky position, or both."""
     pi, ri, method, sep = [], [], [], []
     notes: list[str] = []
@@ -283,7 +293,7 @@ def join(pred: Columns, ref: Columns, survey: SurveyColumns, config: ExternalCon
     unmatched = np.asarray(rows, dtype=int)
     id_columns: list[str] = []
     if config.match in ("id", "auto"):
-        index, duplicates, id_columns = _reference_index(ref, survey)
+        index, duplicates, id_columns = _reference_index(ref)
         keys = _prediction_keys(pred)
         rest = []
         for i in unmatched:
@@ -307,16 +317,16 @@ def join(pred: Columns, ref: Columns, survey: SurveyColumns, config: ExternalCon
                 sep.append(np.nan)
         unmatched = np.asarray(rest, dtype=int)
         if not id_columns:
-            notes.append(f"the catalogue has none of the id columns {', '.join(survey.ids)}")
+            notes.append(f"the catalogue has none of the id columns {', '.join(ref.id_candidates)}")
     if config.match in ("sky", "auto") and unmatched.size:
         p_ra, p_dec = (pred.first(("ra",)), pred.first(("dec",)))
-        r_ra, r_dec = ref.first(survey.ra), ref.first(survey.dec)
-        if p_ra and p_dec and r_ra and r_dec:
+        r_pos = np.isfinite(ref.ra) & np.isfinite(ref.dec)
+        if p_ra and p_dec and r_pos.any():
             m_p, m_r, s = _sky_match(
                 pred.floats(p_ra)[unmatched],
                 pred.floats(p_dec)[unmatched],
-                ref.floats(r_ra),
-                ref.floats(r_dec),
+                np.where(ref.joinable, ref.ra, np.nan),
+                ref.dec,
                 config.radius_arcsec,
             )
             pi += unmatched[m_p].tolist()
@@ -324,8 +334,8 @@ def join(pred: Columns, ref: Columns, survey: SurveyColumns, config: ExternalCon
             method += ["sky"] * len(m_p)
             sep += s.tolist()
         elif config.match == "sky" or not pi:
-            which = "predictions" if not (p_ra and p_dec) else "catalogue"
-            notes.append(f"no sky match: the {which} lack ra/dec columns")
+            which = "predictions lack ra/dec columns" if not (p_ra and p_dec) else "catalogue has no position"
+            notes.append(f"no sky match: the {which}")
     order = np.argsort(np.asarray(pi, dtype=int), kind="stable")
     return Join(
         pred_index=np.asarray(pi, dtype=int)[order],
@@ -433,9 +443,10 @@ class ExternalResult:
     notes: list[str]
 
 
-def _prediction_elements(pred: Columns) -> list[str]:
+def _elements(table: Columns) -> list[str]:
+    """The elements x of a table's `<x>_fe` columns (lower-case)."""
     out = []
-    for name in pred.original:
+    for name in table.original:
         m = _ELEMENT_RE.match(name)
         if m and m.group(1) not in ("fe",):
             out.append(m.group(1))
@@ -466,22 +477,21 @@ def compare_external(
     config: ExternalConfig = ExternalConfig(),
 ) -> ExternalResult:
     """Join `predictions` with `catalog`, apply the survey's cuts, and write tables, figures and a report to `out`."""
-    survey = survey_columns(config.survey)
+    _check_survey(config.survey)
     if config.match not in ("auto", "id", "sky"):
         raise SpecllmError(f"unknown match method {config.match!r}; choose auto, id or sky")
     pred = read_table_any(predictions)
-    ref = read_table_any(catalog)
     label_cols = {n: pred.first((n,)) for n, _, _ in LABELS}
-    elements = _prediction_elements(pred)
+    elements = _elements(pred)
     if not any(label_cols.values()) and not elements:
         raise SpecllmError(f"{predictions}: no prediction column (teff, logg, feh or <x>_fe)")
     if not any(pred.has(c) for c in ("spec_id", "obsid", "file", "filename", "ra")):
         raise SpecllmError(f"{predictions}: no id (spec_id, obsid, file) or ra/dec column to join on")
-    ref_labels = {n: ref.first(survey.labels.get(n, ())) for n, _, _ in LABELS}
-    if not any(ref_labels[n] for n, c in label_cols.items() if c) and not any(
-        ref.has(survey.element.format(x=x)) for x in elements
-    ):
-        raise SpecllmError(f"{catalog}: no reference column for the predicted labels (survey '{survey.name}')")
+    ref = read_reference(catalog, config.survey)
+    compared = [n for n, c in label_cols.items() if c and n in ref.labels]
+    compared += [f"{x}_fe" for x in elements if f"{x}_fe" in ref.labels]
+    if not compared:
+        raise SpecllmError(f"{catalog}: no reference column for the predicted labels (survey '{config.survey}')")
 
     counts: dict = {"predictions": pred.n, "catalogue": ref.n}
     # rows `infer` could not predict
@@ -496,7 +506,7 @@ def compare_external(
         ok_rows = np.arange(pred.n)
     counts["predicted"] = int(ok_rows.size)
 
-    j = join(pred, ref, survey, config, ok_rows)
+    j = join(pred, ref, config, ok_rows)
     counts["matched"] = int(j.pred_index.size)
     counts["matched_by_id"] = int(np.sum(j.method == "id"))
     counts["matched_by_sky"] = int(np.sum(j.method == "sky"))
@@ -507,18 +517,18 @@ def compare_external(
         detail = "; ".join(j.notes) if j.notes else f"id columns tried: {', '.join(j.id_columns) or 'none'}"
         raise SpecllmError(f"{predictions}: no prediction matched a row of {catalog} ({detail})")
 
-    # quality cuts of the survey
+    # the survey's star-level cuts, as read_survey applied them: counted here per matched row
     keep_rows = np.ones(j.ref_index.size, dtype=bool)
     cuts_applied, cuts_missing = [], []
-    for cut in survey.cuts:
-        if not ref.has(cut.column):
-            cuts_missing.append(cut.describe())
-            say(f"{catalog}: quality cut not applied, no column '{cut.column}' ({cut.describe()})")
+    for cut, passing in ref.cuts.items():
+        if passing is None:
+            cuts_missing.append(cut)
+            say(f"{catalog}: quality cut not applied, its column is absent ({cut})")
             continue
-        passed = cut.keep(ref.floats(cut.column)[j.ref_index])
-        counts[f"cut: {cut.describe()}"] = int(np.sum(keep_rows & ~passed))
+        passed = passing[j.ref_index]
+        counts[f"cut: {cut}"] = int(np.sum(keep_rows & ~passed))
         keep_rows &= passed
-        cuts_applied.append(cut.describe())
+        cuts_applied.append(cut)
     counts["passing_cuts"] = int(keep_rows.sum())
 
     comp = Comparison()
@@ -528,36 +538,24 @@ def compare_external(
     comp.partial = partial_all[j.pred_index]
     counts["partial_matched"] = int(comp.partial.sum())
 
-    for name, _, _ in LABELS:
-        if not label_cols[name] or not ref_labels[name]:
-            continue
-        p = pred.floats(label_cols[name])[j.pred_index]
-        r = ref.floats(ref_labels[name])[j.ref_index]
-        ok = keep_rows & np.isfinite(p) & np.isfinite(r)
-        flag = ref.first(survey.label_flags.get(name, ()))
-        if flag:
-            ok &= ref.floats(flag)[j.ref_index] == 0
-        comp.labels[name] = (p, r, ok)
-    absent = [x for x in elements if not ref.has(survey.element.format(x=x))]
+    absent = [x for x in elements if f"{x}_fe" not in ref.labels]
     if absent:
         j.notes.append(f"predicted elements absent from the catalogue: {', '.join(element_title(x) for x in absent)}")
-    for x in elements:
-        column = survey.element.format(x=x)
-        if not ref.has(column):
-            continue
-        p = pred.floats(f"{x}_fe")[j.pred_index]
-        r = ref.floats(column)[j.ref_index]
-        ok = keep_rows & np.isfinite(p) & np.isfinite(r)
-        flag = ref.first(tuple(f.format(x=x) for f in survey.element_flag))
-        if flag:
-            ok &= ref.floats(flag)[j.ref_index] == 0
-        comp.elements[x.upper()] = (p, r, ok)
+    for name in compared:
+        p = pred.floats(label_cols.get(name) or name)[j.pred_index]
+        r = ref.labels[name][j.ref_index]
+        ok = np.isfinite(p) & np.isfinite(r)  # a survey's labels are already NaN where cut or flagged
+        if name in label_cols:
+            comp.labels[name] = (p, r, ok)
+        else:
+            comp.elements[name.removesuffix("_fe").upper()] = (p, r, ok)
+    notes = j.notes + ref.notes
 
     t7 = table7(comp, config.min_n)
     t8 = table8(comp, config.min_n)
     os.makedirs(out, exist_ok=True)
-    figures = plot_one_to_one(comp, out, survey.title, config)
-    _write_outputs(out, pred, ref, j, comp, t7, t8)
+    figures = plot_one_to_one(comp, out, ref.title, config)
+    _write_outputs(out, pred, j, comp, t7, t8)
     result = ExternalResult(
         out=out,
         counts=counts,
@@ -566,13 +564,13 @@ def compare_external(
         figures=figures,
         cuts_applied=cuts_applied,
         cuts_missing=cuts_missing,
-        notes=j.notes,
+        notes=notes,
     )
     meta = {
         "predictions": os.path.abspath(predictions),
         "catalogue": os.path.abspath(catalog),
-        "survey": survey.name,
-        "survey_title": survey.title,
+        "survey": ref.name,
+        "survey_title": ref.title,
         "config": asdict(config),
         "partial_rule": partial_rule,
         "id_columns": j.id_columns,
@@ -586,7 +584,7 @@ def compare_external(
             "counts": counts,
             "cuts_applied": cuts_applied,
             "cuts_missing": cuts_missing,
-            "notes": j.notes,
+            "notes": notes,
             "table7": t7,
             "table8": t8,
             "figures": figures,
@@ -595,7 +593,7 @@ def compare_external(
     return result
 
 
-def _write_outputs(out, pred: Columns, ref: Columns, j: Join, comp: Comparison, t7, t8) -> None:
+def _write_outputs(out, pred: Columns, j: Join, comp: Comparison, t7, t8) -> None:
     write_csv(os.path.join(out, TABLE7), t7, ["subset", "class", "label", *STAT_FIELDS])
     write_csv(os.path.join(out, TABLE8), t8, ["subset", "element", *STAT_FIELDS])
     cols: dict[str, pa.Array] = {}

@@ -16,7 +16,13 @@ from typer.testing import CliRunner
 from specllm.cli import app
 from specllm.config import SURVEYS, ExternalConfig, InferConfig
 from specllm.errors import SpecllmError
-from specllm.external import SURVEY_TABLE, Cut, compare_external, element_title, stats, survey_columns
+from specllm.external import PLAIN_TABLES, SURVEY_NAMES, compare_external, element_title, read_reference, stats
+from specllm.io.surveys import SURVEYS as IO_SURVEYS
+
+try:  # the table writers live in test_surveys.py (tests/ is on sys.path under pytest's default import mode)
+    from test_surveys import allstar_table
+except ImportError:
+    from tests.test_surveys import allstar_table
 
 SHARED = Path(__file__).parents[1] / ".." / "shared" / "data"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -145,7 +151,8 @@ def _galah(tmp_path: Path):
     """GALAH DR4 allstar layout: sobject_id, ra, dec, teff, logg, fe_h, mg_fe, flag_mg_fe, flag_sp, snr_px_ccd3."""
     preds, refs = [], []
     for i in range(12):
-        preds.append(_prediction(i, "G", 5800.0 + 40, 4.4 + 0.02, -0.01, spec_id=f"s{i}", obsid=None, mg_fe=0.12))
+        sid = f"s{i}" if i != 11 else "J11"  # the last one joins on the second id column, tmass_id
+        preds.append(_prediction(i, "G", 5800.0 + 40, 4.4 + 0.02, -0.01, spec_id=sid, obsid=None, mg_fe=0.12))
         refs.append(
             {
                 "sobject_id": f"s{i}",
@@ -169,16 +176,21 @@ def test_galah_quality_cuts_and_table8(tmp_path):
     pred, cat = _galah(tmp_path)
     result = compare_external(pred, cat, str(tmp_path / "o"), ExternalConfig(survey="galah"))
     c = result.counts
-    assert c["matched"] == 12 and c["passing_cuts"] == 9  # flag_sp removes 2, snr_px_ccd3 <= 30 removes 1
+    assert c["matched"] == c["matched_by_id"] == 12  # s0..s10 by sobject_id, J11 by tmass_id
+    assert c["passing_cuts"] == 9  # flag_sp removes 2, snr_px_ccd3 <= 30 removes 1
     assert c["cut: snr_px_ccd3 > 30"] == 1 and c["cut: flag_sp == 0"] == 2
     assert result.cuts_applied == ["snr_px_ccd3 > 30", "flag_sp == 0"] and not result.cuts_missing
     overall = {r["label"]: r for r in result.table7 if r["class"] == "all"}
     assert overall["teff"]["n"] == 9 and overall["teff"]["mu"] == pytest.approx(40.0)
     assert overall["feh"]["n"] == 8  # the -9999.99 placeholder is not a value
-    assert overall["logg"]["mu"] == pytest.approx(0.02)
+    assert overall["logg"]["mu"] == pytest.approx(0.02, abs=1e-6)  # survey labels are float32
     (mg,) = result.table8
     assert mg["element"] == "MG" and mg["n"] == 8 and mg["mu"] == pytest.approx(0.02)  # flag_mg_fe != 0 dropped
-    assert result.notes == []
+    assert result.notes == [  # the catalogue's own notes, from specllm.io.surveys.read_survey
+        "catalogue: snr_px_ccd3 > 30: 11 of 12 rows pass",
+        "catalogue: flag_sp == 0: 10 of 12 rows pass",
+        "catalogue: 1 label values were NaN, null or placeholders (<= -9999): read as missing",
+    ]
     rows = _rows(tmp_path / "o" / "table8.csv")
     assert list(rows[0]) == ["subset", "element", "n", "mu", "sigma", "median", "sigma_mad"]
     assert "[Mg/Fe]" in (tmp_path / "o" / "report.md").read_text()
@@ -189,13 +201,61 @@ def test_missing_cut_column_is_reported_not_silent(tmp_path):
     refs = [{"sobject_id": f"s{i}", "teff": 5800.0, "logg": 4.4, "fe_h": 0.0, "flag_sp": 0} for i in range(12)]
     cat = _write(tmp_path / "dr3.csv", refs)
     result = compare_external(pred, cat, str(tmp_path / "o"), ExternalConfig(survey="galah"))
-    assert result.cuts_missing == ["snr_px_ccd3 > 30"]
+    assert result.cuts_missing == ["snr_px_ccd3 > 30"] and result.cuts_applied == ["flag_sp == 0"]
+    assert result.counts["matched_by_id"] == 11  # no position columns: ids alone ("J11" is no sobject_id here)
     assert "NOT applied" in (tmp_path / "o" / "report.md").read_text()
 
 
-def test_apogee_star_bad_bit():
-    cut = survey_columns("apogee").cuts[0]
-    assert cut.keep(np.array([0, 2**23, 2**23 + 1, 4, np.nan])).tolist() == [True, False, False, True, False]
+def test_apogee_aspcapflag_cut_element_flags_and_duplicates(tmp_path):
+    """APOGEE through specllm.io.surveys: the paper's ASPCAPFLAG == 0 (any bit, not only STAR_BAD) and
+    <X>_FE_FLAG == 0; an EXTRATARG duplicate entry of a star neither matches nor makes its id ambiguous."""
+    stars = [
+        {"id": "2M10000000+2000000", "ra": 150.0, "dec": 20.0, "teff": 4500.0, "values": {"MG": 0.10}},
+        {"id": "2M10000400+2000000", "ra": 150.0167, "dec": 20.0, "teff": 4600.0, "aspcapflag": 1},  # bit 0
+        {"id": "2M10000800+2000000", "ra": 150.0333, "dec": 20.0, "teff": 4700.0, "flags": {"MG": 1}},
+        {"id": "2M10000000+2000000", "ra": 150.0, "dec": 20.0, "teff": 9999.0, "extratarg": 16},  # duplicate
+        {"id": "2M10001200+2000000", "ra": 150.05, "dec": 20.0, "teff": 4900.0, "values": {"MG": 0.30}},
+    ]
+    allstar = tmp_path / "allStar.fits"
+    allstar_table(stars).write(allstar)
+    preds = [
+        _prediction(i, "K", stars[i]["teff"] + 30.0, 2.0, 0.0, spec_id=stars[i]["id"], obsid=None, mg_fe=mg)
+        for i, mg in ((0, 0.15), (1, 0.0), (2, 0.0), (4, 0.35))
+    ]
+    result = compare_external(
+        _write(tmp_path / "p.parquet", preds), str(allstar), str(tmp_path / "o"), ExternalConfig(survey="apogee")
+    )
+    c = result.counts
+    assert c["matched_by_id"] == 4 and c["ambiguous_id"] == 0 and c["passing_cuts"] == 3
+    assert result.cuts_applied == ["ASPCAPFLAG == 0"] and c["cut: ASPCAPFLAG == 0"] == 1
+    teff = next(r for r in result.table7 if r["class"] == "all" and r["label"] == "teff")
+    assert teff["n"] == 3 and teff["mu"] == pytest.approx(30.0)  # the ASPCAPFLAG = 1 star is not compared
+    (mg,) = result.table8
+    assert mg["n"] == 2 and mg["mu"] == pytest.approx(0.05)  # MG_FE_FLAG != 0 and the cut star dropped
+    assert any("EXTRATARG" in n for n in result.notes)
+
+
+def test_gaia_eso_absolute_abundances_compared_as_x_fe(tmp_path):
+    cat = tmp_path / "ges.csv"
+    cat.write_text(
+        "CNAME,RA,DEC,TEFF,LOGG,FEH,MG1,LIM_MG1\n"
+        "10000000+2000000,150.0,20.0,5000,4.5,-0.20,7.50,0\n"  # [Mg/Fe] = 7.50 - 7.53 + 0.20 = 0.17
+        "10000400+2000000,150.0167,20.0,5100,4.4,0.10,7.70,0\n"  # 7.70 - 7.53 - 0.10 = 0.07
+        "10000800+2000000,150.0333,20.0,5200,4.3,0.00,7.90,1\n"  # an upper limit: no [Mg/Fe]
+    )
+    preds = [
+        _prediction(i, "G", 5000.0 + 100 * i, 4.5, 0.0, spec_id=cname, obsid=None, mg_fe=mg)
+        for i, (cname, mg) in enumerate(
+            [("10000000+2000000", 0.2), ("10000400+2000000", 0.1), ("10000800+2000000", 0.5)]
+        )
+    ]
+    result = compare_external(
+        _write(tmp_path / "p.parquet", preds), str(cat), str(tmp_path / "o"), ExternalConfig(survey="gaia-eso")
+    )
+    assert result.counts["matched_by_id"] == 3 and result.cuts_applied == result.cuts_missing == []
+    (mg,) = result.table8
+    assert mg["element"] == "MG" and mg["n"] == 2 and mg["mu"] == pytest.approx(0.03, abs=1e-5)
+    assert "specllm vs Gaia-ESO" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_partial_coverage_rows_are_reported_separately(tmp_path):
@@ -284,11 +344,11 @@ def test_miles_npz_as_catalogue(tmp_path):
     assert "every matched spectrum covered only part of the grid" in (tmp_path / "o" / "report.md").read_text()
 
 
-def test_survey_table_matches_config_and_helpers():
-    assert set(SURVEY_TABLE) == set(SURVEYS)
+def test_survey_names_match_config_and_helpers(tmp_path):
+    assert set(PLAIN_TABLES) | set(SURVEY_NAMES) == set(SURVEYS) and not set(PLAIN_TABLES) & set(SURVEY_NAMES)
+    assert SURVEY_NAMES["gaia-eso"] == "gaiaeso" and set(SURVEY_NAMES.values()) == set(IO_SURVEYS)
     with pytest.raises(SpecllmError, match="unknown survey"):
-        survey_columns("sdss")
-    assert Cut("flag_sp", "==", 0).keep(np.array([0.0, 1.0, np.nan])).tolist() == [True, False, False]
+        read_reference(str(tmp_path / "c.csv"), "sdss")
     assert element_title("TIII") == "[Ti II/Fe]" and element_title("MG") == "[Mg/Fe]"
     s = stats(np.array([1.0, 2.0, 3.0, np.nan]), 2)
     assert (s["n"], s["mu"], s["sigma"]) == (3, 2.0, 1.0)

@@ -157,6 +157,8 @@ def test_galah_dr4_cuts(tmp_path):
     k = {e: i for i, e in enumerate(GALAH_DR4_ELEMENTS)}
     assert list(cat.ids) == ["1", "2", "3", "4"]
     assert list(cat.star_ok) == [True, False, False, True]
+    assert list(cat.cuts) == ["snr_px_ccd3 > 30", "flag_sp == 0"]  # each cut's own rows, for compare-external
+    assert list(cat.cuts["snr_px_ccd3 > 30"]) == [True, False, True, True]
     assert np.isnan(cat.labels["mg_fe"][0]) and cat.labels["na_fe"][0] == pytest.approx(0.02 * (k["NA"] + 1))
     for i in (1, 2):
         assert all(np.isnan(v[i]) for v in cat.labels.values())

@@ -1,4 +1,5 @@
-"""Label catalogues of other surveys (APOGEE, GALAH, Gaia-ESO), each described once in `SURVEYS`.
+"""Label catalogues of other surveys (APOGEE, GALAH, Gaia-ESO), each described once in `SURVEYS` and read by
+`read_survey` for both `specllm crossmatch` and `specllm compare-external`.
 
 A `Survey` names, per canonical label, the columns that may carry it (first one present wins, case-insensitive), the
 label's own quality flag, the star-level cuts and the position/id columns. The same description reads a current
@@ -233,6 +234,10 @@ class SurveyCatalog:
     columns_used: dict[str, str] = field(default_factory=dict)  # label/role -> catalogue column
     notes: list[str] = field(default_factory=list)  # one-line remarks (cuts not applicable, placeholders, ...)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> {present, missing, flagged, cut}
+    # star-level cut (as described) -> rows passing it; None where its column is absent and it was not applied
+    cuts: dict[str, np.ndarray | None] = field(default_factory=dict)
+    id_values: dict[str, np.ndarray] = field(default_factory=dict)  # id column -> ids (`ids` is the first)
+    excluded: np.ndarray | None = None  # bool: duplicate entries (exclude_bits), never matched
 
     def summary_lines(self) -> list[str]:
         s = self.survey
@@ -279,18 +284,22 @@ def _as_float(table: pa.Table, column: str) -> tuple[np.ndarray, int]:
     return values, int(bad.sum())
 
 
-def read_survey(path: str, survey: str | Survey, quality_cuts: bool = True) -> SurveyCatalog:
+def read_survey(
+    path: str, survey: str | Survey, quality_cuts: bool = True, need_position: bool = True, all_ids: bool = False
+) -> SurveyCatalog:
     """Read a survey catalogue (CSV, FITS or Parquet) through its `Survey` description.
 
-    Fails at once (SpecllmError, one line) when the table has neither RA/DEC nor a designation to derive them from,
-    or none of the survey's label columns.
+    Fails at once (SpecllmError, one line) when the table has neither RA/DEC nor a designation to derive them from
+    (unless `need_position` is False: rows joined by id alone), or none of the survey's label columns.
+    all_ids: read every id column present into `id_values`, not only the first.
     """
     s = get_survey(survey)
     names = catalog_columns(path)
     find = _resolver(names)
     ra_col, dec_col = find(s.ra_columns), find(s.dec_columns)
     designation_col = find(s.designation_columns)
-    if (ra_col is None or dec_col is None) and designation_col is None:
+    no_position = (ra_col is None or dec_col is None) and designation_col is None
+    if no_position and need_position:
         missing = " and ".join(c for c, have in (("RA", ra_col), ("DEC", dec_col)) if have is None)
         raise SpecllmError(
             f"{path}: {s.title} catalogue lacks {missing} (looked for {'/'.join(s.ra_columns)} and "
@@ -307,12 +316,15 @@ def read_survey(path: str, survey: str | Survey, quality_cuts: bool = True) -> S
         wanted = ", ".join(lab.columns[0] if lab.columns else lab.log_eps[0] for lab in s.labels)
         raise SpecllmError(f"{path}: {s.title} catalogue has none of its label columns ({wanted})")
 
-    id_col = find(s.id_columns)
+    id_cols = list(dict.fromkeys(c for c in (find((name,)) for name in s.id_columns) if c))
+    id_col = id_cols[0] if id_cols else None
+    if not all_ids:
+        id_cols = id_cols[:1]
     flag_cols = {lab.name: find(lab.flags) for lab in s.labels if lab.name in sources and lab.flags}
     limit_cols = {name: find((f"LIM_{col}",)) for name, (kind, col) in sources.items() if kind == "log_eps"}
     cut_cols = [(cut, find(cut.columns)) for cut in s.star_cuts]
     exclude_cols = [(find((col,)), bits) for col, bits in s.exclude_bits]
-    needed = {c for c in (ra_col, dec_col, designation_col, id_col) if c}
+    needed = {c for c in (ra_col, dec_col, designation_col, *id_cols) if c}
     needed |= {col for _, col in sources.values()}
     needed |= {c for c in (*flag_cols.values(), *limit_cols.values()) if c}
     needed |= {c for _, c in cut_cols if c} | {c for c, _ in exclude_cols if c}
@@ -331,6 +343,9 @@ def read_survey(path: str, survey: str | Survey, quality_cuts: bool = True) -> S
         dec, _ = _as_float(table, dec_col)
         used["ra"], used["dec"] = ra_col, dec_col
         position_source = f"{ra_col}/{dec_col}"
+    elif no_position:
+        position_source = "no column"
+        notes.append("no RA/DEC or designation column: rows can be joined by id only")
     else:
         position_source = f"2MASS-style designation in {designation_col}"
     bad_pos = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0))
@@ -343,22 +358,24 @@ def read_survey(path: str, survey: str | Survey, quality_cuts: bool = True) -> S
         used["designation"] = designation_col
     ra = np.mod(ra, 360.0)
     has_pos = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0)
-    if n and not has_pos.any():
+    if n and not has_pos.any() and need_position:
         raise SpecllmError(f"{path}: {s.title} catalogue has no row with a valid position ({position_source})")
-    if (~has_pos).any():
-        notes.append(f"{int((~has_pos).sum())} rows without a valid position cannot be matched")
-    matchable = has_pos.copy()
+    if (~has_pos).any() and not no_position:
+        notes.append(f"{int((~has_pos).sum())} rows without a valid position cannot be matched by position")
+    excluded = np.zeros(n, dtype=bool)
     for col, bits in exclude_cols:
         if col is not None:
             flags = np.asarray(pc.fill_null(table.column(col), 0).to_numpy(zero_copy_only=False)).astype(np.int64)
             dup = (flags & bits) != 0
             if dup.any():
                 notes.append(f"{int(dup.sum())} rows with {col} & {bits} (duplicate entries) are not matched")
-            matchable &= ~dup
+            excluded |= dup
+    matchable = has_pos & ~excluded
 
     # ids
+    id_values = {col: np.asarray(pc.cast(table.column(col), pa.string()).to_pylist(), dtype=object) for col in id_cols}
     if id_col:
-        ids = np.asarray(pc.cast(table.column(id_col), pa.string()).to_pylist(), dtype=object)
+        ids = id_values[id_col]
         used["id"] = id_col
     else:
         ids = np.asarray([str(i) for i in range(n)], dtype=object)
@@ -366,9 +383,11 @@ def read_survey(path: str, survey: str | Survey, quality_cuts: bool = True) -> S
 
     # star-level cuts
     star_ok = np.ones(n, dtype=bool)
+    cuts: dict[str, np.ndarray | None] = {}
     if quality_cuts:
         for cut, col in cut_cols:
             if col is None:
+                cuts[cut.describe(cut.columns[0])] = None
                 notes.append(f"no {'/'.join(cut.columns)} column: cut {cut.describe(cut.columns[0])} not applied")
                 continue
             if cut.rule == "zero":
@@ -379,6 +398,7 @@ def read_survey(path: str, survey: str | Survey, quality_cuts: bool = True) -> S
             what = cut.describe(col, text=pa.types.is_string(table.schema.field(col).type))
             used[f"cut:{what}"] = col
             notes.append(f"{what}: {int(ok.sum())} of {n} rows pass")
+            cuts[what] = ok
             star_ok &= ok
 
     # labels, one at a time (a 10^6-row catalogue holds 26 of them)
@@ -436,4 +456,7 @@ def read_survey(path: str, survey: str | Survey, quality_cuts: bool = True) -> S
         columns_used=used,
         notes=notes,
         counts=counts,
+        cuts=cuts,
+        id_values=id_values,
+        excluded=excluded,
     )
