@@ -54,6 +54,9 @@ _ELEMENT_RE = re.compile(r"^([a-z]{1,2}(?:i{1,3})?)_fe$")
 # ---------------------------------------------------------------- reference catalogues
 
 
+CLASS_NOTE = "Class: the class specllm predicted for the spectrum (the reference catalogue's own class is not used)."
+
+
 @dataclass(frozen=True)
 class PlainTable:
     """A reference table that is no survey of `specllm.io.surveys` (no quality cuts): where it keeps what the
@@ -765,7 +768,15 @@ def render_report(result: ExternalResult, meta: dict) -> str:
         lines.append(
             "- every matched spectrum covered only part of the grid: the tables below are all partial-coverage"
         )
-    lines += ["", "## Table 7: Teff, log g, [Fe/H] per class", "", table7_markdown(result.table7, "all"), ""]
+    lines += [
+        "",
+        "## Table 7: Teff, log g, [Fe/H] per class",
+        "",
+        CLASS_NOTE,
+        "",
+        table7_markdown(result.table7, "all"),
+        "",
+    ]
     if result.table8:
         lines += ["## Table 8: [X/Fe] per element", "", table8_markdown(result.table8, "all"), ""]
     if "partial" in subsets:
