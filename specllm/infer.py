@@ -127,6 +127,7 @@ def constrained_generate(model, builder, batch, out, spec, device, config: Infer
     import regex
 
     from .serialize import answer_pattern
+    from .spectral import output_cache, run_backbone
 
     pattern = regex.compile(answer_pattern(spec.format, spec.stage))
     tok = builder.tokenizer
@@ -138,7 +139,7 @@ def constrained_generate(model, builder, batch, out, spec, device, config: Infer
     B = batch.input_ids.shape[0]
     texts = [""] * B
     done = [False] * B
-    past = out.past_key_values
+    past = output_cache(out)
     hidden = out.last_hidden_state[:, -1]
     attn = batch.attention_mask
     positions = attn.sum(-1) - 1
@@ -171,14 +172,15 @@ def constrained_generate(model, builder, batch, out, spec, device, config: Infer
         attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
         positions = positions + 1
         with torch.no_grad():
-            step = inner.model(
+            step = run_backbone(
+                inner.model,
+                past,
                 input_ids=ids,
                 attention_mask=attn,
                 position_ids=positions.unsqueeze(1),
-                past_key_values=past,
                 use_cache=True,
             )
-        past = step.past_key_values
+        past = output_cache(step)
         hidden = step.last_hidden_state[:, -1]
     return texts
 

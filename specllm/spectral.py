@@ -13,6 +13,7 @@ Outputs:
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -21,6 +22,24 @@ import torch.nn.functional as F
 from torch import nn
 
 FLUX_SPAN = "<flux></flux>"
+
+
+def run_backbone(backbone: nn.Module, cache=None, **kwargs):
+    """Call a decoder backbone, passing the KV cache under the name its forward takes.
+
+    transformers 5.x renamed `past_key_values` to `cache` (the old name warns); both are accepted here, and the
+    cache argument is left out entirely when there is none.
+    """
+    if cache is not None:
+        params = inspect.signature(backbone.forward).parameters
+        kwargs["cache" if "cache" in params else "past_key_values"] = cache
+    return backbone(**kwargs)
+
+
+def output_cache(out):
+    """The KV cache of a backbone output, under either transformers 5.x name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 class PatchEmbedder(nn.Module):
@@ -89,18 +108,17 @@ class SpectralLM(nn.Module):
             embeds = embeds.masked_scatter(batch.patch_slots.unsqueeze(-1), patches.reshape(-1, patches.shape[-1]))
         return embeds
 
-    def hidden_states(self, batch: Batch, past_key_values=None, use_cache: bool = False):
+    def hidden_states(self, batch: Batch, cache=None, use_cache: bool = False):
         embeds = self.embed(batch)
         position_ids = (batch.attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        backbone = self._inner().model
-        out = backbone(
+        return run_backbone(
+            self._inner().model,
+            cache,
             inputs_embeds=embeds,
             attention_mask=batch.attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
         )
-        return out
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._inner().lm_head(hidden)
