@@ -35,7 +35,7 @@ demo: $(STAMP)
 	@head -6 labels.csv | cut -c1-200
 
 # Retrain the shipped model (specllm/models/default) from ../shared, reproducibly (fixed seed), in under an hour here.
-MODEL_RECIPE ?= --layers 8 --lora-r 16 --lora-alpha 32 --epochs 6 --batch-size 8 --grad-accum 1 --lr 5e-4 \
+MODEL_RECIPE ?= --layers 8 --lora-r 16 --lora-alpha 32 --epochs 10 --batch-size 8 --grad-accum 1 --lr 5e-4 \
 	--head-lr-mult 3 --no-gradient-checkpointing --noise 0.02 --scale 0.1 --span-probability 0.25 --save-every 100 \
 	--save-dtype bfloat16
 model: $(STAMP)
