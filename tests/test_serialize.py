@@ -288,7 +288,8 @@ def test_parser_fuzz_never_raises(fmt, stage):
 
 
 def test_parser_fuzz_hypothesis():
-    hypothesis = pytest.importorskip("hypothesis")
+    import hypothesis
+
     st = hypothesis.strategies
 
     @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
@@ -400,7 +401,8 @@ def test_run_serialize_writes_loadable_qa_shards(spectra, tmp_path, fmt):
     assert manifest["counts"]["skipped"] == {"no label": 1}
     assert manifest["source_content_hash"] == "abc" and len(manifest["source_manifest_hash"]) == 64
     assert manifest["content_hash"] == result.content_hash and manifest["shards"] == ["part-00000.parquet"]
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     ds = datasets.load_dataset(
         "parquet", data_files=str(out / "part-*.parquet"), split="train", cache_dir=str(tmp_path / "hf")
     )
@@ -601,7 +603,8 @@ def test_embedded_smollm2_counts_patch_tokens(spectra, tmp_path):
 
 def test_answer_pattern_guides_prefix_decoding():
     """Constrained decoding grows the text one token at a time: every prefix of an answer is a partial match."""
-    regex = pytest.importorskip("regex")
+    import regex
+
     rng = random.Random(3)
     for fmt in FORMATS:
         for stage in (1, 2):
