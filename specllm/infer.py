@@ -127,7 +127,7 @@ def constrained_generate(model, builder, batch, out, spec, device, config: Infer
     import regex
 
     from .serialize import answer_pattern
-    from .spectral import output_cache, run_backbone
+    from .spectral import output_cache
 
     pattern = regex.compile(answer_pattern(spec.format, spec.stage))
     tok = builder.tokenizer
@@ -143,7 +143,6 @@ def constrained_generate(model, builder, batch, out, spec, device, config: Infer
     hidden = out.last_hidden_state[:, -1]
     attn = batch.attention_mask
     positions = attn.sum(-1) - 1
-    inner = model._inner()
     for _ in range(config.max_new_tokens):
         logits = model.lm_logits(hidden).float()
         chosen = []
@@ -172,8 +171,7 @@ def constrained_generate(model, builder, batch, out, spec, device, config: Infer
         attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
         positions = positions + 1
         with torch.no_grad():
-            step = run_backbone(
-                inner.model,
+            step = model.run_backbone(
                 past,
                 input_ids=ids,
                 attention_mask=attn,

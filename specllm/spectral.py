@@ -13,6 +13,7 @@ Outputs:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -24,16 +25,11 @@ from torch import nn
 FLUX_SPAN = "<flux></flux>"
 
 
-def run_backbone(backbone: nn.Module, cache=None, **kwargs):
-    """Call a decoder backbone, passing the KV cache under the name its forward takes.
-
-    transformers 5.x renamed `past_key_values` to `cache` (the old name warns); both are accepted here, and the
-    cache argument is left out entirely when there is none.
-    """
-    if cache is not None:
-        params = inspect.signature(backbone.forward).parameters
-        kwargs["cache" if "cache" in params else "past_key_values"] = cache
-    return backbone(**kwargs)
+@functools.cache
+def _cache_keyword(backbone_type: type) -> str:
+    """The name a backbone's forward takes its KV cache under: transformers 5.x renamed `past_key_values` to `cache`
+    (the old name warns). Resolved once per backbone class, not per decoding step."""
+    return "cache" if "cache" in inspect.signature(backbone_type.forward).parameters else "past_key_values"
 
 
 def output_cache(out):
@@ -108,11 +104,18 @@ class SpectralLM(nn.Module):
             embeds = embeds.masked_scatter(batch.patch_slots.unsqueeze(-1), patches.reshape(-1, patches.shape[-1]))
         return embeds
 
+    def run_backbone(self, cache=None, **kwargs):
+        """The decoder stack (no LM head) on input ids or embeddings, with the KV cache passed under the name it
+        takes, and left out when there is none."""
+        backbone = self._inner().model
+        if cache is not None:
+            kwargs[_cache_keyword(type(backbone))] = cache
+        return backbone(**kwargs)
+
     def hidden_states(self, batch: Batch, cache=None, use_cache: bool = False):
         embeds = self.embed(batch)
         position_ids = (batch.attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        return run_backbone(
-            self._inner().model,
+        return self.run_backbone(
             cache,
             inputs_embeds=embeds,
             attention_mask=batch.attention_mask,
