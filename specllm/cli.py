@@ -226,7 +226,9 @@ def train(
         float, typer.Option(help="Learning-rate multiplier for the patch projector and read-out heads.")
     ] = 1.0,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (paper: 0.1).")] = _TRAIN.weight_decay,
-    batch_size: Annotated[int, typer.Option(help="Micro-batch size.")] = _TRAIN.batch_size,
+    batch_size: Annotated[
+        int, typer.Option(help="Micro-batch size per device (global batch: x grad-accum x ranks).")
+    ] = _TRAIN.batch_size,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = _TRAIN.grad_accum,
     warmup: Annotated[float, typer.Option(help="Warm-up fraction of the cosine schedule.")] = _TRAIN.warmup_fraction,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast where the hardware supports it.")] = _TRAIN.bf16,

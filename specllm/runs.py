@@ -158,14 +158,17 @@ def save_model_dir(
     path: str | os.PathLike,
     dtype: torch.dtype | None = None,
     parent: Path | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """Write the model directory; `state` is `trainable_state(model)` when the caller already gathered it (under
+    ZeRO-3 every rank must take part in the gathering, and only rank 0 writes)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        state = trainable_state(model)
+        state = trainable_state(model) if state is None else state
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "specllm": "model"})

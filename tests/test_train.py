@@ -45,7 +45,7 @@ def options(data, out, base, **kw) -> TrainOptions:
         data=str(data),
         out=str(out),
         base_model=str(base),
-        lora=LoraConfig(r=4, alpha=8, dropout=0.0),
+        lora=kw.pop("lora", LoraConfig(r=4, alpha=8, dropout=0.0)),
         recipe=recipe,
         **kw,
     )
@@ -85,8 +85,8 @@ def test_resume_continues_exactly(tmp_path, tiny, monkeypatch):
 
     real_save = train_mod.save_checkpoint
 
-    def save_then_die(model, spec, optimizer, scheduler, step, out, keep=2):
-        real_save(model, spec, optimizer, scheduler, step, out, keep)
+    def save_then_die(model, spec, optimizer, scheduler, step, out, **kw):
+        real_save(model, spec, optimizer, scheduler, step, out, **kw)
         if step == 4:
             raise KeyboardInterrupt  # as if killed right after the step-4 checkpoint
 
@@ -172,24 +172,6 @@ def test_bad_qa_input_is_one_clear_line(tmp_path, tiny):
     assert not (tmp_path / "r" / "model").exists()
 
 
-def test_deepspeed_zero3_launcher_one_cpu_process(tmp_path, tiny):
-    import deepspeed  # noqa: F401  (a dev dependency: the launcher below is its console script)
-
-    data = write_qa(tmp_path / "qa", "patch", n=8, test_every=8)
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
-    cmd = [
-        str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "1", "--master_port", "29517", "--module", "specllm",
-        "train", "--stage", "1", "--data", str(data), "--out", str(tmp_path / "ds"), "--base-model", str(tiny),
-        "--lora-r", "4", "--lora-alpha", "8", "--max-steps", "2", "--batch-size", "2", "--grad-accum", "2",
-        "--no-gradient-checkpointing", "--deepspeed", str(ROOT / "specllm" / "recipes" / "zero3.json"),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    weights = _weights(tmp_path / "ds" / "model")
-    lora = [v for k, v in weights.items() if k.startswith("lora.")]
-    assert lora and all(v.ndim == 2 and v.numel() > 0 for v in lora)  # gathered, not empty ZeRO-3 shards
-
-
 @pytest.mark.slow
 def test_real_smollm2_patch_steps_on_real_spectra(tmp_path):
     """The embedded SmolLM2-135M-Instruct, a few patch-mode steps on real DR10 spectra: the loss falls."""
@@ -219,3 +201,92 @@ def test_real_smollm2_patch_steps_on_real_spectra(tmp_path):
     first = np.mean([h["text"] for h in hist[:2]])
     last = np.mean([h["text"] for h in hist[-2:]])
     assert last < first, (first, last)
+
+
+# ---------------------------------------------------------------- data parallel (2 CPU ranks, gloo)
+
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _launch(launcher: str, args: list[str], tmp_path: Path, extra_env: dict | None = None, ranks: int = 2):
+    """`specllm train ARGS` through tests/distprobe.py under torchrun or the deepspeed launcher, `ranks` CPU ranks."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(extra_env or {}))
+    probe = str(ROOT / "tests" / "distprobe.py") if extra_env else "specllm"  # the module form users launch
+    module = [] if extra_env else ["--module"]
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
+               "--master-port", _free_port(), *module, probe]  # fmt: skip
+    else:
+        cmd = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", str(ranks),
+               "--master_port", _free_port(), *module, probe]  # fmt: skip
+    return subprocess.run(cmd + ["train", *args], capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+
+
+def _cli_args(data, out, base, batch, epochs=1, **kw) -> list[str]:
+    args = ["--stage", "1", "--data", str(data), "--out", str(out), "--base-model", str(base), "--lora-r", "4",
+            "--lora-alpha", "8", "--lora-dropout", "0", "--lr", "1e-3", "--epochs", str(epochs), "--batch-size",
+            str(batch), "--grad-accum", "1", "--no-bf16", "--no-gradient-checkpointing", "--warmup", "0"]  # fmt: skip
+    for k, v in kw.items():
+        args += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    return args
+
+
+def test_two_ranks_share_the_epoch(tmp_path, tiny):
+    """torchrun, 2 ranks: half the optimizer steps of 1 rank at the same per-device batch, disjoint halves of the
+    train split, and the weights of 1 rank at twice the per-device batch."""
+    data = write_qa(tmp_path / "qa", "patch", n=20, test_every=5)  # 16 train, 4 test
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    proc = _launch("torchrun", _cli_args(data, tmp_path / "two", tiny, 2), tmp_path, {"SPECLLM_PROBE_SEEN": str(seen)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recipe = dict(lr=1e-3, epochs=1, grad_accum=1, bf16=False, gradient_checkpointing=False, warmup_fraction=0.0)
+    run_train(options(data, tmp_path / "one-b2", tiny, recipe=TrainConfig(batch_size=2, **recipe)))
+    run_train(options(data, tmp_path / "one-b4", tiny, recipe=TrainConfig(batch_size=4, **recipe)))
+
+    hist = {name: json.loads((tmp_path / name / "history.json").read_text()) for name in ("two", "one-b2", "one-b4")}
+    assert len(hist["one-b2"]) == 8 and len(hist["two"]) == 4 == len(hist["one-b4"])
+    parts = [np.loadtxt(seen / f"rank-{r}.txt", dtype=int).ravel() for r in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == 8
+    assert not set(parts[0]) & set(parts[1]) and sorted([*parts[0], *parts[1]]) == list(range(16))
+    spec = json.loads((tmp_path / "two" / "model" / "spec.json").read_text())["manifest"]["parallel"]
+    assert spec["ranks"] == 2 and spec["global_batch"] == 4 and spec["samples_per_rank"] == [8, 8]
+    assert "global batch 4" in proc.stderr and proc.stderr.count("optimizer steps") == 1  # rank 0 alone reports
+    for a, b in zip(hist["two"], hist["one-b4"]):
+        assert a["text"] == pytest.approx(b["text"], rel=1e-4) and a["value"] == pytest.approx(b["value"], rel=1e-4)
+    two, one = _weights(tmp_path / "two" / "model"), _weights(tmp_path / "one-b4" / "model")
+    assert two.keys() == one.keys()
+    for k in two:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5)
+
+
+def test_two_rank_zero3_resumes_through_engine_checkpoints(tmp_path, tiny):
+    """deepspeed launcher, 2 ranks, ZeRO-3: killed right after the step-2 checkpoint and resumed, the run ends with
+    the weights of one run through."""
+    import deepspeed  # noqa: F401  (a dev dependency: the launcher is its console script)
+
+    data = write_qa(tmp_path / "qa", "patch", n=20, test_every=5)
+    zero3 = ["--deepspeed", str(ROOT / "specllm" / "recipes" / "zero3.json"), "--save-every", "2"]
+    straight = _launch("deepspeed", _cli_args(data, tmp_path / "straight", tiny, 2, epochs=2) + zero3, tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = _launch(
+        "deepspeed", _cli_args(data, tmp_path / "run", tiny, 2, epochs=2) + zero3, tmp_path,
+        {"SPECLLM_PROBE_DIE_AFTER": "4"},
+    )  # fmt: skip
+    assert killed.returncode != 0 and not (tmp_path / "run" / "model").exists()
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000004"
+    assert any(ckpt.glob("*optim_states.pt")), sorted(p.name for p in ckpt.iterdir())  # the engine's own, sharded
+    resumed = _launch("deepspeed", _cli_args(data, tmp_path / "run", tiny, 2, epochs=2, resume=True) + zero3, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step 4" in resumed.stderr
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["step"] for h in hist] == [5, 6, 7, 8]
+    a, b = _weights(tmp_path / "straight" / "model"), _weights(tmp_path / "run" / "model")
+    assert a.keys() == b.keys() and all(v.numel() for v in a.values())  # gathered, not empty ZeRO-3 shards
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
