@@ -239,8 +239,8 @@ def train(
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (paper: 128).")] = _LORA.alpha,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout (paper: 0.1).")] = _LORA.dropout,
     quantize: Annotated[
-        bool, typer.Option(help="4-bit NF4 base (QLoRA) where CUDA + bitsandbytes are available.")
-    ] = _LORA.quantize_4bit,
+        str, typer.Option(help="Base weights: nf4 (4-bit QLoRA, bitsandbytes; CPU too), none, or auto (nf4 on CUDA).")
+    ] = _LORA.quantize,
     text_weight: Annotated[float, typer.Option(help="Weight of the answer-token cross-entropy.")] = 1.0,
     value_weight: Annotated[float, typer.Option(help="Weight of the numeric read-out's Gaussian NLL.")] = 1.0,
     class_weight: Annotated[float, typer.Option(help="Weight of the class read-out's cross-entropy.")] = 0.2,
@@ -268,7 +268,7 @@ def train(
             lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
             warmup_fraction=warmup, bf16=bf16, gradient_checkpointing=gradient_checkpointing, save_every=save_every, seed=seed,
         ),
-        lora=LoraConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, quantize_4bit=quantize),
+        lora=LoraConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, quantize=quantize),
         augment=AugmentConfig(noise=noise, scale=scale, span_probability=span_probability),
     )  # fmt: skip
     run_train(opts)

@@ -12,6 +12,10 @@ from typing import Literal
 import numpy as np
 
 NormMethod = Literal["max", "quantile", "median"]
+# Base-model weights while training (QLoRA): 'nf4' 4-bit NormalFloat through bitsandbytes (CUDA or its CPU backend),
+# 'none' as stored; 'auto' is nf4 on CUDA where bitsandbytes is installed and none elsewhere.
+QuantizeMethod = Literal["auto", "nf4", "none"]
+QUANTIZE_METHODS: tuple[str, ...] = ("auto", "nf4", "none")
 
 
 @dataclass(frozen=True)
@@ -101,13 +105,17 @@ class PatchConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """LoRA / QLoRA adapter (paper: rank 64, alpha 128, dropout 0.1, all linear layers; 4-bit NF4 on CUDA)."""
+    """LoRA / QLoRA adapter (paper: rank 64, alpha 128, dropout 0.1, all linear layers; 4-bit NF4 base).
+
+    quantize: the base model's weights, see QuantizeMethod ('auto': nf4 on CUDA with bitsandbytes, else none); the
+        method used is recorded in the model's spec.json (`quantize`) and infer loads the base the same way.
+    """
 
     r: int = 64
     alpha: int = 128
     dropout: float = 0.1
     target_modules: str = "all-linear"
-    quantize_4bit: bool = True  # only where CUDA + bitsandbytes are available
+    quantize: QuantizeMethod = "auto"
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,9 @@ def load_tokenizer(base: str | None):
 
 
 def load_causal_lm(path: Path, dtype=None, quantize_4bit: bool = False):
-    """The causal LM at `path` (from `resolve_base`), optionally 4-bit NF4 quantised (QLoRA; CUDA only)."""
+    """The causal LM at `path` (from `resolve_base`), optionally 4-bit NF4 quantised (QLoRA) through bitsandbytes,
+    on the current CUDA device or, without one, on bitsandbytes' CPU backend. The packed 4-bit weights are stored in
+    the compute dtype (bf16), as PEFT's QLoRA + ZeRO-3 recipe requires and harmless elsewhere."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -156,6 +158,7 @@ def load_causal_lm(path: Path, dtype=None, quantize_4bit: bool = False):
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16,
         )
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        kwargs["device_map"] = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraConfig
+from .config import QUANTIZE_METHODS, LoraConfig
 from .errors import SpecllmError
 from .models import base_fingerprint, load_causal_lm, load_tokenizer, quiet_offline, resolve_base
 from .progress import say
@@ -44,6 +44,7 @@ class ModelSpec:
     patch_width: int | None = None
     grid_size: int | None = None
     layers: int | None = None  # decoder layers kept (None: all)
+    quantize: str = "none"  # base weights as trained: 'nf4' (QLoRA) or 'none' (LoraConfig.quantize, resolved)
     manifest: dict = field(default_factory=dict)
 
     @classmethod
@@ -62,14 +63,26 @@ def bitsandbytes_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def build_model(spec: ModelSpec, quantize: bool = False, gradient_checkpointing: bool = False):
-    """(SpectralLM, tokenizer) with fresh LoRA and heads for `spec`."""
+def resolve_quantize(method: str) -> str:
+    """'nf4' or 'none' for a LoraConfig.quantize choice on this machine."""
+    if method not in QUANTIZE_METHODS:
+        raise SpecllmError(f"--quantize {method}: expected one of {', '.join(QUANTIZE_METHODS)}")
+    if method == "auto":
+        return "nf4" if cuda_available() and bitsandbytes_available() else "none"
+    if method == "nf4" and not bitsandbytes_available():
+        raise SpecllmError("--quantize nf4 needs bitsandbytes: pip install 'bitsandbytes>=0.50'")
+    return method
+
+
+def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
+    """(SpectralLM, tokenizer) with fresh LoRA and heads for `spec`, its base quantised as `spec.quantize` says."""
     quiet_offline()
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     path = resolve_base(spec.base_model)
     tokenizer = load_tokenizer(spec.base_model)
+    quantize = spec.quantize == "nf4"
     lm = load_causal_lm(path, quantize_4bit=quantize)
     if spec.layers is not None:
         inner = lm.model
@@ -203,13 +216,17 @@ def model_dir(path: str | os.PathLike) -> Path:
     return path / "model" if (path / "model" / SPEC).exists() else path
 
 
-def load_model_dir(path: str | os.PathLike, quantize: bool = False):
-    """(SpectralLM, ModelSpec, tokenizer) from a model directory (see module doc)."""
+def load_model_dir(path: str | os.PathLike):
+    """(SpectralLM, ModelSpec, tokenizer) from a model directory (see module doc); the base is quantised as it was
+    in training (without bitsandbytes an nf4-trained model is loaded unquantised, with a warning)."""
     path = model_dir(path)
     if not (path / SPEC).exists() or not (path / WEIGHTS).exists():
         raise SpecllmError(f"{path}: not a specllm model directory (needs {SPEC} and {WEIGHTS})")
     spec = ModelSpec.from_json(path / SPEC)
-    model, tokenizer = build_model(spec, quantize=quantize)
+    if spec.quantize == "nf4" and not bitsandbytes_available():
+        say(f"warning: {path}: trained on a 4-bit (nf4) base, bitsandbytes is not installed: base loaded unquantised")
+        spec.quantize = "none"
+    model, tokenizer = build_model(spec)
     fingerprint = base_fingerprint(resolve_base(spec.base_model))
     if fingerprint != spec.base_fingerprint:
         say(f"warning: {path}: base model differs from the one it was trained on ({spec.base_model})")

@@ -39,12 +39,12 @@ from .progress import console, progress_bar, say
 from .prompting import PromptBuilder
 from .runs import (
     ModelSpec,
-    bitsandbytes_available,
     build_model,
     cuda_available,
     load_trainable,
     model_dir,
     read_weights,
+    resolve_quantize,
     save_model_dir,
     trainable_state,
 )
@@ -370,10 +370,13 @@ def run_train(opts: TrainOptions) -> dict:
 
     torch.manual_seed(recipe.seed)  # the same on every rank: identical fresh adapters and heads
     device = torch.device("cuda", ranks.local) if cuda_available() else torch.device("cpu")
-    quantize = bool(opts.lora.quantize_4bit and device.type == "cuda" and bitsandbytes_available())
-    if device.type == "cpu" and ranks.main:
-        say("train: no CUDA device: LoRA without 4-bit quantisation (QLoRA needs CUDA + bitsandbytes)")
-    model, tokenizer = build_model(spec, quantize=quantize, gradient_checkpointing=recipe.gradient_checkpointing)
+    if resume_from is None:
+        spec.quantize = resolve_quantize(opts.lora.quantize)
+    if ranks.main:
+        say(
+            f"train: base weights {'4-bit nf4 (QLoRA)' if spec.quantize == 'nf4' else 'not quantised (LoRA)'} on {device}"
+        )
+    model, tokenizer = build_model(spec, gradient_checkpointing=recipe.gradient_checkpointing)
     if init_state is not None:
         load_trainable(model, init_state, heads=False)
     model.to(device)

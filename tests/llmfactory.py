@@ -14,22 +14,26 @@ from specllm.shards import vectors_to_arrow, write_table
 TINY_GRID = 256
 
 
-def tiny_llama_dir(root: Path) -> Path:
-    """A 2-layer Llama with the embedded model's tokenizer (and so its chat template), saved as safetensors."""
+def tiny_llama_dir(root: Path, hidden: int = 32) -> Path:
+    """A 2-layer Llama with the embedded model's tokenizer (and so its chat template), saved as safetensors.
+
+    hidden=64 for 4-bit tests: bitsandbytes' CPU kernels need every layer's input width to be a multiple of its
+    block size (64); narrower layers fail with "shape '[32, 0]' is invalid".
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from specllm.models import resolve_base
 
-    target = root / "tiny-llama"
+    target = root / ("tiny-llama" if hidden == 32 else f"tiny-llama-{hidden}")
     if (target / "config.json").exists():
         return target
     tok_src = resolve_base(None)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
