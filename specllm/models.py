@@ -160,5 +160,8 @@ def load_causal_lm(path: Path, dtype=None, quantize_4bit: bool = False):
             bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_quant_storage=torch.bfloat16,
         )
-        kwargs["device_map"] = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if not is_deepspeed_zero3_enabled():  # under ZeRO-3 DeepSpeed places (and partitions) the weights
+            kwargs["device_map"] = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)

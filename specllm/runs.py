@@ -74,6 +74,17 @@ def resolve_quantize(method: str) -> str:
     return method
 
 
+def _check_cpu_4bit(lm, base: str) -> None:
+    """bitsandbytes' CPU 4-bit kernels need every quantised layer's input width to be a multiple of the quantisation
+    block (64); a narrower layer fails at the first evaluation with "shape '[N, 0]' is invalid"."""
+    narrow = {m.in_features for m in lm.modules() if type(m).__name__ == "Linear4bit" and m.in_features % 64}
+    if narrow:
+        raise SpecllmError(
+            f"--quantize nf4 on the CPU: {base} has layers {min(narrow)} wide, bitsandbytes' CPU kernels need multiples"
+            " of 64 (use --quantize none, or a GPU)"
+        )
+
+
 def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
     """(SpectralLM, tokenizer) with fresh LoRA and heads for `spec`, its base quantised as `spec.quantize` says."""
     quiet_offline()
@@ -94,6 +105,8 @@ def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
             lm.config.layer_types = lm.config.layer_types[: spec.layers]
     for p in lm.parameters():
         p.requires_grad_(False)
+    if quantize and not cuda_available():
+        _check_cpu_4bit(lm, spec.base_model)
     if quantize:
         lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
@@ -113,11 +126,22 @@ def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
     if spec.patch_width:
         patcher = PatchEmbedder(spec.grid_size, spec.patch_width, lm.config.hidden_size)
         # Start the spectral tokens at the scale of the model's own token embeddings.
-        scale = lm.get_input_embeddings().weight.detach().float().std().item()
+        embeddings = lm.get_input_embeddings().weight
+        with _whole(embeddings):  # partitioned when the base was created under ZeRO-3
+            scale = embeddings.detach().float().std().item()
         with torch.no_grad():
             patcher.net[-1].weight.mul_(scale / max(1e-6, patcher.net[-1].weight.std().item()) * 0.5)
     model = SpectralLM(lm, len(spec.value_names), len(spec.classes), patcher)
     return model, tokenizer
+
+
+def _whole(param: torch.nn.Parameter):
+    """A ZeRO-3-partitioned parameter gathered whole for reading (a no-op for an ordinary one)."""
+    if not hasattr(param, "ds_id"):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([param])
 
 
 def gathered(model: SpectralLM, modify: bool = False):
@@ -137,7 +161,10 @@ def trainable_state(model: SpectralLM) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     with gathered(model):
-        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(model.lm).items()}
+        # From the trainable parameters, not `state_dict()`: bitsandbytes' 4-bit layers repack their weights when a
+        # state dict is taken, which fails on ZeRO-3's partitioned weights (and costs time everywhere).
+        lora = {n: p for n, p in model.lm.named_parameters() if p.requires_grad}
+        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(model.lm, state_dict=lora).items()}
         for name in ("patcher", "value_head", "class_head"):
             module = getattr(model, name)
             if module is not None:

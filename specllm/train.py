@@ -376,6 +376,15 @@ def run_train(opts: TrainOptions) -> dict:
         say(
             f"train: base weights {'4-bit nf4 (QLoRA)' if spec.quantize == 'nf4' else 'not quantised (LoRA)'} on {device}"
         )
+    ds_config = _deepspeed_config(opts) if opts.deepspeed else None
+    # ZeRO-3 as PEFT documents it for (Q)LoRA: the base is created under the DeepSpeed config, so transformers
+    # partitions it while loading (zero.Init; a 4-bit base, stored in bf16, is partitioned by deepspeed.initialize).
+    # transformers holds the config by a weak reference: `hf_ds` keeps it alive for the run.
+    hf_ds = None
+    if ds_config and ds_config.get("zero_optimization", {}).get("stage") == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds = HfDeepSpeedConfig(ds_config)
     model, tokenizer = build_model(spec, gradient_checkpointing=recipe.gradient_checkpointing)
     if init_state is not None:
         load_trainable(model, init_state, heads=False)
@@ -411,7 +420,7 @@ def run_train(opts: TrainOptions) -> dict:
         total_steps = min(total_steps, opts.max_steps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(recipe.warmup_fraction * total_steps), total_steps)
 
-    engine = _deepspeed_engine(model, optimizer, scheduler, opts) if opts.deepspeed else None
+    engine = _deepspeed_engine(model, optimizer, scheduler, ds_config) if ds_config else None
     step = restore_checkpoint(model, optimizer, scheduler, out, engine, ranks) if resume_from is not None else 0
     if ranks.main:
         say(
@@ -528,13 +537,16 @@ def run_train(opts: TrainOptions) -> dict:
         atomic_write_json(out / "history.json", history)
         atomic_write_json(out / "metrics.json", metrics)
     ranks.barrier()  # the others wait until rank 0 has written
+    del hf_ds  # transformers stops treating models as ZeRO-3 ones
     return {"spec": spec, "metrics": metrics, "history": history}
 
 
-def _deepspeed_engine(model, optimizer, scheduler, opts: TrainOptions):
-    import deepspeed
-
-    config = json.loads(Path(opts.deepspeed).read_text())
+def _deepspeed_config(opts: TrainOptions) -> dict:
+    """The --deepspeed JSON with the recipe's batch (per device), accumulation, clipping and precision filled in."""
+    try:
+        config = json.loads(Path(opts.deepspeed).read_text())
+    except (OSError, ValueError) as exc:
+        raise SpecllmError(f"--deepspeed {opts.deepspeed}: not a readable DeepSpeed JSON config ({exc})") from None
     config["train_micro_batch_size_per_gpu"] = opts.recipe.batch_size  # per device; DeepSpeed multiplies by ranks
     config["gradient_accumulation_steps"] = opts.recipe.grad_accum  # the engine steps at accumulation boundaries
     config.pop("train_batch_size", None)
@@ -542,6 +554,12 @@ def _deepspeed_engine(model, optimizer, scheduler, opts: TrainOptions):
     config.setdefault("bf16", {})["enabled"] = bool(
         opts.recipe.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     )
+    return config
+
+
+def _deepspeed_engine(model, optimizer, scheduler, config: dict):
+    import deepspeed
+
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine
 

@@ -249,6 +249,12 @@ def test_qlora_nf4_trains_on_cpu_and_its_saved_model_predicts_the_same(tmp_path,
     assert before.classes == after.classes
 
 
+def test_qlora_refuses_layers_the_cpu_kernels_cannot_take(tmp_path, tiny):
+    data = write_qa(tmp_path / "qa", "patch", n=8)
+    with pytest.raises(SpecllmError, match="multiples of 64"):
+        run_train(options(data, tmp_path / "r", tiny, lora=LoraConfig(r=4, alpha=8, quantize="nf4")))
+
+
 def test_quantize_choice_is_checked(tmp_path, tiny):
     data = write_qa(tmp_path / "qa", "patch", n=8)
     with pytest.raises(SpecllmError, match="--quantize"):
@@ -342,3 +348,28 @@ def test_two_rank_zero3_resumes_through_engine_checkpoints(tmp_path, tiny):
     assert a.keys() == b.keys() and all(v.numel() for v in a.values())  # gathered, not empty ZeRO-3 shards
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_qlora_with_zero3_on_two_cpu_ranks(tmp_path):
+    """The paper's combination: a 4-bit (nf4, stored in bf16) base partitioned by ZeRO-3 over 2 ranks, gradient
+    checkpointing on; the gathered adapter is saved whole and the model loads with its 4-bit base."""
+    import bitsandbytes as bnb  # noqa: F401  (dev dependencies)
+    import deepspeed  # noqa: F401
+
+    from specllm.runs import load_model_dir
+
+    base = tiny_llama_dir(tmp_path, hidden=64)
+    data = write_qa(tmp_path / "qa", "patch", n=20, test_every=5)
+    args = _cli_args(data, tmp_path / "q3", base, 2, max_steps=2, quantize="nf4") + [
+        "--gradient-checkpointing", "--deepspeed", str(ROOT / "specllm" / "recipes" / "zero3.json"),
+    ]  # fmt: skip
+    proc = _launch("deepspeed", args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4-bit nf4" in proc.stderr
+    spec = json.loads((tmp_path / "q3" / "model" / "spec.json").read_text())
+    assert spec["quantize"] == "nf4" and spec["manifest"]["parallel"]["deepspeed_zero_stage"] == 3
+    weights = _weights(tmp_path / "q3" / "model")
+    lora = [v for k, v in weights.items() if k.startswith("lora.")]
+    assert lora and all(v.ndim == 2 and v.numel() > 0 and torch.isfinite(v).all() for v in lora)
+    model, _, _ = load_model_dir(tmp_path / "q3")
+    assert any(type(m).__name__ == "Linear4bit" for m in model.lm.modules())
