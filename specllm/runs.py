@@ -91,7 +91,7 @@ def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    path = resolve_base(spec.base_model)
+    path = resolve_base(spec.base_model, weights=True)
     tokenizer = load_tokenizer(spec.base_model)
     quantize = spec.quantize == "nf4"
     lm = load_causal_lm(path, quantize_4bit=quantize)

@@ -340,7 +340,7 @@ def _spec_for(opts: TrainOptions, data: QAData, grid_size: int | None) -> tuple[
         stage=opts.stage,
         format=data.fmt,
         base_model=base,
-        base_fingerprint=base_fingerprint(resolve_base(base)),
+        base_fingerprint=base_fingerprint(resolve_base(base, weights=True)),
         value_names=data.value_names,
         value_mean=mean.tolist(),
         value_std=std.tolist(),
