@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench model completions clean external
+.PHONY: install test demo lint bench model completions clean external gpu-check
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(MAKE) gpu-check SMOKE=1
+
+# The paper's training path on one GPU (< 8 min): samples/s, tokens/s, peak GPU memory of the shipped recipe, the paper
+# recipe (LLaMA-3.1-8B-shaped, QLoRA, ZeRO-3, deepspeed launcher) and infer. SMOKE=1: the same code at toy sizes on CPU.
+SMOKE ?=
+GPU_CHECK_OUT ?= out/gpu-check$(if $(SMOKE),-smoke).json
+gpu-check: $(STAMP)
+	mkdir -p $(dir $(GPU_CHECK_OUT))
+	$(BIN)/python benchmarks/gpu_check.py --shared $(SHARED) --out $(GPU_CHECK_OUT) $(if $(SMOKE),--smoke)
 
 lint: $(STAMP)
 	$(BIN)/ruff check specllm tests

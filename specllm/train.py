@@ -528,6 +528,7 @@ def run_train(opts: TrainOptions) -> dict:
             "test_examples": int(len(test.spec_id)),
             "steps": step,
             "samples_per_second": total_seen / max(elapsed, 1e-9),
+            "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
             "final_loss": history[-1] if history else None,
             "metrics": metrics,
         }
