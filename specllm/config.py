@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from .labels import CLASSES, STAGE1_LABELS, STAGE2_ELEMENTS  # noqa: F401 - defined in labels.py, re-exported
+
 NormMethod = Literal["max", "quantile", "median"]
 
 
@@ -74,19 +76,10 @@ class IngestConfig:
     strict: bool = False
 
 
-# The spectral classes the paper trains on (LAMOST subclasses reduced to their letter).
-CLASSES: tuple[str, ...] = ("A", "F", "G", "K", "M")
-# Stage-1 numeric labels, in answer order, with the number of decimals the paper writes.
-STAGE1_LABELS: tuple[tuple[str, int], ...] = (("teff", 2), ("logg", 3), ("feh", 3))
-
 
 # ---------------------------------------------------------------- serialisation, model and training
 
 FORMATS: tuple[str, ...] = ("paper", "compact", "patch")
-# The paper's stage-2 elements (APOGEE DR16 [X/Fe]), in answer order.
-STAGE2_ELEMENTS: tuple[str, ...] = (
-    "C", "CI", "N", "O", "NA", "MG", "AL", "SI", "P", "S", "K", "CA", "TI", "TIII", "V", "CR", "MN", "CO", "NI", "CU", "CE",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from ..errors import SpecllmError, SpectrumRejected
 from . import lamost
 from .base import RawSpectrum
 from .fitsfile import FastPathUnsupported, Hdu, open_fits
+from .tables import FITS_SUFFIXES
 
-SPECTRUM_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz")
+SPECTRUM_SUFFIXES = FITS_SUFFIXES
 
 __all__ = ["RawSpectrum", "read_spectrum", "expand_inputs", "SPECTRUM_SUFFIXES"]
 

@@ -36,15 +36,12 @@ import numpy as np
 
 from ..config import ArrayConfig
 from ..errors import SpectrumRejected
+from ..labels import clean_number
 from .base import RawSpectrum
-from .tables import PLACEHOLDER_MAX
+from .tables import CSV_SUFFIXES, NPZ_SUFFIXES, PARQUET_SUFFIXES, ColumnNames, is_fits
 
 LAYOUT_ARRAY = "array"
 VIRTUAL_SEP = "#"
-NPZ_SUFFIXES = (".npz",)
-PARQUET_SUFFIXES = (".parquet", ".pq")
-CSV_SUFFIXES = (".csv", ".csv.gz")
-FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz")
 
 WAVE_KEYS = ("wave", "wavelength", "wavelengths", "lambda", "lam", "loglam")
 FLUX_KEYS = ("flux", "spectra", "spectrum", "specificintensity")
@@ -98,15 +95,11 @@ def _rejected(path: str, reason: str, detail: str) -> SpectrumRejected:
     return exc
 
 
-def _lower_map(names) -> dict[str, str]:
-    out = {}
-    for n in names:
-        out.setdefault(str(n).strip().lower(), n)
-    return out
+_lower_map = ColumnNames  # case-insensitive column lookup (io/tables.py)
 
 
-def _first(lower: dict[str, str], keys) -> str | None:
-    return next((lower[k] for k in keys if k in lower), None)
+def _first(lower: ColumnNames, keys) -> str | None:
+    return lower.first(keys)
 
 
 # ---------------------------------------------------------------- wavelength and resolution conventions
@@ -188,8 +181,7 @@ class _Columns:
         return {k: v[i] for k, v in self.values.items()}
 
 
-def _is_fits(path: str) -> bool:
-    return path.lower().endswith(FITS_SUFFIXES)
+_is_fits = is_fits
 
 
 def _format(path: str) -> str | None:
@@ -667,12 +659,7 @@ def array_count(path: str) -> int:
     return info.n
 
 
-def _label(value) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if np.isfinite(v) and v > PLACEHOLDER_MAX else None
+_label = clean_number
 
 
 def _meta(path: str, index: int, scalars: dict, info: _Info, medium: str, resolution: float | None) -> dict:
