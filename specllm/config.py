@@ -76,7 +76,6 @@ class IngestConfig:
     strict: bool = False
 
 
-
 # ---------------------------------------------------------------- serialisation, model and training
 
 FORMATS: tuple[str, ...] = ("paper", "compact", "patch")

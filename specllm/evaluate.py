@@ -252,4 +252,3 @@ def scaling_plot(path: str | Path, points: Sequence[dict], labels: Sequence[str]
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
-

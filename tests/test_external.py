@@ -19,8 +19,8 @@ from specllm.errors import SpecllmError
 from specllm.external import compare_external
 from specllm.external.reference import PLAIN_TABLES, SURVEY_NAMES, read_reference
 from specllm.external.stats import stats
-from specllm.labels import element_title
 from specllm.io.surveys import SURVEYS as IO_SURVEYS
+from specllm.labels import element_title
 
 try:  # the table writers live in test_surveys.py (tests/ is on sys.path under pytest's default import mode)
     from test_surveys import allstar_table

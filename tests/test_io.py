@@ -361,5 +361,3 @@ def test_read_table_empty_or_absent(tmp_path):
     (tmp_path / "empty.csv").write_text("obsid,teff\n")
     with pytest.raises(SpecllmError, match="empty.csv: the table is empty"):
         read_table(str(tmp_path / "empty.csv"))
-
-

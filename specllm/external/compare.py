@@ -55,7 +55,6 @@ def _truthy(v) -> bool:
     return bool(v) if v is not None else False
 
 
-
 def compare_external(
     predictions: str,
     catalog: str,
@@ -204,4 +203,3 @@ def _write_outputs(out, pred: Table, j: Join, comp: Comparison, t7, t8) -> None:
         cols[f"{name}_ref"] = pa.array(r)
         cols[f"{name}_used"] = pa.array(ok)
     write_table(os.path.join(out, MATCHED), pa.table(cols))
-

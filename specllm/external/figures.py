@@ -69,4 +69,3 @@ def plot_one_to_one(comp: Comparison, out: str, survey: str, config: ExternalCon
         plt.close(fig)
         figures.append(name_png)
     return figures
-

@@ -137,7 +137,6 @@ def read_reference(path: str, name: str) -> Reference:
     )
 
 
-
 def elements(table: Table) -> list[str]:
     """The elements x of a table's unprefixed `<x>_fe` columns (lower-case), in column order."""
     return [split_element_column(n)[1] for n in element_columns(table.names)]

@@ -83,7 +83,9 @@ def table8(comp: Comparison, min_n: int) -> list[dict]:
     rows = []
     for subset, smask in _subset_masks(comp.partial).items():
         for element, (p, r, ok) in comp.elements.items():
-            rows.append({"subset": subset, "element": element, **_fields(residual_stats(p[ok & smask], r[ok & smask]), min_n)})
+            rows.append(
+                {"subset": subset, "element": element, **_fields(residual_stats(p[ok & smask], r[ok & smask]), min_n)}
+            )
     return rows
 
 
