@@ -11,7 +11,8 @@ from typing import Literal
 
 import numpy as np
 
-from .labels import CLASSES, STAGE1_LABELS, STAGE2_ELEMENTS  # noqa: F401 - defined in labels.py, re-exported
+# Label names live in labels.py; re-exported here for modules that still import them from config.
+from .labels import CLASSES, STAGE1_LABELS, STAGE1_NAMES, STAGE2_ELEMENTS  # noqa: F401
 
 NormMethod = Literal["max", "quantile", "median"]
 
@@ -163,6 +164,9 @@ class ArrayConfig:
     kernel_sigmas: float = 4.0
 
 
+# The names `compare-external --survey` accepts, listed once (light to import for the CLI): galah, gaia-eso and apogee
+# resolve to the survey descriptions of `specllm.io.surveys.SURVEYS`, the others to
+# `specllm.external.reference.PLAIN_TABLES` (tests check that each name resolves to exactly one of them).
 SURVEYS: tuple[str, ...] = ("generic", "galah", "gaia-eso", "apogee", "miles", "lamost")
 MatchMethod = Literal["auto", "id", "sky"]
 
@@ -310,7 +314,7 @@ class BenchmarkConfig:
     """
 
     models: tuple[str, ...] = BENCHMARK_MODELS
-    labels: tuple[str, ...] = tuple(name for name, _ in STAGE1_LABELS)
+    labels: tuple[str, ...] = STAGE1_NAMES
     sizes: tuple[int, ...] = ()
     split: str = "test"
     seed: int = 0

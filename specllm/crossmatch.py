@@ -1,7 +1,7 @@
 """`specllm crossmatch`: survey labels (APOGEE, GALAH, Gaia-ESO) for spectrum shards, by sky position.
 
-Matching: each spectrum takes the nearest catalogue star within the radius (astropy `match_to_catalog_sky`, the
-catalogue's KD-tree built once). Several spectra may take the same star: LAMOST observes many stars repeatedly and
+Matching (`specllm.skymatch`): each spectrum takes the nearest catalogue star within the radius (astropy
+`match_to_catalog_sky`, the catalogue's KD-tree built once). Several spectra may take the same star: LAMOST observes many stars repeatedly and
 the paper keeps every spectrum of a matched star (`--one-per-star` keeps only the nearest one instead). A star whose
 catalogue has a second row within the radius is counted as ambiguous; where two rows are exactly as near (a star
 listed twice), the earlier catalogue row wins, so the result never depends on the KD-tree's internals.

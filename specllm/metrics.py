@@ -51,14 +51,6 @@ class Stat:
         return {k: (None if none_for_nan and isinstance(d[k], float) and math.isnan(d[k]) else d[k]) for k in fields}
 
 
-def residuals(pred, true) -> np.ndarray:
-    """pred - true (float64) over the rows where both are finite."""
-    pred = np.asarray(pred, dtype=np.float64)
-    true = np.asarray(true, dtype=np.float64)
-    ok = np.isfinite(pred) & np.isfinite(true)
-    return pred[ok] - true[ok]
-
-
 def stat_of(r, err=None) -> Stat:
     """Statistics of residuals `r` (non-finite ones left out); `err`: each row's quoted error, aligned with r."""
     r = np.asarray(r, dtype=np.float64)
