@@ -100,17 +100,18 @@ class Opt:
         return first.lstrip("-").replace("-", "_")
 
 
-def _split_list(item_type: type, option: str):
+def _split_list(item_type: type, option: str, default: tuple):
     def convert(value: str | None):
         if value is None:
-            return None
+            return default
         items = [v.strip() for v in value.split(",") if v.strip()]
         if not items:
             raise typer.BadParameter(f"{option} must be a comma-separated list")
         try:
             return tuple(item_type(v) for v in items)
         except ValueError:
-            raise typer.BadParameter(f"{option} must be comma-separated {"integers" if item_type is int else "values"}") from None
+            kind = "integers" if item_type is int else "values"
+            raise typer.BadParameter(f"{option} must be comma-separated {kind}") from None
 
     return convert
 
@@ -127,7 +128,7 @@ def _parameter(cls: type, opt: Opt) -> tuple[inspect.Parameter, Any]:
     convert = None
     if get_origin(annotation) is tuple:  # tuple[T, ...]: a comma-separated list
         item_type = get_args(annotation)[0]
-        convert = _split_list(item_type, names[0])
+        convert = _split_list(item_type, names[0], default)
         annotation = str | None if not default else str
         default = ",".join(map(str, default)) if default else None
     if opt.required:
