@@ -62,8 +62,6 @@ def user_errors(fn):
     return wrapper
 
 
-
-
 @app.command(cls=Command)
 @user_errors
 @config_options(
@@ -115,9 +113,7 @@ def ingest(
 
 @app.command(cls=Command)
 @user_errors
-@config_options(
-    CrossmatchConfig, Opt("radius_arcsec", "--radius"), "quality_cuts", "one_per_star", "matched_only"
-)
+@config_options(CrossmatchConfig, Opt("radius_arcsec", "--radius"), "quality_cuts", "one_per_star", "matched_only")
 def crossmatch(
     shards: Annotated[
         str, typer.Argument(help="Spectrum shards written by `specllm ingest` (directory or Parquet file).")
@@ -334,7 +330,6 @@ def _launcher_arguments(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
     return out
-
 
 
 def main() -> None:  # console-script entry point

@@ -200,7 +200,10 @@ def invoke(*args):
     [
         (lambda t: ["ingest", str(t / "*.nothing"), "--out", t / "o"], "matches no file"),
         (lambda t: ["ingest", t, "--catalog", t / "absent.csv", "--out", t / "o"], "no such catalogue"),
-        (lambda t: ["ingest", t, "--norm", "mean", "--out", t / "o"], "'mean' is not one of 'max', 'quantile', 'median'"),
+        (
+            lambda t: ["ingest", t, "--norm", "mean", "--out", t / "o"],
+            "'mean' is not one of 'max', 'quantile', 'median'",
+        ),
         (lambda t: ["ingest", t], "--out"),
         (lambda t: ["infer", t, "--decode", "beam"], "'beam' is not one of 'head', 'text'"),
         (lambda t: ["infer", t, "--strict", "true"], "--strict is a flag and takes no value (got 'true')"),
@@ -213,8 +216,22 @@ def invoke(*args):
         (lambda t: ["serialize", t, "--stage", "1", "--format", "haiku", "--out", t / "o"], "'haiku' is not one"),
         (lambda t: ["benchmark", t, "--out", t / "o", "--sizes", "10,x"], "--sizes must be comma-separated integers"),
     ],
-    ids=["glob", "catalogue", "norm", "no-out", "decode", "strict-true", "no-flag-0", "survey", "match", "stage",
-         "save-dtype", "recipe", "format", "sizes"],  # fmt: skip
+    ids=[
+        "glob",
+        "catalogue",
+        "norm",
+        "no-out",
+        "decode",
+        "strict-true",
+        "no-flag-0",
+        "survey",
+        "match",
+        "stage",
+        "save-dtype",
+        "recipe",
+        "format",
+        "sizes",
+    ],  # fmt: skip
 )
 def test_usage_errors_exit_2(tmp_path, make_args, words):
     res = invoke(*make_args(tmp_path))
@@ -226,7 +243,9 @@ def test_usage_errors_exit_2(tmp_path, make_args, words):
 def test_help_lists_commands_in_pipeline_order_and_plain_flags():
     res = invoke("--help")
     assert res.exit_code == 0
-    listed = [line.split()[1] for line in res.output.splitlines() if line.startswith("│ ") and line.split()[1] in PIPELINE]
+    listed = [
+        line.split()[1] for line in res.output.splitlines() if line.startswith("│ ") and line.split()[1] in PIPELINE
+    ]
     assert listed == PIPELINE
     for command in ["", *PIPELINE]:
         text = invoke(*([command] if command else []), "--help").output
