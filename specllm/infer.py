@@ -433,7 +433,7 @@ def predict_table(
     model_dir: str | None, shards: str, split: str | None = "test", config: InferConfig = InferConfig()
 ) -> pa.Table:
     """The model's labels for the spectra of `ingest`/`serialize` shards (one split, or all with split=None), as
-    an Arrow table with the columns `specllm infer` writes. Used by `specllm benchmark --llm`."""
+    an Arrow table with the columns `specllm infer` writes. Used by `specllm benchmark --model`."""
     device = _device()
     models = load_for_inference(Path(model_dir) if model_dir else default_model_dir(), device)
     rows = []

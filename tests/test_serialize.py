@@ -561,7 +561,8 @@ def test_cli_serialize(spectra, tmp_path, byte_model):
     res = runner.invoke(
         app, ["serialize", str(spectra), "--stage", "1", "--format", "haiku", "--out", str(tmp_path / "q2")]
     )
-    assert res.exit_code == 2 and "unknown format 'haiku'" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "'haiku' is not one of" in " ".join(res.output.replace("│", " ").split())
+    assert "Traceback" not in res.output
     assert not (tmp_path / "q2").exists()
 
 
