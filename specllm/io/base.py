@@ -12,6 +12,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".csv.gz")
 NPZ_SUFFIXES = (".npz",)
 
+
 @dataclass
 class RawSpectrum:
     """A spectrum as observed: its own wavelength grid, before any cleaning.
