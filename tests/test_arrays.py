@@ -265,7 +265,6 @@ def test_miles_ids():
     assert miles_spec_id(272) == "miles-0272" and miles_spec_id(np.int64(1)) == "miles-0001"
 
 
-
 def test_virtual_paths_expand_and_load_one_spectrum(tmp_path):
     path = str(_miles_like(tmp_path / "lib.npz"))
     assert list(expand_spectra([path, "other.fits"])) == [f"{path}#0", f"{path}#1", f"{path}#2", "other.fits"]

@@ -11,18 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..base import FITS_SUFFIXES
-from .common import (
-    FLUX_KEYS,
-    HEADER_KEYS,
-    WAVE_KEYS,
-    Columns,
-    SourceInfo,
-    first,
-    lower_map,
-    medium_of,
-    noise_to_ivar,
-    rejected,
-)
+from .common import HEADER_KEYS, Columns, SourceInfo, has_wave_and_flux, medium_of, noise_to_ivar, rejected
 from .layout import count_long, long_groups, table_layout
 
 SUFFIXES = FITS_SUFFIXES
@@ -78,8 +67,7 @@ def _table_hdu(hdul) -> int | None:
     for k, hdu in enumerate(hdul[1:], start=1):
         if hdu.header.get("XTENSION", "").strip() not in ("BINTABLE", "TABLE"):
             continue
-        names = lower_map(hdu.columns.names)
-        if first(names, WAVE_KEYS) and first(names, FLUX_KEYS):
+        if has_wave_and_flux(hdu.columns.names):
             return k
     return None
 
