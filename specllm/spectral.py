@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FLUX_SPAN = "<flux></flux>"
-
 
 @functools.cache
 def _cache_keyword(backbone_type: type) -> str:
