@@ -18,11 +18,7 @@ import pyarrow.parquet as pq
 
 from ..errors import SpecllmError
 from ..labels import as_float
-
-FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz")
-PARQUET_SUFFIXES = (".parquet", ".pq")
-CSV_SUFFIXES = (".csv", ".csv.gz")
-NPZ_SUFFIXES = (".npz",)
+from .base import FITS_SUFFIXES, NPZ_SUFFIXES, PARQUET_SUFFIXES
 
 
 def is_fits(path: str) -> bool:
