@@ -247,7 +247,7 @@ def _spec_for(opts: TrainOptions, data: QAData, grid_size: int | None) -> tuple[
 
 
 def run_train(opts: TrainOptions) -> dict:
-    from transformers import get_cosine_schedule_with_warmup
+    from transformers import get_cosine_schedule_with_warmup  # heavy: loaded when training starts, not on import
 
     out = Path(opts.out)
     recipe = opts.recipe
@@ -378,7 +378,7 @@ def run_train(opts: TrainOptions) -> dict:
 
 
 def _deepspeed_engine(model, optimizer, scheduler, opts: TrainOptions):
-    import deepspeed
+    import deepspeed  # optional (the gpu extra), and slow to import
 
     config = json.loads(Path(opts.deepspeed).read_text())
     config["train_micro_batch_size_per_gpu"] = opts.recipe.batch_size
