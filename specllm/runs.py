@@ -54,10 +54,6 @@ class ModelSpec:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
 def bitsandbytes_available() -> bool:
     import importlib.util
 
