@@ -21,7 +21,10 @@ from pathlib import Path
 import torch
 
 from .config import QUANTIZE_METHODS, LoraConfig
+from .device import pick_device
 from .errors import SpecllmError
+from .labels import CLASSES
+from .metrics import OVERALL
 from .models import base_fingerprint, load_causal_lm, load_tokenizer, quiet_offline, resolve_base
 from .progress import say
 from .spectral import PatchEmbedder, SpectralLM
@@ -53,10 +56,6 @@ class ModelSpec:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
 def bitsandbytes_available() -> bool:
     import importlib.util
 
@@ -68,7 +67,7 @@ def resolve_quantize(method: str) -> str:
     if method not in QUANTIZE_METHODS:
         raise SpecllmError(f"--quantize {method}: expected one of {', '.join(QUANTIZE_METHODS)}")
     if method == "auto":
-        return "nf4" if cuda_available() and bitsandbytes_available() else "none"
+        return "nf4" if pick_device().type == "cuda" and bitsandbytes_available() else "none"
     if method == "nf4" and not bitsandbytes_available():
         raise SpecllmError("--quantize nf4 needs bitsandbytes: pip install 'bitsandbytes>=0.50'")
     return method
@@ -105,7 +104,7 @@ def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
             lm.config.layer_types = lm.config.layer_types[: spec.layers]
     for p in lm.parameters():
         p.requires_grad_(False)
-    if quantize and not cuda_available():
+    if quantize and pick_device().type != "cuda":
         _check_cpu_4bit(lm, spec.base_model)
     if quantize:
         lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=gradient_checkpointing)
@@ -289,12 +288,12 @@ def write_model_card(path: str | os.PathLike, command: str) -> Path:
         "",
     ]
     metrics = m.get("metrics", {})
-    classes = [c for c in ("A", "F", "G", "K", "M", "all") if any(c in metrics.get(n, {}) for n in spec.value_names)]
+    classes = [c for c in (*CLASSES, OVERALL) if any(c in metrics.get(n, {}) for n in spec.value_names)]
     lines += ["| label | " + " | ".join(classes) + " | within 1 sigma |", "|---" * (len(classes) + 2) + "|"]
     for name in spec.value_names:
         row = metrics.get(name, {})
         cells = [f"{row[c]['mu']:+.3g} ± {row[c]['sigma']:.3g} (n={row[c]['n']})" if c in row else "" for c in classes]
-        within = row.get("all", {}).get("within_1sigma")
+        within = row.get(OVERALL, {}).get("within_1sigma")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {within:.0%} |" if within is not None else " |")
     if "class_accuracy" in metrics:
         lines += ["", f"Class accuracy on the test split: {metrics['class_accuracy']:.1%}"]

@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +32,16 @@ import pyarrow as pa
 import torch
 
 from . import __version__
-from .config import CLASSES, STAGE1_LABELS, AugmentConfig, LoraConfig, PatchConfig, TrainConfig
+from .config import CLASSES, STAGE1_LABELS, AugmentConfig, PatchConfig, TrainOptions
+from .device import autocast, bf16_supported, pick_device
 from .errors import SpecllmError
 from .models import base_fingerprint, resolve_base
+from .predict import evaluate_split
 from .progress import console, progress_bar, say
 from .prompting import PromptBuilder
 from .runs import (
     ModelSpec,
     build_model,
-    cuda_available,
     load_trainable,
     model_dir,
     read_weights,
@@ -53,28 +54,6 @@ from .shards import arrow_to_vectors, atomic_write_json, read_manifest, read_tab
 QA_COLUMNS = ("spec_id", "split", "question", "answer", "format", "stage")
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
-
-
-@dataclass
-class TrainOptions:
-    data: str
-    out: str
-    stage: int = 1
-    base_model: str | None = None
-    init: str | None = None
-    layers: int | None = None
-    resume: bool = False
-    deepspeed: str | None = None
-    max_steps: int | None = None
-    max_train: int | None = None
-    text_weight: float = 1.0
-    value_weight: float = 1.0
-    class_weight: float = 0.2
-    head_lr_mult: float = 1.0
-    save_dtype: str = "float32"
-    recipe: TrainConfig = field(default_factory=TrainConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -170,16 +149,6 @@ def augment(flux: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: A
         flux[i, lo:hi] = fill
         mask[i, lo:hi] = True
     return flux.astype(np.float32), mask
-
-
-def autocast(device: torch.device, bf16: bool):
-    if not bf16:
-        return torch.autocast(device.type, enabled=False)
-    if device.type == "cpu":
-        ok = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    else:
-        ok = torch.cuda.is_bf16_supported()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=ok)
 
 
 @dataclass(frozen=True)
@@ -354,7 +323,7 @@ def _spec_for(opts: TrainOptions, data: QAData, grid_size: int | None) -> tuple[
 
 
 def run_train(opts: TrainOptions) -> dict:
-    from transformers import get_cosine_schedule_with_warmup
+    from transformers import get_cosine_schedule_with_warmup  # heavy: loaded when training starts, not on import
 
     out = Path(opts.out)
     recipe = opts.recipe
@@ -369,7 +338,7 @@ def run_train(opts: TrainOptions) -> dict:
         raise SpecllmError(f"{out}: already holds a trained model; use --resume or another --out")
 
     torch.manual_seed(recipe.seed)  # the same on every rank: identical fresh adapters and heads
-    device = torch.device("cuda", ranks.local) if cuda_available() else torch.device("cpu")
+    device = pick_device()
     if resume_from is None:
         spec.quantize = resolve_quantize(opts.lora.quantize)
     if ranks.main:
@@ -494,8 +463,6 @@ def run_train(opts: TrainOptions) -> dict:
             f"train: {step} steps, {total_seen} samples in {elapsed:.0f} s ({total_seen / max(elapsed, 1e-9):.2f} samples/s)"
         )
 
-    from .infer import evaluate_split
-
     model.eval()
     # ZeRO-3: every forward gathers partitioned weights, so every rank evaluates in lock-step; otherwise rank 0 alone.
     zero3 = engine is not None and engine.zero_optimization_stage() == 3
@@ -552,8 +519,9 @@ def _deepspeed_config(opts: TrainOptions) -> dict:
     config["gradient_accumulation_steps"] = opts.recipe.grad_accum  # the engine steps at accumulation boundaries
     config.pop("train_batch_size", None)
     config["gradient_clipping"] = opts.recipe.max_grad_norm
+    device = pick_device()
     config.setdefault("bf16", {})["enabled"] = bool(
-        opts.recipe.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        opts.recipe.bf16 and device.type == "cuda" and bf16_supported(device)
     )
     return config
 

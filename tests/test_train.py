@@ -124,7 +124,7 @@ def _stage2_qa(out: Path, stage1: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from specllm.serialize import answer, question
+    from specllm.qa import answer, question
     from specllm.shards import write_table
 
     t = pq.read_table(stage1 / "part-00000.parquet")
@@ -209,7 +209,7 @@ def test_qlora_nf4_trains_on_cpu_and_its_saved_model_predicts_the_same(tmp_path,
     import bitsandbytes as bnb  # noqa: F401  (a dev dependency)
 
     import specllm.train as train_mod
-    from specllm.infer import predict
+    from specllm.predict import predict
     from specllm.runs import load_model_dir
 
     trained = {}
