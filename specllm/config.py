@@ -191,7 +191,8 @@ class TrainOptions:
     stage: Stage = 1
     """1: class + Teff, log g, [Fe/H]; 2: [X/Fe] abundances (a stage-2 model continues from a stage-1 run)."""
     base_model: str | None = None
-    """'embedded' (SmolLM2-135M-Instruct, the default), a .gguf file or a local HF model directory."""
+    """'embedded' (SmolLM2-135M-Instruct, the default), a .gguf file or a local HF model directory; for serialize also
+    'llama3' (the paper's Llama-3 tokenizer and 128k context, no weights)."""
     init: str | None = None
     """Start from this run's adapter and projector (required for stage 2)."""
     layers: int | None = None

@@ -86,9 +86,8 @@ def _convert_gguf(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     say(f"converting {gguf.name} to safetensors once (cached in {target})")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # transformers refuses save_pretrained on a GGUF-loaded model; the dequantised weights are plain tensors.
@@ -102,6 +101,16 @@ def _convert_gguf(gguf: Path) -> Path:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "specllm-source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": key}) + "\n")
+
+    return _write_cached(target, fill)
+
+
+def _write_cached(target: Path, fill) -> Path:
+    """Build a cache directory: `fill(tmp)` writes into a temporary sibling, renamed to `target` when complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -165,18 +174,12 @@ def _llama3_dir() -> Path:
     target = cache_dir() / "base" / "llama3-tokenizer-v1"
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         llama3_tokenizer_files(tmp)
         llama31_8b_config().save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return _write_cached(target, fill)
 
 
 def resolve_base(base: str | None, weights: bool = False) -> Path:
