@@ -47,19 +47,34 @@ _AUG = AugmentConfig()
 _INFER = InferConfig()
 
 
+VerifyOption = Annotated[
+    bool,
+    typer.Option(
+        "--verify/--no-verify",
+        help="Check the input shards against their manifest.json (complete, unchanged) before reading them.",
+    ),
+]
+
+
 def user_errors(fn):
-    """Turn a SpecllmError into one line on stderr and exit status 2, never a traceback."""
+    """Turn a SpecllmError into one line on stderr and its exit status (2; 3 for output errors), an OSError the
+    system raised (disk full, read-only, permission) into one line naming the file and exit status 3; never a
+    traceback. Exit codes: `specllm.errors`."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .errors import SpecllmError
+        from .errors import EXIT_OUTPUT, SpecllmError, one_line
         from .progress import say
 
         try:
             return fn(*args, **kwargs)
         except SpecllmError as exc:
-            say(f"specllm: error: {exc}")
-            raise typer.Exit(2) from None
+            say(f"specllm: error: {one_line(exc)}")
+            raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            where = f"{one_line(exc.filename)}: " if exc.filename else ""
+            say(f"specllm: error: {where}{exc.strerror or one_line(exc)}; nothing more was written")
+            raise typer.Exit(EXIT_OUTPUT) from None
         except KeyboardInterrupt:
             say("specllm: interrupted; completed shards are kept, rerun the same command to resume")
             raise typer.Exit(130) from None
@@ -178,6 +193,7 @@ def benchmark(
     save_models: Annotated[
         bool, typer.Option(help="Save the trained baselines (safetensors / LightGBM text) under OUT/models.")
     ] = _BENCH.save_models,
+    verify: VerifyOption = _BENCH.verify,
 ):
     """Train the baselines, evaluate every model on one test split, and write the paper's tables and plots."""
     from . import benchmark as bench
@@ -197,6 +213,7 @@ def benchmark(
         threads=threads,
         max_epochs=max_epochs,
         save_models=save_models,
+        verify=verify,
     )
     result = bench.run_benchmark(shards, out, config, llm=llm, command=bench.command_line())
     sys.stdout.write(bench.summary_csv(result))
@@ -252,6 +269,7 @@ def train(
     max_train: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
     save_dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 for the saved weights.")] = "float32",
     seed: Annotated[int, typer.Option(help="Random seed.")] = _TRAIN.seed,
+    verify: VerifyOption = True,
 ):
     """Fine-tune the spectral LM (LoRA/QLoRA) on QA shards: stage 1, or stage 2 from a stage-1 run."""
     from .train import TrainOptions, run_train
@@ -262,7 +280,7 @@ def train(
         data=data, out=out, stage=stage, base_model=base_model, init=init, layers=layers, resume=resume,
         deepspeed=deepspeed, max_steps=max_steps, max_train=max_train, text_weight=text_weight,
         value_weight=value_weight, class_weight=class_weight, head_lr_mult=head_lr_mult, save_dtype=save_dtype,
-        recipe=TrainConfig(
+        verify=verify, recipe=TrainConfig(
             lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
             warmup_fraction=warmup, bf16=bf16, gradient_checkpointing=gradient_checkpointing, save_every=save_every, seed=seed,
         ),
@@ -305,6 +323,7 @@ def serialize(
     count_tokens: Annotated[
         bool, typer.Option(help="Count tokens per example with the model's tokenizer and check the context.")
     ] = True,
+    verify: VerifyOption = _SERIALIZE.verify,
 ):
     """Write spectra as language: question/answer Parquet shards for `specllm train`."""
     from . import serialize as serialize_mod
@@ -319,6 +338,7 @@ def serialize(
         max_tokens=max_tokens,
         label_prefix=label_prefix,
         count=count_tokens,
+        config=dataclasses.replace(_SERIALIZE, verify=verify),
     )
     for line in serialize_mod.summary_lines(result):
         say(line)
@@ -337,13 +357,14 @@ def infer(
         str, typer.Option(help="'head' (numeric read-out, default) or 'text' (constrained greedy decoding).")
     ] = _INFER.decode,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any input failed.")] = False,
+    verify: VerifyOption = _INFER.verify,
 ):
     """Labels for spectra: one CSV row per input, in input order, on stdout."""
     from .infer import run_infer
 
     if decode not in ("head", "text"):
         raise typer.BadParameter("--decode must be head or text")
-    failed, total = run_infer(inputs, model, output, InferConfig(batch_size=batch_size, decode=decode))
+    failed, total = run_infer(inputs, model, output, InferConfig(batch_size=batch_size, decode=decode, verify=verify))
     if failed and (strict or failed == total):
         raise typer.Exit(1)
 
@@ -429,6 +450,7 @@ def crossmatch(
     matched_only: Annotated[
         bool, typer.Option(help="Write only spectra matched in some catalogue.")
     ] = _CROSSMATCH.matched_only,
+    verify: VerifyOption = _CROSSMATCH.verify,
 ):
     """Add APOGEE / GALAH / Gaia-ESO labels to spectrum shards by sky position (nearest star within --radius)."""
     import dataclasses
@@ -441,6 +463,7 @@ def crossmatch(
         quality_cuts=quality_cuts,
         one_per_star=one_per_star,
         matched_only=matched_only,
+        verify=verify,
     )
     result = run_crossmatch(shards, out, {"apogee": apogee, "galah": galah, "gaiaeso": gaia_eso}, config)
     if result.matched == 0:

@@ -152,6 +152,7 @@ class InferConfig:
     max_new_tokens: int = 64
     partial_coverage: float = 0.95  # (compare-external, without a `partial` column) rows below this coverage
     partial_edge: float = 0.02  # a spectrum missing more than this fraction of the grid at one end is `partial`
+    verify: bool = True  # shard inputs checked against their manifest.json (complete, unchanged); --no-verify: not
 
 
 # ---------------------------------------------------------------- external spectra and comparison (issue 7)
@@ -206,6 +207,8 @@ class SerializeConfig:
     compact_decimals: digits after the point of log g, [Fe/H] and [X/Fe] in the short answer of compact and patch
         (Teff is written as an integer there: compact_teff_decimals).
     shard_size: question/answer rows per output Parquet shard; batch_size: input rows read at a time.
+    verify: check the input shards against their manifest.json (complete, unchanged) before reading them;
+        False (`--no-verify`) reads them as they are.
     """
 
     label_prefix: str = "apogee_"
@@ -215,6 +218,7 @@ class SerializeConfig:
     compact_teff_decimals: int = 0
     shard_size: int = 512
     batch_size: int = 64
+    verify: bool = True
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,8 @@ class CrossmatchConfig:
         every spectrum of a matched star (LAMOST repeat observations) takes its labels, as the paper does.
     matched_only: write only spectra matched in at least one catalogue.
     match_chunk: positions matched per call (bounds the memory of the matching step).
+    verify: check the input shards against their manifest.json (complete, unchanged) before reading them;
+        False (`--no-verify`) reads them as they are.
     """
 
     radius_arcsec: float = 3.0
@@ -234,6 +240,7 @@ class CrossmatchConfig:
     one_per_star: bool = False
     matched_only: bool = False
     match_chunk: int = 1_000_000
+    verify: bool = True
 
 
 # ---------------------------------------------------------------- benchmark and baselines (issue 6)
@@ -327,6 +334,7 @@ class BenchmarkConfig:
     max_epochs: int | None = None  # overrides the nets' max_epochs (quick or not) where given
     save_models: bool = True
     predict_batch: int = 256
+    verify: bool = True  # the shards checked against their manifest.json (complete, unchanged); --no-verify: not
     lightgbm: LightGBMConfig = field(default_factory=LightGBMConfig)
     train: NetTrainConfig = field(default_factory=NetTrainConfig)
     resnet: ResNetConfig = field(default_factory=ResNetConfig)

@@ -12,7 +12,7 @@ Two passes over the shards: positions only (cheap columns) to match everything a
 `apogee_teff`, `apogee_fe_h`, `apogee_c_fe`, ..., `apogee_tiii_fe`; all null where the spectrum has no match or the
 label failed a cut. Stage 2 reads `stage2_label_columns()`. The out directory also gets `crossmatch.json` (match
 statistics), `label_counts.csv` / `.md` (the paper's Table 1: valid labels per class and element) and
-`manifest.json` (shards, counts, content hash) so `shards.shard_paths(out)` works.
+`manifest.json` (shards, counts, content hash) so `shards.verified_shard_paths(out)` works.
 """
 
 from __future__ import annotations
@@ -39,10 +39,13 @@ from .shards import (
     MANIFEST,
     atomic_write_json,
     atomic_write_text,
+    begin_output,
+    integrity_fields,
     iter_batches,
+    parquet_file,
     read_manifest,
-    shard_paths,
     table_digest,
+    verified_shard_paths,
     write_table,
 )
 
@@ -178,7 +181,7 @@ def _read_positions(paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]
     ras, decs, sizes = [np.zeros(0)], [np.zeros(0)], []
     for path in paths:
         n = 0
-        for batch in iter_batches(path, columns=["ra", "dec"], batch_size=65536):
+        for batch in iter_batches([path], columns=["ra", "dec"], batch_size=65536):
             ras.append(_float(batch.column(0)))
             decs.append(_float(batch.column(1)))
             n += batch.num_rows
@@ -347,7 +350,7 @@ def run_crossmatch(
         raise SpecllmError("no catalogue given: use --apogee, --galah and/or --gaia-eso")
     if not config.radius_arcsec > 0:
         raise SpecllmError(f"--radius must be positive (got {config.radius_arcsec:g})")
-    paths = shard_paths(shards)
+    paths = verified_shard_paths(shards, config.verify)
     _check_out(shards, out)
     cats = {key: read_survey(path, key, config.quality_cuts) for key, path in catalogs.items()}  # fail fast
     for cat in cats.values():
@@ -363,6 +366,8 @@ def run_crossmatch(
             say(line)
 
     os.makedirs(out, exist_ok=True)
+    begin_output(out)  # no manifest until this run is complete: consumers refuse the folder meanwhile
+    hashes: dict[str, str] = {}
     counts = {  # Table 1: the labels each catalogue carries
         m.key: {label: dict.fromkeys((*CLASSES, OTHER), 0) for label in ["matched", *m.catalog.present]}
         for m in matches
@@ -373,7 +378,7 @@ def run_crossmatch(
         for k, (path, n) in enumerate(zip(paths, sizes, strict=True)):
             hi = lo + n
             table = pa.Table.from_batches(
-                list(iter_batches(path, batch_size=4096)), schema=pq.ParquetFile(path).schema_arrow
+                list(iter_batches([path], batch_size=4096)), schema=parquet_file(path).schema_arrow
             )
             for m in matches:
                 table = _append_labels(table, m, lo, hi)
@@ -388,7 +393,7 @@ def run_crossmatch(
                 continue
             name = f"part-{k:05d}.parquet"
             digests.append(table_digest(table))
-            write_table(os.path.join(out, name), table)
+            hashes[name] = write_table(os.path.join(out, name), table)
             result.shards.append(name)
             result.written += table.num_rows
             _count(counts, table, matches)
@@ -424,7 +429,7 @@ def run_crossmatch(
                 "written": result.written,
                 "matched": {k: st["matched"] for k, st in result.stats.items()},
             },
-            "shards": result.shards,
+            **integrity_fields(out, result.shards, hashes),
             "content_hash": result.content_hash,
             "schema": {f.name: str(f.type) for f in schema} if schema is not None else {},
         },

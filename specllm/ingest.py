@@ -30,6 +30,9 @@ from .progress import progress_bar, say
 from .shards import (
     MANIFEST,
     atomic_write_json,
+    begin_output,
+    file_sha256,
+    integrity_fields,
     remove_stale_temporaries,
     table_digest,
     vector_type,
@@ -247,6 +250,7 @@ def run_ingest(
         for name in os.listdir(out):
             if name.startswith("part-") or name in (MANIFEST, REJECTS, RUN_FILE):
                 os.unlink(os.path.join(out, name))
+    begin_output(out)  # no manifest until this run is complete: consumers refuse the folder meanwhile
     atomic_write_json(run_file, fingerprint)
 
     grid_size = config.grid.size
@@ -267,7 +271,7 @@ def run_ingest(
         if config.balance:
             paths = _select_balanced(paths, config.balance, pool_map)
         seen: dict[str, str] = {}
-        shard_names, digests, rejects = [], [], []
+        shard_names, digests, rejects, hashes = [], [], [], {}
         n_chunks = (len(paths) + config.shard_size - 1) // config.shard_size
         with progress_bar("ingest", total=len(paths)) as advance:
             for k, chunk, record, results in _prefetched(out, paths, config.shard_size, pool_map):
@@ -282,6 +286,7 @@ def run_ingest(
                 rejects.extend(record["rejects"])
                 if record["kept"]:
                     shard_names.append(record["shard"])
+                    hashes[record["shard"]] = record.get("sha256")
                 digests.append(record["digest"])
                 result.kept += record["kept"]
                 advance(len(chunk))
@@ -305,7 +310,7 @@ def run_ingest(
             "balance": config.balance,
             "catalog": os.path.abspath(catalog_path) if catalog_path else None,
             "counts": {"read": result.read, "kept": result.kept, "rejected": dict(result.rejected)},
-            "shards": shard_names,
+            **integrity_fields(out, shard_names, hashes),
             "rejects": REJECTS,
             "content_hash": result.content_hash,
             "schema": {f.name: str(f.type) for f in schema},
@@ -327,8 +332,10 @@ def _load_chunk_record(out: str, k: int, input_hash: str) -> dict | None:
         return None
     if record.get("input_hash") != input_hash:
         return None
-    if record["kept"] and not os.path.exists(os.path.join(out, record["shard"])):
-        return None
+    if record["kept"]:
+        shard = os.path.join(out, record["shard"])
+        if not os.path.exists(shard) or (record.get("sha256") and file_sha256(shard) != record["sha256"]):
+            return None  # missing or changed since written: made again
     return record
 
 
@@ -370,11 +377,11 @@ def _process_chunk(out, k, chunk, results, schema, grid_size, seen) -> dict:
         seen[row["spec_id"]] = row["file"]
         kept.append(res)
     shard = _part(k) + ".parquet"
-    digest = ""
+    digest = sha256 = ""
     if kept:
         table = _build_table(kept, schema, grid_size)
         digest = table_digest(table)
-        write_table(os.path.join(out, shard), table)
+        sha256 = write_table(os.path.join(out, shard), table)
     record = {
         "input_hash": _chunk_hash(chunk),
         "shard": shard,
@@ -382,6 +389,7 @@ def _process_chunk(out, k, chunk, results, schema, grid_size, seen) -> dict:
         "ids": [r[1]["spec_id"] for r in kept],
         "rejects": rejects,
         "digest": digest,
+        "sha256": sha256,
     }
     atomic_write_json(os.path.join(out, _part(k) + ".json"), record)
     return record

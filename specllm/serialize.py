@@ -47,10 +47,12 @@ from .shards import (
     MANIFEST,
     arrow_to_vectors,
     atomic_write_json,
+    integrity_fields,
     iter_batches,
+    parquet_file,
     read_manifest,
-    shard_paths,
     table_digest,
+    verified_shard_paths,
     write_table,
 )
 
@@ -518,13 +520,10 @@ def run_serialize(
     """
     _check_format(fmt)
     _check_stage(stage)
-    paths = shard_paths(shards)
+    paths = verified_shard_paths(shards, config.verify)
     columns, grid_size = _check_inputs(paths, fmt, stage, label_prefix)
     source = shards if os.path.isdir(shards) else os.path.dirname(os.path.abspath(shards))
-    try:
-        source_manifest = read_manifest(source) or {}
-    except ValueError as exc:
-        raise SpecllmError(f"{os.path.join(source, MANIFEST)}: not valid JSON ({exc})") from None
+    source_manifest = read_manifest(source) or {}
     grid = _grid_of(source_manifest, grid_size)
     _prepare_out(out, shards)
     absent = [c for c in label_keys(stage) if columns.get(c) is None]
@@ -547,12 +546,13 @@ def run_serialize(
     read_cols += ["mask"] if fmt == "patch" else []
     schema = _out_schema(fmt, stage, grid_size, columns)
     result = SerializeResult(out=out, fmt=fmt, stage=stage)
-    total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    total = sum(parquet_file(p).metadata.num_rows for p in paths)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".serialize-", dir=parent)
     token_counts: list[int] = []
     shard_names: list[str] = []
+    hashes: dict[str, str] = {}
     digests: list[str] = []
     pending: list[pa.Table] = []
     pending_rows = 0
@@ -564,13 +564,13 @@ def run_serialize(
         table = pa.concat_tables(pending).combine_chunks()
         name = f"part-{len(shard_names):05d}.parquet"
         digests.append(table_digest(table))
-        write_table(os.path.join(staging, name), table)
+        hashes[name] = write_table(os.path.join(staging, name), table)
         shard_names.append(name)
         pending, pending_rows = [], 0
 
     try:
         with progress_bar("serialize", total=total) as advance:
-            for batch in iter_batches(shards, columns=read_cols, batch_size=config.batch_size):
+            for batch in iter_batches(paths, columns=read_cols, batch_size=config.batch_size):
                 table = _serialize_batch(batch, fmt, stage, columns, schema, grid, result)
                 if tokenizer is not None:
                     for q, a in zip(
@@ -621,7 +621,7 @@ def run_serialize(
                 "labels": dict(result.labels),
             },
             "tokens": result.tokens,
-            "shards": shard_names,
+            **integrity_fields(staging, shard_names, hashes),
             "content_hash": result.content_hash,
             "schema": {f.name: str(f.type) for f in schema},
         }

@@ -38,7 +38,7 @@ from .runs import (
     save_model_dir,
     trainable_state,
 )
-from .shards import arrow_to_vectors, atomic_write_json, read_manifest, read_table
+from .shards import arrow_to_vectors, atomic_write_json, read_manifest, read_table, verified_shard_paths
 
 QA_COLUMNS = ("spec_id", "split", "question", "answer", "format", "stage")
 CHECKPOINTS = "checkpoints"
@@ -62,6 +62,7 @@ class TrainOptions:
     class_weight: float = 0.2
     head_lr_mult: float = 1.0
     save_dtype: str = "float32"
+    verify: bool = True  # the QA shards checked against their manifest.json (complete, unchanged); --no-verify: not
     recipe: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -100,8 +101,8 @@ def value_columns(table: pa.Table, stage: int) -> list[str]:
     return [c for c in table.column_names if c.endswith("_fe") and c != "fe_h"]
 
 
-def load_qa(source: str, stage: int) -> QAData:
-    table = read_table(source)
+def load_qa(source: str, stage: int, verify: bool = True) -> QAData:
+    table = read_table(verified_shard_paths(source, verify))
     missing = [c for c in QA_COLUMNS if c not in table.column_names]
     if missing:
         raise SpecllmError(f"{source}: not QA shards (missing column(s) {', '.join(missing)}); run `specllm serialize`")
@@ -260,7 +261,7 @@ def run_train(opts: TrainOptions) -> dict:
 
     out = Path(opts.out)
     recipe = opts.recipe
-    data = load_qa(opts.data, opts.stage)
+    data = load_qa(opts.data, opts.stage, opts.verify)
     grid_size = data.flux.shape[1] if data.flux is not None else None
     spec, init_state = _spec_for(opts, data, grid_size)
     if opts.resume and (out / CHECKPOINTS / LATEST).exists():

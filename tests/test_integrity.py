@@ -1,0 +1,242 @@
+"""Data integrity between stages (issue 19): bad inputs and faults, each a test on real or generated files.
+
+Every case ends in one line naming the file and the reason, no traceback, the documented exit code
+(`specllm.errors`) and nothing partial downstream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from specllm.cli import app
+from specllm.config import IngestConfig
+from specllm.errors import EXIT_OUTPUT, EXIT_USAGE, SpecllmError, one_line
+from specllm.ingest import run_ingest
+from specllm.serialize import run_serialize
+from specllm.shards import MANIFEST, file_sha256, seal_shards, verified_shard_paths
+
+from .fitsfactory import CATALOG_COLUMNS, make_dataset, write_catalog
+
+SHARD_SIZE = 3
+N = 9  # three shards of three spectra
+
+
+def cli(*args) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_error_line(res, code: int = EXIT_USAGE) -> str:
+    """The run failed with `code`, one error line on stderr and no traceback; returns that line."""
+    assert res.exit_code == code, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    errors = [line for line in res.stderr.splitlines() if line.startswith("specllm: error:")]
+    assert len(errors) == 1 and "Traceback" not in res.output, res.output
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """FITS files + catalogue, an uninterrupted ingest (3 shards) and its serialize content hash."""
+    root = tmp_path_factory.mktemp("integrity")
+    rows = make_dataset(root / "fits", N, layouts=("coadd", "image"))
+    catalog = write_catalog(root / "labels.csv", rows, CATALOG_COLUMNS)
+    shards = root / "shards"
+    run_ingest([str(root / "fits")], str(shards), str(catalog), IngestConfig(shard_size=SHARD_SIZE))
+    qa = run_serialize(str(shards), 1, "patch", str(root / "qa"), count=False)
+    return {"root": root, "fits": root / "fits", "catalog": catalog, "shards": shards, "qa_hash": qa.content_hash}
+
+
+def ingest_args(p, out) -> list:
+    return ["ingest", p["fits"], "--catalog", p["catalog"], "--out", out, "--shard-size", SHARD_SIZE]
+
+
+def copy_shards(p, tmp_path, name="s") -> Path:
+    dest = tmp_path / name
+    shutil.copytree(p["shards"], dest)
+    return dest
+
+
+# ---------------------------------------------------------------- 1. killed ingest, incomplete or changed folders
+
+
+def killed_ingest(p, out: Path, when: str) -> None:
+    """The folder a `kill -9` of ingest leaves, made deterministically from a finished one (shards are written
+    one by one, each followed by its part-k.json record; the manifest is written last, and removed when a run
+    starts): 'first' after shard 0, 'middle' with shard 1 half written to its temporary name, 'end' with every
+    shard written but no manifest yet."""
+    shutil.copytree(p["shards"], out)
+    os.unlink(out / MANIFEST)
+    os.unlink(out / "rejects.parquet")
+    keep = {"first": 1, "middle": 1, "end": 3}[when]
+    for k in range(keep, 3):
+        os.unlink(out / f"part-{k:05d}.parquet")
+        os.unlink(out / f"part-{k:05d}.json")
+    if when == "middle":
+        data = (p["shards"] / "part-00001.parquet").read_bytes()
+        (out / ".part-00001.parquet.x7k2.tmp").write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("when", ["first", "middle", "end"])
+def test_killed_ingest_is_refused_then_resumes_to_the_same_hash(pipeline, tmp_path, when):
+    out = tmp_path / "k"
+    killed_ingest(pipeline, out, when)
+    line = one_error_line(cli("serialize", out, "--stage", 1, "--format", "patch", "--out", tmp_path / "qa"))
+    assert str(out) in line and "no manifest.json" in line
+    assert "rerun specllm ingest" in line and "resumes" in line
+    assert not (tmp_path / "qa").exists()  # nothing downstream
+    res = cli(*ingest_args(pipeline, out))
+    assert res.exit_code == 0, res.output
+    qa = run_serialize(str(out), 1, "patch", str(tmp_path / "qa"), count=False)
+    assert qa.content_hash == pipeline["qa_hash"]
+    assert (
+        json.loads((out / MANIFEST).read_text())["content_hash"]
+        == json.loads((pipeline["shards"] / MANIFEST).read_text())["content_hash"]
+    )
+
+
+def test_real_kill_9_of_ingest_then_serialize(pipeline, tmp_path):
+    from .test_cli import _kill, _start, _wait_for
+
+    out = tmp_path / "k"
+    proc = _start("slow", ingest_args(pipeline, out))  # sleeps after each shard: killed between shards 0 and 2
+    _wait_for(proc, lambda: (out / "part-00000.json").exists())
+    _kill(proc)
+    assert not (out / MANIFEST).exists()
+    line = one_error_line(cli("serialize", out, "--stage", 1, "--format", "patch", "--out", tmp_path / "qa"))
+    assert "rerun specllm ingest" in line
+    assert cli(*ingest_args(pipeline, out)).exit_code == 0
+    assert run_serialize(str(out), 1, "patch", str(tmp_path / "qa"), count=False).content_hash == pipeline["qa_hash"]
+
+
+def test_a_new_run_unseals_the_folder_until_it_finishes(pipeline, tmp_path, monkeypatch):
+    """A rerun into a finished folder that is killed must not leave the earlier manifest standing beside new shards."""
+    import specllm.ingest as ingest
+
+    out = copy_shards(pipeline, tmp_path)
+    for name in out.glob("part-*.json"):
+        name.unlink()  # every chunk is made again
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ingest, "_process_chunk", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest([str(pipeline["fits"])], str(out), str(pipeline["catalog"]), IngestConfig(shard_size=SHARD_SIZE))
+    with pytest.raises(SpecllmError, match="no manifest.json"):
+        verified_shard_paths(out)
+
+
+def test_manifest_naming_a_missing_shard(pipeline, tmp_path):
+    out = copy_shards(pipeline, tmp_path)
+    os.unlink(out / "part-00001.parquet")
+    line = one_error_line(cli("serialize", out, "--stage", 1, "--format", "patch", "--out", tmp_path / "qa"))
+    assert "part-00001.parquet" in line and "missing" in line and "rerun specllm ingest" in line
+    # --no-verify reads what the manifest names: the missing file is one line too
+    line = one_error_line(
+        cli("serialize", out, "--stage", 1, "--format", "patch", "--out", tmp_path / "qa", "--no-verify")
+    )
+    assert "part-00001.parquet" in line
+    assert not (tmp_path / "qa").exists()
+
+
+def test_a_shard_not_in_the_manifest(pipeline, tmp_path):
+    out = copy_shards(pipeline, tmp_path)
+    shutil.copy(out / "part-00000.parquet", out / "part-00007.parquet")
+    line = one_error_line(cli("serialize", out, "--stage", 1, "--format", "patch", "--out", tmp_path / "qa"))
+    assert "part-00007.parquet" in line and "not listed" in line
+
+
+def test_manifest_without_hashes_or_unreadable(pipeline, tmp_path):
+    out = copy_shards(pipeline, tmp_path)
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["shard_sha256"]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SpecllmError, match="records no SHA-256"):
+        verified_shard_paths(out)
+    assert len(verified_shard_paths(out, verify=False)) == 3
+    (out / MANIFEST).write_text('{"shards": [')
+    with pytest.raises(SpecllmError, match="manifest.json: unreadable"):
+        verified_shard_paths(out)
+
+
+def changed_shard(p, tmp_path) -> Path:
+    """The shards with one value (one star's teff) changed in one shard, the manifest untouched."""
+    out = copy_shards(p, tmp_path, "changed")
+    path = out / "part-00001.parquet"
+    table = pq.read_table(path)
+    teff = table.column("teff").to_pylist()
+    teff[0] = (teff[0] or 0) + 1.0
+    table = table.set_column(table.schema.get_field_index("teff"), "teff", pa.array(teff, pa.float32()))
+    pq.write_table(table, path, compression="zstd")
+    return out
+
+
+def test_one_changed_value_makes_every_consumer_refuse_until_no_verify(pipeline, tmp_path):
+    shards = changed_shard(pipeline, tmp_path)
+    where = str(shards / "part-00001.parquet")
+    qa, xm = tmp_path / "qa", tmp_path / "xm"
+    apogee = tmp_path / "apogee.csv"
+    apogee.write_text("APOGEE_ID,RA,DEC,TEFF,LOGG,FE_H\n2M00000000+0000000,0,0,5000,4.5,0\n")
+    commands = {
+        "serialize": ["serialize", shards, "--stage", 1, "--format", "patch", "--out", qa, "--no-count-tokens"],
+        "crossmatch": ["crossmatch", shards, "--apogee", apogee, "--out", xm],
+        # past the check, these two stop at once on a later, cheaper error: proof that --no-verify skipped it
+        "benchmark": ["benchmark", shards, "--out", tmp_path / "b", "--models", "smallcnn", "--labels", "nolabel"],
+        "train": ["train", "--stage", 1, "--data", shards, "--out", tmp_path / "t"],
+    }
+    for name, args in commands.items():
+        line = one_error_line(cli(*args))
+        assert where in line and "differs from the SHA-256" in line and "--no-verify" in line, name
+    assert not qa.exists() and not xm.exists() and not (tmp_path / "b").exists() and not (tmp_path / "t").exists()
+    assert cli(*commands["serialize"], "--no-verify").exit_code == 0
+    assert cli(*commands["crossmatch"], "--no-verify").exit_code in (0, 1)  # 1: nothing matched
+    assert "nolabel" in one_error_line(cli(*commands["benchmark"], "--no-verify"))
+    assert "not QA shards" in one_error_line(cli(*commands["train"], "--no-verify"))
+
+
+def test_qa_shards_changed_refuse_train(pipeline, tmp_path):
+    qa = tmp_path / "qa"
+    run_serialize(str(pipeline["shards"]), 1, "patch", str(qa), count=False)
+    assert verified_shard_paths(qa)  # serialize's own manifest verifies
+    with open(qa / "part-00000.parquet", "r+b") as fh:
+        fh.seek(100)
+        byte = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([byte[0] ^ 1]))
+    line = one_error_line(cli("train", "--stage", 1, "--data", qa, "--out", tmp_path / "t"))
+    assert "part-00000.parquet" in line and "rerun specllm serialize" in line
+
+
+def test_a_single_parquet_file_is_verified_against_its_folder(pipeline, tmp_path):
+    shard = pipeline["shards"] / "part-00000.parquet"
+    assert verified_shard_paths(shard) == [str(shard)]
+    alone = tmp_path / "alone.parquet"
+    shutil.copy(shard, alone)
+    with pytest.raises(SpecllmError, match="its folder has no manifest.json; give the shard folder, or --no-verify"):
+        verified_shard_paths(alone)
+    assert verified_shard_paths(alone, verify=False) == [str(alone)]
+    changed = changed_shard(pipeline, tmp_path)
+    with pytest.raises(SpecllmError, match="differs from the SHA-256"):
+        verified_shard_paths(changed / "part-00001.parquet")
+
+
+def test_seal_shards_and_manifest_fields(pipeline, tmp_path):
+    manifest = json.loads((pipeline["shards"] / MANIFEST).read_text())
+    assert manifest["shards"] == [f"part-{k:05d}.parquet" for k in range(3)]
+    for name in manifest["shards"]:
+        assert manifest["shard_sha256"][name] == file_sha256(pipeline["shards"] / name)
+    changed = changed_shard(pipeline, tmp_path)
+    seal_shards(changed)  # a deliberate change, sealed again, verifies
+    assert len(verified_shard_paths(changed)) == 3
+
+
+def test_one_line_escapes_control_characters():
+    assert one_line("a\nb\tc") == "a\\nb\\tc" and one_line("é ok") == "é ok"
