@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from . import __version__
 from .config import IngestConfig, SplitConfig
-from .errors import SpecllmError, SpectrumRejected
+from .errors import SpecllmError, SpectrumRejected, one_line
 from .io import LAYOUT_ARRAY, expand_inputs, expand_spectra, load_spectrum
 from .io.lamost_catalog import LabelCatalog, file_key, reduce_class
 from .preprocess import clean_spectrum
@@ -282,7 +282,12 @@ def run_ingest(
                     for sid in record["ids"]:
                         seen.setdefault(sid, "earlier shard")
                 for rej in record["rejects"]:
-                    say(f"{rej['file']}: rejected: {rej['reason']}" + (f" ({rej['detail']})" if rej["detail"] else ""))
+                    say(
+                        one_line(
+                            f"{rej['file']}: rejected: {rej['reason']}"
+                            + (f" ({rej['detail']})" if rej["detail"] else "")
+                        )
+                    )
                 rejects.extend(record["rejects"])
                 if record["kept"]:
                     shard_names.append(record["shard"])

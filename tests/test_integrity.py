@@ -240,3 +240,115 @@ def test_seal_shards_and_manifest_fields(pipeline, tmp_path):
 
 def test_one_line_escapes_control_characters():
     assert one_line("a\nb\tc") == "a\\nb\\tc" and one_line("é ok") == "é ok"
+
+
+# ---------------------------------------------------------------- 5, 7. damaged shards, checkpoints, weights
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny patch-format run of 2 steps with a checkpoint after step 1 (for --resume) and a final model."""
+    from specllm.config import GridConfig, LoraConfig, TrainConfig
+    from specllm.train import TrainOptions, run_train
+
+    from .llmfactory import tiny_llama_dir, write_qa
+
+    root = tmp_path_factory.mktemp("run")
+    data = write_qa(root / "qa", "patch", n=8, grid=GridConfig().size, test_every=8)
+    recipe = TrainConfig(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False)
+    options = TrainOptions(
+        data=str(data),
+        out=str(root / "run"),
+        base_model=str(tiny_llama_dir(root)),
+        recipe=dataclass_replace(recipe, save_every=1),
+        lora=LoraConfig(r=4, alpha=8),
+        max_steps=2,
+    )
+    run_train(options)
+    return root / "run"
+
+
+def dataclass_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+def test_corrupt_shard_is_one_line(pipeline, tmp_path):
+    out = copy_shards(pipeline, tmp_path)
+    (out / "part-00002.parquet").write_bytes(b"PAR1 this is no parquet file")
+    seal_shards(out)  # sealed as it is: the check passes, the reader meets the damage
+    for args in (
+        ["serialize", out, "--stage", 1, "--format", "patch", "--out", tmp_path / "qa", "--no-count-tokens"],
+        ["benchmark", out, "--out", tmp_path / "b", "--models", "smallcnn"],
+    ):
+        line = one_error_line(cli(*args))
+        assert "part-00002.parquet: not a readable Parquet" in line
+    assert not (tmp_path / "qa").exists() and not (tmp_path / "b").exists()
+    truncated = copy_shards(pipeline, tmp_path, "truncated")
+    data = (truncated / "part-00001.parquet").read_bytes()
+    (truncated / "part-00001.parquet").write_bytes(data[: len(data) - 200])
+    line = one_error_line(cli("crossmatch", truncated, "--apogee", tmp_path / "a.csv", "--out", tmp_path / "x"))
+    assert "part-00001.parquet" in line and "differs from the SHA-256" in line
+
+
+def test_truncated_checkpoint_for_resume_is_one_line(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "model")  # resume continues a run that has no final model yet
+    ckpt = run / "checkpoints" / json.loads((run / "checkpoints" / "latest").read_text())["checkpoint"]
+    args = ["train", "--stage", 1, "--data", tiny_run.parent / "qa", "--out", run, "--resume"]
+    args += ["--base-model", tiny_run.parent / "tiny-llama", "--lora-r", 4, "--lora-alpha", 8]
+    optimizer = ckpt / "optimizer.safetensors"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    line = one_error_line(cli(*args))
+    assert str(optimizer) in line and "not a readable safetensors file" in line
+    (ckpt / "trainer.json").write_text('{"step": 1, "param')
+    (run / "checkpoints" / "latest").write_text("{")
+    line = one_error_line(cli(*args))
+    assert str(run / "checkpoints" / "latest") in line and "unreadable" in line
+
+
+def test_garbage_weights_are_one_line(tiny_run, tmp_path, pipeline):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run / "model", model)
+    (model / "weights.safetensors").write_bytes(os.urandom(64))
+    line = one_error_line(cli("infer", pipeline["shards"], "--model", model))
+    assert str(model / "weights.safetensors") in line and "not a readable safetensors file" in line
+    (model / "spec.json").write_text("[1, 2")
+    assert str(model / "spec.json") in one_error_line(cli("infer", pipeline["shards"], "--model", model))
+
+
+def test_infer_gives_a_failed_row_per_unusable_input_and_goes_on(tiny_run, pipeline, tmp_path):
+    import csv
+    import io
+
+    foreign = tmp_path / "foreign.parquet"
+    pq.write_table(pa.table({"name": ["x", "y"], "value": [1.0, 2.0]}), foreign)
+    changed = changed_shard(pipeline, tmp_path)
+    unfinished = copy_shards(pipeline, tmp_path, "unfinished")
+    os.unlink(unfinished / MANIFEST)
+    inputs = [foreign, changed, pipeline["shards"], unfinished]
+    res = cli("infer", *inputs, "--model", tiny_run)
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [r["file"] for r in rows[:2]] == [str(foreign), str(changed)] and rows[-1]["file"] == str(unfinished)
+    assert len(rows) == 3 + N and [r["status"] for r in rows[2:-1]] == ["ok"] * N
+    assert "verified against its folder" in rows[0]["status"] and "differs from the SHA-256" in rows[1]["status"]
+    assert "no manifest.json" in rows[-1]["status"]
+    res = cli("infer", foreign, "--model", tiny_run, "--no-verify")  # read as shards: not one
+    assert res.exit_code == 1 and "missing column(s) spec_id, flux, mask" in res.stdout
+
+
+def test_newline_in_a_file_name_stays_on_one_line(pipeline, tmp_path):
+    odd = tmp_path / "in"
+    odd.mkdir()
+    bad = odd / "bad\nname.fits"
+    bad.write_bytes(b"SIMPLE  = garbage")
+    shutil.copy(next(pipeline["fits"].iterdir()), odd / "good.fits.gz")
+    res = cli("ingest", odd, "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if "rejected" in line and "bad" in line]
+    assert len(lines) == 1 and "bad\\nname.fits" in lines[0]
+    line = one_error_line(cli("serialize", tmp_path / "no\nwhere", "--stage", 1, "--format", "patch", "--out", "q"))
+    assert "no\\nwhere" in line
