@@ -54,6 +54,7 @@ from .shards import (
     arrow_to_vectors,
     atomic_write_json,
     atomic_write_text,
+    check_output,
     parquet_file,
     read_manifest,
     verified_shard_paths,
@@ -338,6 +339,7 @@ def run_benchmark(
 
     torch.set_num_threads(max(1, cfg.threads))
     paths = verified_shard_paths(shards, cfg.verify)
+    check_output(out)
     labels = resolve_labels(shards, cfg.labels, paths)
     if not labels:
         raise SpecllmError("no label to evaluate (--labels)")

@@ -73,7 +73,10 @@ def user_errors(fn):
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             where = f"{one_line(exc.filename)}: " if exc.filename else ""
-            say(f"specllm: error: {where}{exc.strerror or one_line(exc)}; nothing more was written")
+            say(
+                f"specllm: error: {where}{exc.strerror or one_line(exc)}; no partial file was left "
+                "(finished shards are kept), rerun the same command once the output can be written"
+            )
             raise typer.Exit(EXIT_OUTPUT) from None
         except KeyboardInterrupt:
             say("specllm: interrupted; completed shards are kept, rerun the same command to resume")

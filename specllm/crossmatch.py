@@ -40,6 +40,7 @@ from .shards import (
     atomic_write_json,
     atomic_write_text,
     begin_output,
+    check_output,
     integrity_fields,
     iter_batches,
     parquet_file,
@@ -352,6 +353,7 @@ def run_crossmatch(
         raise SpecllmError(f"--radius must be positive (got {config.radius_arcsec:g})")
     paths = verified_shard_paths(shards, config.verify)
     _check_out(shards, out)
+    check_output(out, sum(os.path.getsize(p) for p in paths))  # the input's columns, plus a few per survey
     cats = {key: read_survey(path, key, config.quality_cuts) for key, path in catalogs.items()}  # fail fast
     for cat in cats.values():
         for line in cat.summary_lines():

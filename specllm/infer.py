@@ -300,6 +300,7 @@ def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig, verify: 
     shards read as they are (checked against their manifest with `verify`). An input that cannot be used (a shard
     folder that fails its check, a foreign Parquet file) gives one failed item and the run goes on."""
     from .io import expand_inputs, iter_spectra
+    from .io.base import check_identity
     from .io.lamost_catalog import file_key
     from .preprocess import clean_spectrum
 
@@ -321,10 +322,11 @@ def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig, verify: 
                 obsid = meta.get("obsid")
                 sid = meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
                 try:
+                    obsid = check_identity(meta)
                     cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
                 except SpectrumRejected as exc:
                     say(one_line(f"{raw.path}: {exc}"))
-                    yield Item(raw.path, sid, obsid, meta.get("ra"), meta.get("dec"), status=str(exc))
+                    yield Item(raw.path, sid, None, None, None, status=one_line(exc))
                     continue
                 yield Item(
                     raw.path,
@@ -460,6 +462,10 @@ def run_infer(
     if world > 1:
         stem, ext = os.path.splitext(output)
         output = f"{stem}.rank{rank:03d}-of-{world:03d}{ext}"
+    if output:
+        from .shards import check_output
+
+        check_output(output, is_file=True)  # before the model is loaded and any spectrum read
     model_path = Path(model_dir) if model_dir else default_model_dir()
     device = _device()
     models = load_for_inference(model_path, device)

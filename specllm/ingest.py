@@ -9,6 +9,7 @@ ends with the same content hash as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import heapq
 import json
@@ -24,6 +25,7 @@ from . import __version__
 from .config import IngestConfig, SplitConfig
 from .errors import SpecllmError, SpectrumRejected, one_line
 from .io import LAYOUT_ARRAY, expand_inputs, expand_spectra, load_spectrum
+from .io.base import check_identity
 from .io.lamost_catalog import LabelCatalog, file_key, reduce_class
 from .preprocess import clean_spectrum
 from .progress import progress_bar, say
@@ -31,6 +33,7 @@ from .shards import (
     MANIFEST,
     atomic_write_json,
     begin_output,
+    check_output,
     file_sha256,
     integrity_fields,
     remove_stale_temporaries,
@@ -43,6 +46,7 @@ from .shards import (
 RUN_FILE = "run.json"
 REJECTS = "rejects.parquet"
 SNR_BANDS = ("u", "g", "r", "i", "z")
+BYTES_PER_SPECTRUM = 8_000  # for the free-space check before a run: 6.9 KB per DR10 spectrum in zstd shards
 
 CORE_FIELDS = [
     pa.field("spec_id", pa.string(), nullable=False),
@@ -141,6 +145,7 @@ def process_one(path: str):
     try:
         raw = load_spectrum(path)  # a survey FITS file, or spectrum i of an array source (`FILE#i`)
         row = describe(path, raw.meta)
+        row["obsid"] = check_identity(row)
         check_snr(row, config, required=raw.layout != LAYOUT_ARRAY)
         cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, config.grid, config.clean)
     except SpectrumRejected as exc:
@@ -238,6 +243,8 @@ def run_ingest(
     paths = list(expand_spectra(expand_inputs(inputs)))  # an array source -> FILE#0 ... FILE#N-1
     if not paths:
         raise SpecllmError("no input files")
+    done = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out, "part-*.parquet")))  # kept on resume
+    check_output(out, max(0, len(paths) * BYTES_PER_SPECTRUM - done))
     os.makedirs(out, exist_ok=True)
     remove_stale_temporaries(out)
     fingerprint = _options_fingerprint(config, catalog)

@@ -47,6 +47,7 @@ from .shards import (
     MANIFEST,
     arrow_to_vectors,
     atomic_write_json,
+    check_output,
     integrity_fields,
     iter_batches,
     parquet_file,
@@ -526,6 +527,7 @@ def run_serialize(
     source_manifest = read_manifest(source) or {}
     grid = _grid_of(source_manifest, grid_size)
     _prepare_out(out, shards)
+    check_output(out, sum(os.path.getsize(p) for p in paths))  # patch copies the flux; text is about as large
     absent = [c for c in label_keys(stage) if columns.get(c) is None]
     if stage == 2 and absent:
         say(f"serialize: the shards have no column for {', '.join(label_prefix + k for k in absent)}; left out")

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import SpecllmError, one_line
+from .errors import OutputError, SpecllmError, one_line
 
 COMPRESSION = "zstd"
 MANIFEST = "manifest.json"
@@ -84,6 +84,44 @@ def write_table(path: str | os.PathLike, table: pa.Table) -> str:
 def remove_stale_temporaries(directory: str | os.PathLike) -> None:
     for tmp in glob.glob(os.path.join(directory, ".*.tmp")):
         os.unlink(tmp)
+
+
+def check_output(path: str | os.PathLike, need_bytes: int = 0, is_file: bool = False) -> None:
+    """Before any work: `path` (an output folder, or a file with `is_file`) can be created and written, and its
+    disk has about `need_bytes` free. The test writes and removes a probe file in the folder that will hold the
+    output (or its nearest existing parent), so a read-only mount, a missing permission or a full disk is one
+    OutputError line (exit status 3) before anything was read or written."""
+    import shutil
+
+    path = os.path.abspath(str(path))
+    folder = os.path.dirname(path) if is_file else path
+    if is_file and os.path.isdir(path):
+        raise OutputError(f"{one_line(path)}: is a directory; give a file name")
+    if not is_file and os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"{one_line(path)}: exists and is not a directory")
+    existing = folder
+    while not os.path.isdir(existing):
+        if os.path.lexists(existing):
+            raise OutputError(f"{one_line(path)}: cannot be created, {one_line(existing)} is not a directory")
+        existing = os.path.dirname(existing)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".specllm-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"{one_line(path)}: cannot write in {one_line(existing)} ({exc.strerror or exc}); nothing was written"
+        ) from None
+    free = shutil.disk_usage(existing).free
+    if need_bytes and free < need_bytes:
+        raise OutputError(
+            f"{one_line(path)}: this run needs about {_megabytes(need_bytes)} and its disk has {_megabytes(free)} "
+            "free; free some space or choose another place; nothing was written"
+        )
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
 
 
 def _canonical_type(t: pa.DataType) -> pa.DataType:

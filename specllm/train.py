@@ -40,7 +40,14 @@ from .runs import (
     save_model_dir,
     trainable_state,
 )
-from .shards import arrow_to_vectors, atomic_write_json, read_manifest, read_table, verified_shard_paths
+from .shards import (
+    arrow_to_vectors,
+    atomic_write_json,
+    check_output,
+    read_manifest,
+    read_table,
+    verified_shard_paths,
+)
 
 QA_COLUMNS = ("spec_id", "split", "question", "answer", "format", "stage")
 CHECKPOINTS = "checkpoints"
@@ -271,6 +278,7 @@ def run_train(opts: TrainOptions) -> dict:
 
     out = Path(opts.out)
     recipe = opts.recipe
+    check_output(out)
     data = load_qa(opts.data, opts.stage, opts.verify)
     grid_size = data.flux.shape[1] if data.flux is not None else None
     spec, init_state = _spec_for(opts, data, grid_size)

@@ -352,3 +352,131 @@ def test_newline_in_a_file_name_stays_on_one_line(pipeline, tmp_path):
     assert len(lines) == 1 and "bad\\nname.fits" in lines[0]
     line = one_error_line(cli("serialize", tmp_path / "no\nwhere", "--stage", 1, "--format", "patch", "--out", "q"))
     assert "no\\nwhere" in line
+
+
+# ---------------------------------------------------------------- 4. ids and positions a column cannot hold
+
+
+def bad_header_inputs(p, directory: Path) -> dict[str, str]:
+    """Three good files and four with a header the shards cannot hold: file name -> expected reject reason."""
+    from .fitsfactory import write_coadd
+
+    directory.mkdir()
+    good = sorted(p["fits"].iterdir())[:3]
+    for f in good:
+        shutil.copy(f, directory / f.name)
+    cases = {
+        "huge.fits": ({"obsid": 10**30}, "bad obsid"),
+        "half.fits": ({"obsid": 1.5}, "bad obsid"),
+        "ra.fits": ({"obsid": 1, "ra": 1e308}, "bad position"),
+        "dec.fits": ({"obsid": 2, "dec": -1e308}, "bad position"),
+    }
+    for name, (kw, _) in cases.items():
+        write_coadd(directory / name, **kw)
+    return {name: reason for name, (_, reason) in cases.items()}
+
+
+def test_obsid_beyond_int64_and_bad_positions_are_rejected_per_spectrum(pipeline, tmp_path):
+    cases = bad_header_inputs(pipeline, tmp_path / "in")
+    res = cli("ingest", tmp_path / "in", "--out", tmp_path / "o")
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    rejects = pq.read_table(tmp_path / "o" / "rejects.parquet").to_pylist()
+    assert {Path(r["file"]).name: r["reason"] for r in rejects} == cases
+    assert "1000000000000000000000000000000" in " ".join(r["detail"] for r in rejects)
+    manifest = json.loads((tmp_path / "o" / MANIFEST).read_text())
+    assert manifest["counts"]["kept"] == 3  # the good spectra are all kept
+    assert len(verified_shard_paths(tmp_path / "o")) == 1
+
+
+def test_infer_parquet_output_survives_a_huge_obsid(tiny_run, pipeline, tmp_path):
+    cases = bad_header_inputs(pipeline, tmp_path / "in")
+    out = tmp_path / "labels.parquet"
+    res = cli("infer", tmp_path / "in", "--model", tiny_run, "--output", out)
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    rows = {Path(r["file"]).name: r for r in pq.read_table(out).to_pylist()}
+    assert len(rows) == 7 and sum(r["status"] == "ok" for r in rows.values()) == 3
+    for name, reason in cases.items():
+        assert rows[name]["status"].startswith(reason) and rows[name]["obsid"] is None
+
+
+# ---------------------------------------------------------------- 6. output trouble: read-only, no space, disk full
+
+
+def test_unwritable_out_is_one_line_before_any_work(pipeline, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    line = one_error_line(cli(*ingest_args(pipeline, a_file / "out")), EXIT_OUTPUT)
+    assert str(a_file) in line and "is not a directory" in line
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # what a read-only mount answers (root ignores chmod)
+    out = tmp_path / "ro"
+    for args in (
+        ingest_args(pipeline, out),
+        ["serialize", pipeline["shards"], "--stage", 1, "--format", "patch", "--out", out],
+        ["crossmatch", pipeline["shards"], "--apogee", pipeline["catalog"], "--out", out],
+        ["infer", pipeline["shards"], "--model", tmp_path / "no-model", "--output", out / "x.csv"],
+        ["train", "--stage", 1, "--data", pipeline["shards"], "--out", out],
+        ["benchmark", pipeline["shards"], "--out", out],
+    ):
+        line = one_error_line(cli(*args), EXIT_OUTPUT)
+        assert "Read-only file system" in line and str(out) in line, args[0]
+    assert not out.exists()
+
+
+def test_too_little_free_space_is_refused_before_the_work(pipeline, tmp_path, monkeypatch):
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**9, 10**9 - 5000, 5000))
+    line = one_error_line(cli(*ingest_args(pipeline, tmp_path / "o")), EXIT_OUTPUT)
+    assert "needs about 0.1 MB" in line and "0.0 MB free" in line
+    line = one_error_line(
+        cli("serialize", pipeline["shards"], "--stage", 1, "--format", "patch", "--out", tmp_path / "q"), EXIT_OUTPUT
+    )
+    assert "free some space" in line
+    assert not (tmp_path / "o").exists() and not (tmp_path / "q").exists()
+
+
+def test_disk_full_mid_run_leaves_no_partial_output(pipeline, tmp_path, monkeypatch):
+    import errno
+
+    real = pq.write_table
+    calls = {"n": 0}
+
+    def fills_up(table, where, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            real(table, where, **kwargs)  # a part of the file reached the disk, then it was full
+            raise OSError(errno.ENOSPC, "No space left on device", str(where))
+        return real(table, where, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", fills_up)
+    out = tmp_path / "o"
+    line = one_error_line(cli(*ingest_args(pipeline, out)), EXIT_OUTPUT)
+    assert "No space left on device" in line and ".part-00001.parquet" in line
+    assert sorted(p.name for p in out.glob("*parquet*")) == ["part-00000.parquet"]  # no temporary, no half shard
+    assert not (out / MANIFEST).exists()
+    monkeypatch.setattr(pq, "write_table", real)
+    assert cli(*ingest_args(pipeline, out)).exit_code == 0  # resumes
+    assert (
+        json.loads((out / MANIFEST).read_text())["content_hash"]
+        == json.loads((pipeline["shards"] / MANIFEST).read_text())["content_hash"]
+    )
+
+    qa = tmp_path / "qa"
+    run_serialize(str(out), 1, "patch", str(qa), count=False)
+    before = {p.name: p.read_bytes() for p in qa.iterdir()}
+    calls["n"] = 1  # its first shard meets the full disk
+    monkeypatch.setattr(pq, "write_table", fills_up)
+    args = ["serialize", out, "--stage", 1, "--format", "compact", "--out", qa, "--no-count-tokens"]
+    line = one_error_line(cli(*args), EXIT_OUTPUT)
+    assert "No space left on device" in line
+    assert {p.name: p.read_bytes() for p in qa.iterdir()} == before  # the earlier output is as it was
+    assert not list(tmp_path.glob(".serialize-*"))

@@ -13,7 +13,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import SpectrumRejected
-from .base import RawSpectrum
+from .base import RawSpectrum, as_obsid
 from .fitsfile import Hdu
 from .tables import PLACEHOLDER_MAX
 
@@ -55,16 +55,21 @@ def header_meta(header: fits.Header, layout: str) -> dict:
         meta[f"snr{b}"] = get(f"SNR{b.upper()}", f"SN_{b.upper()}")
     if meta["obsid"] is not None:
         try:
-            meta["obsid"] = int(meta["obsid"])
-        except (TypeError, ValueError):
-            meta["obsid"] = None
+            meta["obsid"] = as_obsid(meta["obsid"])
+        except ValueError as exc:  # 1.5, 1e30: kept aside, the spectrum is rejected (ingest) or failed (infer)
+            meta["obsid"], meta["obsid_invalid"] = None, f"header OBSID {exc}"
     for k in ("ra", "dec", "z", *(f"snr{b}" for b in _BANDS)):
         if meta[k] is not None:
             try:
                 meta[k] = float(meta[k])
             except (TypeError, ValueError):
                 meta[k] = None
-            if meta[k] is not None and (not np.isfinite(meta[k]) or meta[k] <= PLACEHOLDER_MAX):
+            if meta[k] is None:
+                continue
+            if k in ("ra", "dec"):  # only the placeholder itself reads as missing; 1e308 or -1e308 is a bad position
+                if np.isnan(meta[k]) or -10000 <= meta[k] <= PLACEHOLDER_MAX:
+                    meta[k] = None
+            elif not np.isfinite(meta[k]) or meta[k] <= PLACEHOLDER_MAX:
                 meta[k] = None  # -9999: the pipeline's "not measured"
     for k in ("objclass", "subclass", "data_release", "fits_filename"):
         if meta[k] is not None:
