@@ -69,25 +69,6 @@ TABLE_NUMBERS = {"teff": 2, "logg": 3, "feh": 4}
 # ---------------------------------------------------------------- configuration
 
 
-def apply_quick(config: BenchmarkConfig) -> BenchmarkConfig:
-    """The configuration actually run: --quick settings and a --max-epochs override applied."""
-    cfg = config
-    if cfg.quick:
-        cfg = dataclasses.replace(
-            cfg,
-            train=dataclasses.replace(cfg.train, max_epochs=cfg.quick_max_epochs, patience=cfg.quick_patience),
-            resnet=dataclasses.replace(
-                cfg.resnet, width=cfg.quick_resnet_width, stem_stride=cfg.quick_resnet_stem_stride
-            ),
-            lightgbm=dataclasses.replace(
-                cfg.lightgbm, n_estimators=cfg.quick_lgbm_estimators, learning_rate=cfg.quick_lgbm_learning_rate
-            ),
-        )
-    if cfg.max_epochs is not None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_epochs=cfg.max_epochs))
-    return cfg
-
-
 def check_models(models: tuple[str, ...]) -> None:
     unknown = [m for m in models if m not in BENCHMARK_MODELS]
     if unknown:
@@ -334,7 +315,7 @@ def run_benchmark(
 ) -> BenchmarkResult:
     """Train the baselines, let every model predict the test split, and write the report into `out`."""
     check_models(config.models)
-    cfg = apply_quick(config)
+    cfg = config.resolved()
     import torch
 
     torch.set_num_threads(max(1, cfg.threads))
@@ -369,11 +350,11 @@ def run_benchmark(
         result.notes.append(f"{shards}: no manifest.json, so no content hash to name")
     models = list(dict.fromkeys(cfg.models))
     if "llm" in models and llm is None:
-        say("benchmark: --llm RUN not given, so the llm model is skipped (train it with `specllm train`)")
-        result.notes.append("llm skipped: no --llm run directory given")
+        say("benchmark: --model RUN not given, so the llm model is skipped (train it with `specllm train`)")
+        result.notes.append("llm skipped: no --model run directory given")
         models.remove("llm")
     if not models:
-        raise SpecllmError("no model left to benchmark (the llm needs --llm RUN)")
+        raise SpecllmError("no model left to benchmark (the llm needs --model RUN)")
     sizes, subsets, size_notes = nested_subsets(len(train), cfg.sizes, cfg.seed)
     result.notes += size_notes
     for note in size_notes:

@@ -48,7 +48,7 @@ class Predictions:
 
 def questions_for(spec, flux: np.ndarray) -> list[str]:
     """The question asked of each spectrum: every label the model knows (flux in the text for text formats)."""
-    from .serialize import question
+    from .qa import question
 
     asked = ["class", *spec.value_names] if spec.stage == 1 else list(spec.value_names)
     if spec.patch_width:
@@ -57,7 +57,7 @@ def questions_for(spec, flux: np.ndarray) -> list[str]:
 
 
 def predict(model, spec, builder, questions, flux, mask, device, config: InferConfig = InferConfig()) -> Predictions:
-    from .serialize import answer, parse_answer
+    from .qa import answer, parse_answer
     from .train import autocast
 
     n = len(questions)
@@ -123,10 +123,10 @@ def answer_vocabulary(tokenizer) -> tuple[torch.Tensor, list[str]]:
 
 def constrained_generate(model, builder, batch, out, spec, device, config: InferConfig) -> list[str]:
     """Greedy decoding where each step takes the most likely token that keeps the text a prefix of a well-formed
-    answer (`serialize.answer_pattern`), and end-of-turn only once the answer is complete: no unparseable output."""
+    answer (`qa.answer_pattern`), and end-of-turn only once the answer is complete: no unparseable output."""
     import regex
 
-    from .serialize import answer_pattern
+    from .qa import answer_pattern
     from .spectral import output_cache
 
     pattern = regex.compile(answer_pattern(spec.format, spec.stage))
@@ -439,7 +439,7 @@ def predict_table(
     model_dir: str | None, shards: str, split: str | None = "test", config: InferConfig = InferConfig()
 ) -> pa.Table:
     """The model's labels for the spectra of `ingest`/`serialize` shards (one split, or all with split=None), as
-    an Arrow table with the columns `specllm infer` writes. Used by `specllm benchmark --llm`."""
+    an Arrow table with the columns `specllm infer` writes. Used by `specllm benchmark --model`."""
     device = _device()
     models = load_for_inference(Path(model_dir) if model_dir else default_model_dir(), device)
     rows = []

@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from . import __version__
-from .config import CLASSES, STAGE1_LABELS, AugmentConfig, LoraConfig, PatchConfig, TrainConfig
+from .config import CLASSES, STAGE1_LABELS, AugmentConfig, PatchConfig, TrainOptions
 from .errors import SpecllmError
 from .models import base_fingerprint, resolve_base
 from .progress import progress_bar, say
@@ -52,29 +52,6 @@ from .shards import (
 QA_COLUMNS = ("spec_id", "split", "question", "answer", "format", "stage")
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
-
-
-@dataclass
-class TrainOptions:
-    data: str
-    out: str
-    stage: int = 1
-    base_model: str | None = None
-    init: str | None = None
-    layers: int | None = None
-    resume: bool = False
-    deepspeed: str | None = None
-    max_steps: int | None = None
-    max_train: int | None = None
-    text_weight: float = 1.0
-    value_weight: float = 1.0
-    class_weight: float = 0.2
-    head_lr_mult: float = 1.0
-    save_dtype: str = "float32"
-    verify: bool = True  # the QA shards checked against their manifest.json (complete, unchanged); --no-verify: not
-    recipe: TrainConfig = field(default_factory=TrainConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass

@@ -113,8 +113,8 @@ def test_predict_table_reads_one_split(tmp_path, tiny_run):
 def test_constrained_decoding_always_parses(tiny_run):
     from specllm.infer import predict, questions_for
     from specllm.prompting import PromptBuilder
+    from specllm.qa import parse_answer
     from specllm.runs import load_model_dir
-    from specllm.serialize import parse_answer
 
     model, spec, tok = load_model_dir(tiny_run)
     builder = PromptBuilder(tok, 77)

@@ -8,6 +8,12 @@ import numpy as np
 
 from ..errors import SpectrumRejected
 
+# File name suffixes by format (matched case-insensitively), named once for every reader.
+FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".csv.gz")
+NPZ_SUFFIXES = (".npz",)
+
 
 @dataclass
 class RawSpectrum:
