@@ -239,7 +239,10 @@ def run_ingest(
     config: IngestConfig = IngestConfig(),
     overwrite: bool = False,
 ) -> IngestResult:
-    catalog = LabelCatalog(catalog_path) if catalog_path else None  # fails at once on a missing column
+    # fails at once on a missing column (and, with --strict, on a value that does not parse)
+    catalog = LabelCatalog(catalog_path, strict=config.strict) if catalog_path else None
+    if catalog is not None and catalog.problem_summary():
+        say(catalog.problem_summary())
     paths = list(expand_spectra(expand_inputs(inputs)))  # an array source -> FILE#0 ... FILE#N-1
     if not paths:
         raise SpecllmError("no input files")

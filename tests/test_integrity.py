@@ -480,3 +480,71 @@ def test_disk_full_mid_run_leaves_no_partial_output(pipeline, tmp_path, monkeypa
     assert "No space left on device" in line
     assert {p.name: p.read_bytes() for p in qa.iterdir()} == before  # the earlier output is as it was
     assert not list(tmp_path.glob(".serialize-*"))
+
+
+# ---------------------------------------------------------------- 3, 5. catalogue values and spectrum identity
+
+
+def catalogue_case(tmp_path, edit: dict[int, dict]) -> tuple[Path, Path, list[dict]]:
+    """8 COADD spectra (each with its OBSID) and a catalogue of them, rows edited as `edit` says (row index ->
+    new values, written as text)."""
+    rows = make_dataset(tmp_path / "fits", 8, layouts=("coadd",))
+    for i, values in edit.items():
+        rows[i] = rows[i] | values
+    return tmp_path / "fits", write_catalog(tmp_path / "labels.csv", rows, CATALOG_COLUMNS), rows
+
+
+def test_catalogue_obsid_never_rewrites_the_spectrum_identity(tmp_path):
+    fits_dir, catalog, rows = catalogue_case(tmp_path, {2: {"obsid": 12345}, 5: {"obsid": 1.5}})
+    res = cli("ingest", fits_dir, "--catalog", catalog, "--out", tmp_path / "o")
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    rejects = {Path(r["file"]).name: r for r in pq.read_table(tmp_path / "o" / "rejects.parquet").to_pylist()}
+    conflict = rejects[rows[2]["filename"]]
+    assert conflict["reason"] == "obsid conflict"
+    assert "the file's OBSID is 900000003, row 3 of" in conflict["detail"] and "has obsid 12345" in conflict["detail"]
+    assert rejects[rows[5]["filename"]]["reason"] == "bad catalogue value"
+    assert "row 6, column obsid: 1.5 is not an integer id" in rejects[rows[5]["filename"]]["detail"]
+    kept = pq.read_table(tmp_path / "o" / "part-00000.parquet").to_pylist()
+    assert len(kept) == 6 and 12345 not in {r["obsid"] for r in kept} and 1 not in {r["obsid"] for r in kept}
+    assert all(r["spec_id"] == str(r["obsid"]) for r in kept)
+    assert "obsid conflict" in res.stderr and "1 row(s) hold values that do not parse" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("teff", "abc", "'abc' is not a number"),
+        ("obsid", "1e30", "is outside 0..2**63-1"),
+        ("obsid", "x", "'x' is not an integer id"),
+    ],
+)
+def test_a_value_that_does_not_parse_is_a_per_row_reject_or_with_strict_a_usage_error(tmp_path, column, value, reason):
+    fits_dir, catalog, rows = catalogue_case(tmp_path, {4: {column: value}})
+    res = cli("ingest", fits_dir, "--catalog", catalog, "--out", tmp_path / "o")
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    summary = [line for line in res.stderr.splitlines() if "do not parse" in line]
+    assert len(summary) == 1 and f"row 5, column {column}:" in summary[0] and reason in summary[0]
+    rejects = pq.read_table(tmp_path / "o" / "rejects.parquet").to_pylist()
+    assert [(Path(r["file"]).name, r["reason"]) for r in rejects] == [(rows[4]["filename"], "bad catalogue value")]
+    assert json.loads((tmp_path / "o" / MANIFEST).read_text())["counts"]["kept"] == 7
+    line = one_error_line(cli("ingest", fits_dir, "--catalog", catalog, "--out", tmp_path / "s", "--strict"))
+    assert str(catalog) in line and f"row 5, column {column}:" in line and reason in line
+    assert not (tmp_path / "s").exists()  # refused before any spectrum was read
+
+
+def test_a_boolean_log_g_column_never_becomes_one(tmp_path):
+    fits_dir, catalog, rows = catalogue_case(tmp_path, {i: {"logg": "true" if i % 2 else "false"} for i in range(8)})
+    res = cli("ingest", fits_dir, "--catalog", catalog, "--out", tmp_path / "o")
+    assert res.exit_code == 1 and "no spectrum was kept" in res.stderr and "Traceback" not in res.output
+    assert "column logg: True is not a number" in res.stderr
+    assert not list((tmp_path / "o").glob("part-*.parquet"))
+
+
+def test_catalogue_positions_outside_the_sky_are_rejected(tmp_path):
+    fits_dir, catalog, rows = catalogue_case(tmp_path, {1: {"ra": 1e308}, 3: {"dec": -1e308}, 6: {"ra": 360.0}})
+    res = cli("ingest", fits_dir, "--catalog", catalog, "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    rejects = {Path(r["file"]).name: r for r in pq.read_table(tmp_path / "o" / "rejects.parquet").to_pylist()}
+    assert {rows[i]["filename"] for i in (1, 3, 6)} == set(rejects)
+    assert {r["reason"] for r in rejects.values()} == {"bad position"}
+    assert "dec = -1e+308 is outside [-90, 90]" in rejects[rows[3]["filename"]]["detail"]
