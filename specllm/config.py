@@ -15,6 +15,9 @@ from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 
+# Label names live in labels.py; re-exported here for modules that still import them from config.
+from .labels import CLASSES, STAGE1_LABELS, STAGE1_NAMES, STAGE2_ELEMENTS  # noqa: F401
+
 NormMethod = Literal["max", "quantile", "median"]
 SerializeFormat = Literal["paper", "compact", "patch"]
 DecodeMethod = Literal["head", "text"]
@@ -90,19 +93,9 @@ class IngestConfig:
     """Exit non-zero if any spectrum was rejected."""
 
 
-# The spectral classes the paper trains on (LAMOST subclasses reduced to their letter).
-CLASSES: tuple[str, ...] = ("A", "F", "G", "K", "M")
-# Stage-1 numeric labels, in answer order, with the number of decimals the paper writes.
-STAGE1_LABELS: tuple[tuple[str, int], ...] = (("teff", 2), ("logg", 3), ("feh", 3))
-
-
 # ---------------------------------------------------------------- serialisation, model and training
 
 FORMATS: tuple[str, ...] = get_args(SerializeFormat)
-# The paper's stage-2 elements (APOGEE DR16 [X/Fe]), in answer order.
-STAGE2_ELEMENTS: tuple[str, ...] = (
-    "C", "CI", "N", "O", "NA", "MG", "AL", "SI", "P", "S", "K", "CA", "TI", "TIII", "V", "CR", "MN", "CO", "NI", "CU", "CE",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -255,6 +248,9 @@ class ArrayConfig:
     kernel_sigmas: float = 4.0
 
 
+# The names `compare-external --survey` accepts, listed once (light to import for the CLI): galah, gaia-eso and apogee
+# resolve to the survey descriptions of `specllm.io.surveys.SURVEYS`, the others to
+# `specllm.external.reference.PLAIN_TABLES` (tests check that each name resolves to exactly one of them).
 SurveyName = Literal["generic", "galah", "gaia-eso", "apogee", "miles", "lamost"]
 SURVEYS: tuple[str, ...] = get_args(SurveyName)
 MatchMethod = Literal["auto", "id", "sky"]
@@ -404,7 +400,7 @@ class BenchmarkConfig:
 
     models: tuple[str, ...] = BENCHMARK_MODELS
     """Comma-separated, from: llm, lightgbm, resnet50, smallcnn, gru."""
-    labels: tuple[str, ...] = tuple(name for name, _ in STAGE1_LABELS)
+    labels: tuple[str, ...] = STAGE1_NAMES
     """Comma-separated label columns; 'auto' adds every apogee_<x>_fe column."""
     sizes: tuple[int, ...] = ()
     """Nested training-set sizes for the scaling check, e.g. 200,400,800,1600."""

@@ -26,7 +26,8 @@ from .config import IngestConfig, SplitConfig
 from .errors import SpecllmError, SpectrumRejected, one_line
 from .io import LAYOUT_ARRAY, expand_inputs, expand_spectra, load_spectrum
 from .io.base import check_identity
-from .io.lamost_catalog import LabelCatalog, file_key, reduce_class
+from .io.lamost_catalog import LabelCatalog, file_key
+from .labels import reduce_class
 from .preprocess import clean_spectrum
 from .progress import progress_bar, say
 from .shards import (

@@ -26,23 +26,21 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .config import CLASSES, FORMATS, STAGE1_LABELS, STAGE2_ELEMENTS, GridConfig, SerializeConfig
+from .config import FORMATS, GridConfig, SerializeConfig
 from .errors import SpecllmError
-from .io.tables import PLACEHOLDER_MAX
+from .labels import CLASSES, STAGE1_LABELS, STAGE1_NAMES, STAGE2_KEYS, clean_class, clean_number
 
 CONFIG = SerializeConfig()
 STAGES = (1, 2)
 FLUX_OPEN, FLUX_CLOSE = "<flux>", "</flux>"
 FLUX_SPAN = FLUX_OPEN + FLUX_CLOSE  # the empty span of `patch` questions, where the patch embeddings go
 
-STAGE1_KEYS: tuple[str, ...] = ("class",) + tuple(name for name, _ in STAGE1_LABELS)
-STAGE2_KEYS: tuple[str, ...] = tuple(f"{e.lower()}_fe" for e in STAGE2_ELEMENTS)
+STAGE1_KEYS: tuple[str, ...] = ("class", *STAGE1_NAMES)
 _STAGE1_DECIMALS = dict(STAGE1_LABELS)
 
 _PAPER_NAMES = {
@@ -75,18 +73,7 @@ def check_stage(stage: int) -> None:
 def clean_value(key: str, value) -> float | str | None:
     """A label as written into the text, or None where it is missing (None, NaN, inf, survey placeholder <= -9999,
     a class outside A/F/G/K/M)."""
-    if value is None:
-        return None
-    if key == "class":
-        text = str(value).strip().upper()
-        return text if text in CLASSES else None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(number) or number <= PLACEHOLDER_MAX:
-        return None
-    return number
+    return clean_class(value) if key == "class" else clean_number(value)
 
 
 def asked_labels(stage: int, labels: Mapping[str, object]) -> list[str]:

@@ -60,6 +60,21 @@ def as_obsid(value) -> int | None:
     return number
 
 
+def clean_position(value) -> float | None:
+    """ra or dec (degrees) as a float; None where missing (None, empty text, NaN, the -9999 placeholder itself).
+    Text or a boolean that is not a number raises ValueError. Every other value (1e308, -1e308, inf) is kept, for
+    `position_problem` to name: a position is never silently dropped for being absurd."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool | np.bool_):
+        raise ValueError("is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("is not a number") from None
+    return None if np.isnan(number) or -10000 <= number <= -9999 else number
+
+
 def position_problem(ra, dec) -> str | None:
     """Why (ra, dec) in degrees is not a sky position (outside [0, 360) x [-90, 90]), or None when it is one or
     is not given."""

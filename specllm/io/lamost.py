@@ -13,9 +13,9 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import SpectrumRejected
-from .base import RawSpectrum, as_obsid
+from ..labels import clean_number
+from .base import RawSpectrum, as_obsid, clean_position
 from .fitsfile import Hdu
-from .tables import PLACEHOLDER_MAX
 
 LAYOUT_DR1 = "lamost-dr1-image"
 LAYOUT_IMAGE = "lamost-image"
@@ -58,19 +58,13 @@ def header_meta(header: fits.Header, layout: str) -> dict:
             meta["obsid"] = as_obsid(meta["obsid"])
         except ValueError as exc:  # 1.5, 1e30: kept aside, the spectrum is rejected (ingest) or failed (infer)
             meta["obsid"], meta["obsid_invalid"] = None, f"header OBSID {exc}"
-    for k in ("ra", "dec", "z", *(f"snr{b}" for b in _BANDS)):
-        if meta[k] is not None:
-            try:
-                meta[k] = float(meta[k])
-            except (TypeError, ValueError):
-                meta[k] = None
-            if meta[k] is None:
-                continue
-            if k in ("ra", "dec"):  # only the placeholder itself reads as missing; 1e308 or -1e308 is a bad position
-                if np.isnan(meta[k]) or -10000 <= meta[k] <= PLACEHOLDER_MAX:
-                    meta[k] = None
-            elif not np.isfinite(meta[k]) or meta[k] <= PLACEHOLDER_MAX:
-                meta[k] = None  # -9999: the pipeline's "not measured"
+    for k in ("z", *(f"snr{b}" for b in _BANDS)):
+        meta[k] = clean_number(meta[k])  # None for text, NaN and -9999 (the pipeline's "not measured")
+    for k in ("ra", "dec"):  # only the placeholder reads as missing: 1e308 or -1e308 is a bad position
+        try:
+            meta[k] = clean_position(meta[k])
+        except ValueError:
+            meta[k] = None
     for k in ("objclass", "subclass", "data_release", "fits_filename"):
         if meta[k] is not None:
             meta[k] = str(meta[k]).strip()

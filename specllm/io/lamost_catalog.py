@@ -14,17 +14,16 @@ differs from the file's own is not used (the spectrum is rejected with both ids 
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 import pyarrow as pa
 
-from ..config import CLASSES, STAGE1_LABELS
 from ..errors import SpecllmError, SpectrumRejected, one_line
-from .base import as_obsid
-from .tables import PLACEHOLDER_MAX, read_catalog
+from ..labels import STAGE1_NAMES, clean_number
+from .base import as_obsid, clean_position
+from .tables import ColumnNames, fits_stem, read_catalog
 
-REQUIRED_LABELS = tuple(name for name, _ in STAGE1_LABELS)
+REQUIRED_LABELS = STAGE1_NAMES
 # Catalogue column (lower case) -> shard column. Everything else is kept under its own name.
 KNOWN = {
     "obsid": "obsid",
@@ -49,32 +48,24 @@ DECLARED = {"obsid": "int", "objclass": "text", "subclass": "text", "ra": "posit
 }
 
 
-def parse_number(value, position: bool = False) -> float | None:
+def parse_number(value) -> float | None:
     """A catalogue number: None, NaN and placeholders (<= -9999) are missing; text is parsed; a boolean or text that
-    is not a number raises ValueError (a log g column of `true` must never become 1.0). A `position` (ra, dec) is
-    missing only as NaN or the placeholder itself (-10000..-9999): -1e308 stays, to be rejected as off the sky."""
-    if value is None:
-        return None
+    is not a number raises ValueError (a log g column of `true` must never become 1.0)."""
     if isinstance(value, bool | np.bool_):
         raise ValueError("is not a number")
-    if isinstance(value, str):
-        if not value.strip():
-            return None
+    if isinstance(value, str) and value.strip() and clean_number(value) is None:
         try:
-            value = float(value)
+            float(value)
         except ValueError:
             raise ValueError("is not a number") from None
-    if not isinstance(value, int | float | np.integer | np.floating):
-        raise ValueError("is not a number")
-    value = float(value)
-    if position:
-        return None if np.isnan(value) or -10000 <= value <= PLACEHOLDER_MAX else value
-    return None if not np.isfinite(value) or value <= PLACEHOLDER_MAX else value
+    return clean_number(value)
 
 
 def _parse(kind: str, value):
-    if kind in ("number", "position"):
-        return parse_number(value, position=kind == "position")
+    if kind == "number":
+        return parse_number(value)
+    if kind == "position":
+        return clean_position(value)
     if kind == "int":
         if (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and np.isnan(value)):
             return None
@@ -88,28 +79,14 @@ RESERVED = {"spec_id", "file", "data_release", "layout", "class", "split", "cove
 
 def file_key(path_or_name: str) -> str:
     """`dir/spec-55862-B6212_sp06-003.fits.gz` -> `spec-55862-B6212_sp06-003`."""
-    name = os.path.basename(str(path_or_name).strip())
-    return re.sub(r"\.(fits?|fts)(\.gz)?$", "", name, flags=re.IGNORECASE)
-
-
-def reduce_class(subclass: str | None) -> str | None:
-    """LAMOST subclass -> A/F/G/K/M (`G3` -> G, `dM2`/`gM0`/`sdM1` -> M); None for anything else."""
-    if not subclass:
-        return None
-    s = str(subclass).strip()
-    s = re.sub(r"^(sd|d|g)(?=M)", "", s)
-    return s[0] if s and s[0] in CLASSES else None
+    return fits_stem(os.path.basename(str(path_or_name).strip()))
 
 
 class LabelCatalog:
     def __init__(self, path: str, strict: bool = False):
         self.path = path
         table = read_catalog(path)
-        lower = {}
-        for name in table.column_names:
-            key = name.strip().lower()
-            if key and not key.startswith("unnamed") and key not in lower:
-                lower[key] = name
+        lower = {k: v for k, v in ColumnNames(table.column_names).items() if k and not k.startswith("unnamed")}
         self.file_column = next((k for k in FILENAME_KEYS if k in lower), None)
         if "obsid" not in lower and self.file_column is None:
             raise SpecllmError(f"{path}: catalogue lacks required column 'obsid' (or 'filename' to join on)")
@@ -183,10 +160,7 @@ class LabelCatalog:
     def _clean(column: pa.ChunkedArray) -> list:
         values = column.to_pylist()
         if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
-            return [
-                None if v is None or (isinstance(v, float) and not np.isfinite(v)) or v <= PLACEHOLDER_MAX else v
-                for v in values
-            ]
+            return [v if clean_number(v) is not None else None for v in values]  # the value keeps its type
         return values
 
     def _add_keys(self, keys) -> None:

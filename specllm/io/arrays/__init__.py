@@ -37,9 +37,9 @@ import numpy as np
 
 from ...config import ArrayConfig
 from ...errors import SpectrumRejected
+from ...labels import clean_number
 from ...physics import air_to_vacuum, broaden
 from ..base import RawSpectrum
-from ..tables import PLACEHOLDER_MAX
 from . import csvfile, fitstable, npz, parquet
 from .common import (
     BAD_PIXEL,
@@ -116,12 +116,7 @@ def _file_stem(path: str) -> str:
     return name[: len(name) - len(suffix)]
 
 
-def _label(value) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if np.isfinite(v) and v > PLACEHOLDER_MAX else None
+_label = clean_number  # a label or coordinate, None where missing (NaN, text, -9999)
 
 
 def _meta(path: str, index: int, scalars: dict, info: SourceInfo, medium: str, resolution: float | None) -> dict:

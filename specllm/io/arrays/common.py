@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import SpectrumRejected
+from ..tables import ColumnNames
 
 LAYOUT_ARRAY = "array"
 VIRTUAL_SEP = "#"
@@ -66,17 +67,12 @@ def rejected(path: str, reason: str, detail: str) -> SpectrumRejected:
     return exc
 
 
-def lower_map(names) -> dict[str, str]:
-    """lower-case name -> name as given (the first of names equal but for case)."""
-    out = {}
-    for n in names:
-        out.setdefault(str(n).strip().lower(), n)
-    return out
+lower_map = ColumnNames  # lower-case name -> name as given: the one case-insensitive lookup (io/tables.py)
 
 
-def first(lower: dict[str, str], keys) -> str | None:
+def first(lower: ColumnNames, keys) -> str | None:
     """The name (as given) of the first of `keys` present in `lower` (a `lower_map`), or None."""
-    return next((lower[k] for k in keys if k in lower), None)
+    return lower.first(keys)
 
 
 def has_wave_and_flux(names) -> bool:
