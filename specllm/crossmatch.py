@@ -18,7 +18,6 @@ statistics), `label_counts.csv` / `.md` (the paper's Table 1: valid labels per c
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -35,15 +34,15 @@ from .io.surveys import SURVEYS, SurveyCatalog, get_survey, read_survey
 from .labels import CLASSES, STAGE2_ELEMENTS, element_label
 from .progress import progress_bar, say
 from .shards import (
-    MANIFEST,
     atomic_write_json,
     atomic_write_text,
-    begin_output,
     check_output,
     integrity_fields,
     iter_batches,
     parquet_file,
+    publish,
     read_manifest,
+    staged_output,
     table_digest,
     verified_shard_paths,
     write_table,
@@ -302,75 +301,77 @@ def run_crossmatch(
         for line in _stat_lines(result.stats[m.key]):
             say(line)
 
-    os.makedirs(out, exist_ok=True)
-    begin_output(out)  # no manifest until this run is complete: consumers refuse the folder meanwhile
-    hashes: dict[str, str] = {}
-    counts = {  # Table 1: the labels each catalogue carries
-        m.key: {label: dict.fromkeys((*CLASSES, OTHER), 0) for label in ["matched", *m.catalog.present]}
-        for m in matches
-    }
-    digests = []
-    lo = 0
-    with progress_bar("crossmatch", total=len(paths)) as advance:
-        for k, (path, n) in enumerate(zip(paths, sizes, strict=True)):
-            hi = lo + n
-            table = pa.Table.from_batches(
-                list(iter_batches([path], batch_size=4096)), schema=parquet_file(path).schema_arrow
-            )
-            for m in matches:
-                table = _append_labels(table, m, lo, hi)
-            if config.matched_only:
-                keep = np.zeros(n, bool)
+    # Written beside --out and moved in when complete (the manifest last): a failed run leaves --out as it was.
+    with staged_output(out, "crossmatch") as staging:
+        hashes: dict[str, str] = {}
+        counts = {  # Table 1: the labels each catalogue carries
+            m.key: {label: dict.fromkeys((*CLASSES, OTHER), 0) for label in ["matched", *m.catalog.present]}
+            for m in matches
+        }
+        digests = []
+        lo = 0
+        with progress_bar("crossmatch", total=len(paths)) as advance:
+            for k, (path, n) in enumerate(zip(paths, sizes, strict=True)):
+                hi = lo + n
+                table = pa.Table.from_batches(
+                    list(iter_batches([path], batch_size=4096)), schema=parquet_file(path).schema_arrow
+                )
                 for m in matches:
-                    keep |= m.index[lo:hi] >= 0
-                table = table.filter(pa.array(keep))
-            lo = hi
-            advance()
-            if table.num_rows == 0:
-                continue
-            name = f"part-{k:05d}.parquet"
-            digests.append(table_digest(table))
-            hashes[name] = write_table(os.path.join(out, name), table)
-            result.shards.append(name)
-            result.written += table.num_rows
-            _count(counts, table, matches)
-    for stale in glob.glob(os.path.join(out, "part-*.parquet")):
-        if os.path.basename(stale) not in result.shards:
-            os.unlink(stale)
-    result.counts = counts
-    result.content_hash = hashlib.sha256("".join(digests).encode()).hexdigest()
+                    table = _append_labels(table, m, lo, hi)
+                if config.matched_only:
+                    keep = np.zeros(n, bool)
+                    for m in matches:
+                        keep |= m.index[lo:hi] >= 0
+                    table = table.filter(pa.array(keep))
+                lo = hi
+                advance()
+                if table.num_rows == 0:
+                    continue
+                name = f"part-{k:05d}.parquet"
+                digests.append(table_digest(table))
+                hashes[name] = write_table(os.path.join(staging, name), table)
+                result.shards.append(name)
+                result.written += table.num_rows
+                _count(counts, table, matches)
+        result.counts = counts
+        result.content_hash = hashlib.sha256("".join(digests).encode()).hexdigest()
 
-    csv, md = counts_table(counts)
-    atomic_write_text(os.path.join(out, COUNTS_CSV), csv)
-    atomic_write_text(os.path.join(out, COUNTS_MD), md + "\n")
-    atomic_write_json(os.path.join(out, STATS), {"config": dataclasses.asdict(config), "surveys": result.stats})
-    source_manifest = read_manifest(shards) or {}
-    schema = pq.read_schema(os.path.join(out, result.shards[0])) if result.shards else None
-    atomic_write_json(
-        os.path.join(out, MANIFEST),
-        {
-            **{k: source_manifest[k] for k in ("grid", "clean", "split", "balance", "catalog") if k in source_manifest},
-            "specllm": __version__,
-            "kind": "spectra",
-            "source": os.path.abspath(shards),
-            "source_content_hash": source_manifest.get("content_hash"),
-            "crossmatch": {
-                "config": dataclasses.asdict(config),
-                "catalogs": {k: os.path.abspath(v) for k, v in catalogs.items()},
-                "stage2_label_columns": stage2_label_columns() if "apogee" in catalogs else [],
-                "stats": STATS,
-                "label_counts": [COUNTS_CSV, COUNTS_MD],
+        csv, md = counts_table(counts)
+        atomic_write_text(os.path.join(staging, COUNTS_CSV), csv)
+        atomic_write_text(os.path.join(staging, COUNTS_MD), md + "\n")
+        atomic_write_json(os.path.join(staging, STATS), {"config": dataclasses.asdict(config), "surveys": result.stats})
+        source_manifest = read_manifest(shards) or {}
+        schema = pq.read_schema(os.path.join(staging, result.shards[0])) if result.shards else None
+        publish(
+            staging,
+            out,
+            {
+                **{
+                    k: source_manifest[k]
+                    for k in ("grid", "clean", "split", "balance", "catalog")
+                    if k in source_manifest
+                },
+                "specllm": __version__,
+                "kind": "spectra",
+                "source": os.path.abspath(shards),
+                "source_content_hash": source_manifest.get("content_hash"),
+                "crossmatch": {
+                    "config": dataclasses.asdict(config),
+                    "catalogs": {k: os.path.abspath(v) for k, v in catalogs.items()},
+                    "stage2_label_columns": stage2_label_columns() if "apogee" in catalogs else [],
+                    "stats": STATS,
+                    "label_counts": [COUNTS_CSV, COUNTS_MD],
+                },
+                "counts": {
+                    "spectra": result.spectra,
+                    "written": result.written,
+                    "matched": {k: st["matched"] for k, st in result.stats.items()},
+                },
+                **integrity_fields(staging, result.shards, hashes),
+                "content_hash": result.content_hash,
+                "schema": {f.name: str(f.type) for f in schema} if schema is not None else {},
             },
-            "counts": {
-                "spectra": result.spectra,
-                "written": result.written,
-                "matched": {k: st["matched"] for k, st in result.stats.items()},
-            },
-            **integrity_fields(out, result.shards, hashes),
-            "content_hash": result.content_hash,
-            "schema": {f.name: str(f.type) for f in schema} if schema is not None else {},
-        },
-    )
+        )
     say(md)
     say(
         f"crossmatch: wrote {result.written} spectra in {len(result.shards)} shard(s) to {out}, content hash {result.content_hash[:16]}"

@@ -38,11 +38,11 @@ from .qa import (
 from .shards import (
     MANIFEST,
     arrow_to_vectors,
-    atomic_write_json,
     check_output,
     integrity_fields,
     iter_batches,
     parquet_file,
+    publish,
     read_manifest,
     table_digest,
     verified_shard_paths,
@@ -178,17 +178,6 @@ def _prepare_out(out: str, shards: str) -> None:
         raise SpecllmError(f"{out}: exists and is not a directory")
 
 
-def _publish(staging: str, out: str, shard_names: list[str], manifest: dict) -> None:
-    """Move the finished shards into `out` (replacing an earlier serialize output), the manifest last."""
-    os.makedirs(out, exist_ok=True)
-    for name in os.listdir(out):
-        if (name.startswith("part-") and name.endswith(".parquet")) or name == MANIFEST:
-            os.unlink(os.path.join(out, name))
-    for name in shard_names:
-        os.replace(os.path.join(staging, name), os.path.join(out, name))
-    atomic_write_json(os.path.join(out, MANIFEST), manifest)
-
-
 def run_serialize(
     shards: str,
     stage: int,
@@ -314,7 +303,7 @@ def run_serialize(
             "content_hash": result.content_hash,
             "schema": {f.name: str(f.type) for f in schema},
         }
-        _publish(staging, out, shard_names, manifest)
+        publish(staging, out, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result

@@ -21,10 +21,12 @@ Spectrum shards (written by `ingest`, extended by `crossmatch`) hold one row per
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,8 +93,6 @@ def check_output(path: str | os.PathLike, need_bytes: int = 0, is_file: bool = F
     disk has about `need_bytes` free. The test writes and removes a probe file in the folder that will hold the
     output (or its nearest existing parent), so a read-only mount, a missing permission or a full disk is one
     OutputError line (exit status 3) before anything was read or written."""
-    import shutil
-
     path = os.path.abspath(str(path))
     folder = os.path.dirname(path) if is_file else path
     if is_file and os.path.isdir(path):
@@ -218,6 +218,32 @@ def begin_output(directory: str | os.PathLike) -> None:
     path = os.path.join(str(directory), MANIFEST)
     if os.path.lexists(path):
         os.unlink(path)
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike, name: str) -> Iterator[str]:
+    """A hidden folder beside `out` where a producer writes its run (removed whatever happens); `publish` moves it
+    into `out` when complete, so a failed or refused run leaves `out` as it was."""
+    parent = os.path.dirname(os.path.abspath(str(out)))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: str, out: str | os.PathLike, manifest: dict) -> None:
+    """Move every file of `staging` into `out`, replacing an earlier output's shards and manifest (removed first),
+    and write `manifest` last."""
+    out = str(out)
+    os.makedirs(out, exist_ok=True)
+    begin_output(out)
+    for stale in glob.glob(os.path.join(out, SHARD_GLOB)):
+        os.unlink(stale)
+    for name in sorted(os.listdir(staging)):
+        os.replace(os.path.join(staging, name), os.path.join(out, name))
+    atomic_write_json(os.path.join(out, MANIFEST), manifest)
 
 
 def _producer(directory: str, manifest: dict | None) -> str:

@@ -548,3 +548,28 @@ def test_catalogue_positions_outside_the_sky_are_rejected(tmp_path):
     assert {rows[i]["filename"] for i in (1, 3, 6)} == set(rejects)
     assert {r["reason"] for r in rejects.values()} == {"bad position"}
     assert "dec = -1e+308 is outside [-90, 90]" in rejects[rows[3]["filename"]]["detail"]
+
+
+def test_crossmatch_failing_mid_run_leaves_its_earlier_output(pipeline, tmp_path, monkeypatch):
+    import errno
+
+    spectra = pq.read_table(pipeline["shards"] / "part-00000.parquet", columns=["ra", "dec"]).to_pylist()
+    apogee = tmp_path / "apogee.csv"
+    lines = [f"2M0000000{i}+0000000,{s['ra']},{s['dec']},5000,4.5,0.1" for i, s in enumerate(spectra)]
+    apogee.write_text("APOGEE_ID,RA,DEC,TEFF,LOGG,FE_H\n" + "\n".join(lines) + "\n")
+    xm = tmp_path / "xm"
+    assert cli("crossmatch", pipeline["shards"], "--apogee", apogee, "--out", xm).exit_code == 0
+    before = {p.name: p.read_bytes() for p in xm.iterdir()}
+    assert len(verified_shard_paths(xm)) == 3
+    real = pq.write_table
+
+    def full(table, where, **kwargs):
+        if "part-00001" in str(where):
+            raise OSError(errno.ENOSPC, "No space left on device", str(where))
+        return real(table, where, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", full)
+    line = one_error_line(cli("crossmatch", pipeline["shards"], "--apogee", apogee, "--out", xm), EXIT_OUTPUT)
+    assert "No space left on device" in line
+    assert {p.name: p.read_bytes() for p in xm.iterdir()} == before
+    assert not list(tmp_path.glob(".crossmatch-*"))
