@@ -261,7 +261,7 @@ def _producer(directory: str, manifest: dict | None) -> str:
 
 def _hint(directory: str, manifest: dict | None) -> str:
     producer = _producer(directory, manifest)
-    resumes = "; it resumes" if producer == "specllm ingest" else ""
+    resumes = " (it resumes)" if producer == "specllm ingest" else ""
     return f"rerun {producer} with the same options{resumes}, or pass --no-verify to read it as it is"
 
 
