@@ -76,10 +76,6 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise SpecllmError(f"{one_line(path)}: not a readable safetensors file ({one_line(reason)})") from None
 
 
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
 def bitsandbytes_available() -> bool:
     import importlib.util
 
