@@ -44,12 +44,21 @@ from .runs import (
     build_model,
     load_trainable,
     model_dir,
+    read_json,
+    read_safetensors,
     read_weights,
     resolve_quantize,
     save_model_dir,
     trainable_state,
 )
-from .shards import arrow_to_vectors, atomic_write_json, read_manifest, read_table
+from .shards import (
+    arrow_to_vectors,
+    atomic_write_json,
+    check_output,
+    read_manifest,
+    read_table,
+    verified_shard_paths,
+)
 
 QA_COLUMNS = ("spec_id", "split", "question", "answer", "format", "stage")
 CHECKPOINTS = "checkpoints"
@@ -89,8 +98,8 @@ def value_columns(table: pa.Table, stage: int) -> list[str]:
     return [c for c in table.column_names if c.endswith("_fe") and c != "fe_h"]
 
 
-def load_qa(source: str, stage: int) -> QAData:
-    table = read_table(source)
+def load_qa(source: str, stage: int, verify: bool = True) -> QAData:
+    table = read_table(verified_shard_paths(source, verify))
     missing = [c for c in QA_COLUMNS if c not in table.column_names]
     if missing:
         raise SpecllmError(f"{source}: not QA shards (missing column(s) {', '.join(missing)}); run `specllm serialize`")
@@ -245,17 +254,10 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    latest = out / CHECKPOINTS / LATEST
-    return out / CHECKPOINTS / json.loads(latest.read_text())["checkpoint"] if latest.exists() else None
-
-
 def restore_checkpoint(model, optimizer, scheduler, out: Path, engine=None, ranks: Ranks = Ranks()) -> int:
-    from safetensors.torch import load_file
-
-    ckpt = latest_checkpoint(out)
-    if ckpt is None:
+    if not (out / CHECKPOINTS / LATEST).exists():
         raise SpecllmError(f"{out}: no checkpoint to resume from")
+    ckpt = latest_checkpoint(out)
     if engine is not None:
         path, client = engine.load_checkpoint(str(out / CHECKPOINTS), tag=ckpt.name)
         if path is None:
@@ -267,8 +269,8 @@ def restore_checkpoint(model, optimizer, scheduler, out: Path, engine=None, rank
         if not (ckpt / "trainer.json").exists():
             raise SpecllmError(f"{ckpt}: a DeepSpeed checkpoint; resume it with the same --deepspeed config")
         load_trainable(model, read_weights(model_dir(ckpt)))
-        meta = json.loads((ckpt / "trainer.json").read_text())
-        state = load_file(str(ckpt / "optimizer.safetensors"))
+        meta = read_json(ckpt / "trainer.json")
+        state = read_safetensors(ckpt / "optimizer.safetensors")
         for gi, group in enumerate(optimizer.param_groups):
             group.update(meta["param_groups"][gi])
             for pi, p in enumerate(group["params"]):
@@ -280,8 +282,18 @@ def restore_checkpoint(model, optimizer, scheduler, out: Path, engine=None, rank
         step = int(meta["step"])
     rng = ckpt / f"rng-rank{ranks.rank:05d}.safetensors"
     if rng.exists():
-        torch.set_rng_state(load_file(str(rng))["torch"])
+        torch.set_rng_state(read_safetensors(rng)["torch"])
     return step
+
+
+def latest_checkpoint(out: Path) -> Path:
+    """The checkpoint directory `OUT/checkpoints/latest` names; a garbled pointer is one SpecllmError line."""
+    latest = out / CHECKPOINTS / LATEST
+    record = read_json(latest)
+    name = record.get("checkpoint") if isinstance(record, dict) else None
+    if not isinstance(name, str) or not (out / CHECKPOINTS / name).is_dir():
+        raise SpecllmError(f"{latest}: names no checkpoint directory of {out / CHECKPOINTS}")
+    return out / CHECKPOINTS / name
 
 
 def _spec_for(opts: TrainOptions, data: QAData, grid_size: int | None) -> tuple[ModelSpec, dict | None]:
@@ -328,10 +340,12 @@ def run_train(opts: TrainOptions) -> dict:
     out = Path(opts.out)
     recipe = opts.recipe
     ranks = init_ranks(bool(opts.deepspeed))
-    data = load_qa(opts.data, opts.stage)
+    if ranks.main:
+        check_output(out)
+    data = load_qa(opts.data, opts.stage, opts.verify)
     grid_size = data.flux.shape[1] if data.flux is not None else None
     spec, init_state = _spec_for(opts, data, grid_size)
-    resume_from = latest_checkpoint(out) if opts.resume else None
+    resume_from = latest_checkpoint(out) if opts.resume and (out / CHECKPOINTS / LATEST).exists() else None
     if resume_from is not None:
         spec = ModelSpec.from_json(model_dir(resume_from) / "spec.json")
     elif (out / "model").exists() and not opts.resume:
