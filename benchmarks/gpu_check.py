@@ -145,6 +145,7 @@ def paper_train(work: Path, data: dict, smoke: bool) -> dict:
         "--quantize", "nf4", "--lora-r", "64", "--lora-alpha", "128", "--lora-dropout", "0.1", "--bf16",
         "--gradient-checkpointing", "--batch-size", "1", "--grad-accum", "1", "--lr", "1e-4", "--epochs", "100",
         "--max-steps", str(steps), "--deepspeed", str(ROOT / "specllm" / "recipes" / "zero3.json"),
+        "--no-verify",  # qa-paper is this script's filtered copy of verified shards, without a manifest of its own
     ]  # fmt: skip
     t = time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
