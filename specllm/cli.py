@@ -337,13 +337,20 @@ def infer(
         str, typer.Option(help="'head' (numeric read-out, default) or 'text' (constrained greedy decoding).")
     ] = _INFER.decode,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any input failed.")] = False,
+    snr_min_r: Annotated[
+        float, typer.Option(help="Flag 'low SNR' below this SNR_r (ingest's cut).")
+    ] = _CLEAN.snr_min_r,
+    snr_min_i: Annotated[
+        float, typer.Option(help="Flag 'low SNR' below this SNR_i (ingest's cut).")
+    ] = _CLEAN.snr_min_i,
 ):
-    """Labels for spectra: one CSV row per input, in input order, on stdout."""
+    """Labels for spectra: one CSV row per input, in input order, on stdout, each with `flag`/`flag_reason`."""
     from .infer import run_infer
 
     if decode not in ("head", "text"):
         raise typer.BadParameter("--decode must be head or text")
-    failed, total = run_infer(inputs, model, output, InferConfig(batch_size=batch_size, decode=decode))
+    clean = CleanConfig(snr_min_r=snr_min_r, snr_min_i=snr_min_i)
+    failed, total = run_infer(inputs, model, output, InferConfig(batch_size=batch_size, decode=decode), clean)
     if failed and (strict or failed == total):
         raise typer.Exit(1)
 

@@ -154,6 +154,34 @@ class InferConfig:
     partial_edge: float = 0.02  # a spectrum missing more than this fraction of the grid at one end is `partial`
 
 
+@dataclass(frozen=True)
+class DomainConfig:
+    """The model's own domain check (`flag` bit `domain`), fitted by `python -m specllm.fitdomain` into the model
+    directory (`domain.safetensors` + `domain.json`) from the train split of the shards the model was trained on.
+
+    components: leading principal components of the read-out hidden state kept, each scaled to unit variance.
+    neighbours: a spectrum's score is its mean distance, in that space, to this many nearest training spectra.
+    quantile: the threshold is this quantile of the scores of held-out training spectra (never the test split).
+    val_fraction: share of the train split held out for the threshold, drawn by the split's hash rule (salt
+        `SplitConfig.salt + ":domain"`), so it never moves.
+    partial_fraction, partial_span: this share of the training spectra (drawn at random) is used with one end of the
+        grid cut (a fraction drawn uniformly from `partial_span`, filled as the preprocessing fills it), so that
+        partial coverage alone is not out of domain; the others as observed. One forward pass per spectrum.
+    class_prob_quantile: a class-head probability below this quantile of the held-out training spectra's (stored
+        as `class_prob_min`) flags the row `class`.
+    seed: the random cuts.
+    """
+
+    components: int = 32
+    neighbours: int = 10
+    quantile: float = 0.98
+    val_fraction: float = 0.2
+    partial_fraction: float = 0.5
+    partial_span: tuple[float, float] = (0.05, 0.3)
+    class_prob_quantile: float = 0.01
+    seed: int = 0
+
+
 # ---------------------------------------------------------------- external spectra and comparison (issue 7)
 
 

@@ -15,7 +15,7 @@ import io
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -44,6 +44,8 @@ class Predictions:
     classes: list[str | None]
     texts: list[str]
     ok: np.ndarray  # (N,) bool: the answer text parsed
+    class_prob: np.ndarray | None = None  # (N,) the class head's probability of its answer
+    hidden: np.ndarray | None = None  # (N, D) the read-out hidden state (the domain check reads it)
 
 
 def questions_for(spec, flux: np.ndarray) -> list[str]:
@@ -68,6 +70,8 @@ def predict(model, spec, builder, questions, flux, mask, device, config: InferCo
     classes: list[str | None] = [None] * n
     texts = [""] * n
     ok = np.zeros(n, dtype=bool)
+    class_prob = np.full(n, np.nan)
+    hidden = None
     for start in range(0, n, config.batch_size):
         sl = slice(start, min(n, start + config.batch_size))
         enc = [builder.encode(q, None) for q in questions[sl]]
@@ -79,8 +83,12 @@ def predict(model, spec, builder, questions, flux, mask, device, config: InferCo
             last = out.last_hidden_state[:, -1]
             mu, log_var, logits = model.readout(last)
         values[sl] = mu.float().cpu().numpy() * std + mean
+        if hidden is None:
+            hidden = np.zeros((n, last.shape[-1]), dtype=np.float32)
+        hidden[sl] = last.float().cpu().numpy()
         errors[sl] = np.exp(0.5 * log_var.float().cpu().numpy()) * std
         if logits is not None:
+            class_prob[sl] = torch.softmax(logits.float(), -1).max(-1).values.cpu().numpy()
             for i, k in enumerate(logits.argmax(-1).tolist()):
                 classes[start + i] = spec.classes[k]
         if config.decode == "text":
@@ -104,7 +112,7 @@ def predict(model, spec, builder, questions, flux, mask, device, config: InferCo
                     ok[start + i] = True
                 except ValueError:  # no finite value to write: flagged, never an exception
                     ok[start + i] = False
-    return Predictions(values, errors, classes, texts, ok)
+    return Predictions(values, errors, classes, texts, ok, class_prob, hidden)
 
 
 ANSWER_CHARACTERS = set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz .-+,:'[]_")
@@ -238,6 +246,23 @@ class Item:
     coverage: float | None = None
     edge_gap: float | None = None
     status: str = "ok"
+    header: dict = field(default_factory=dict)  # HEADER_COLUMNS where the file (or shard) states them
+    snr_reason: str | None = None  # why `ingest` would reject it for SNR ('low SNR', 'no SNR'), else None
+
+
+# Header facts carried into every row (LAMOST CLASS, SUBCLASS, Z, SNR per band), where present.
+HEADER_COLUMNS = ("objclass", "subclass", "z", "snrg", "snrr", "snri")
+
+
+def snr_reason(meta: dict, clean: CleanConfig, required: bool) -> str | None:
+    """The reason `ingest` would give for rejecting this spectrum for its SNR (same function, same options)."""
+    from .preprocess import check_snr
+
+    try:
+        check_snr(meta, clean, required=required)
+    except SpectrumRejected as exc:
+        return exc.reason
+    return None
 
 
 def edge_gap(mask: np.ndarray) -> float:
@@ -248,14 +273,14 @@ def edge_gap(mask: np.ndarray) -> float:
     return max(observed[0], mask.size - 1 - observed[-1]) / mask.size
 
 
-def iter_shard_items(path: str, split: str | None = None) -> Iterator[Item]:
+def iter_shard_items(path: str, split: str | None = None, clean: CleanConfig = CleanConfig()) -> Iterator[Item]:
     """The spectra of `ingest` or `serialize --format patch` shards (a directory or one .parquet file), optionally
     only one split's. spec_id, flux and mask are required; obsid, file, position and coverage are read if present."""
     import pyarrow.parquet as pq
 
     from .shards import arrow_to_vectors, iter_batches, shard_paths
 
-    optional = ["obsid", "file", "ra", "dec", "coverage"]
+    optional = ["obsid", "file", "ra", "dec", "coverage", *HEADER_COLUMNS]
     for shard in shard_paths(path):
         names = pq.ParquetFile(shard).schema_arrow.names
         present = [c for c in optional if c in names]
@@ -273,6 +298,7 @@ def iter_shard_items(path: str, split: str | None = None) -> Iterator[Item]:
             for i, sid in enumerate(rb.column("spec_id").to_pylist()):
                 if keep[i]:
                     f = meta["file"][i] if meta["file"][i] is not None else str(shard)
+                    header = {c: meta[c][i] for c in HEADER_COLUMNS if meta[c][i] is not None}
                     yield Item(
                         f,
                         sid,
@@ -283,6 +309,8 @@ def iter_shard_items(path: str, split: str | None = None) -> Iterator[Item]:
                         mask[i],
                         meta["coverage"][i],
                         edge_gap(mask[i]),
+                        header=header,
+                        snr_reason=snr_reason(header, clean, required=False),  # shards passed ingest's own check
                     )
 
 
@@ -299,13 +327,13 @@ def is_shard_input(item: str) -> bool:
 def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Iterator[Item]:
     """Input order preserved; FITS and array spectra through the same readers and cleaning as `ingest`; ingest
     shards read as they are."""
-    from .io import expand_inputs, iter_spectra
+    from .io import LAYOUT_ARRAY, expand_inputs, iter_spectra
     from .io.lamost_catalog import file_key
     from .preprocess import clean_spectrum
 
     for item in inputs:
         if is_shard_input(item):
-            yield from iter_shard_items(item)
+            yield from iter_shard_items(item, clean=clean)
             continue
         for path in expand_inputs([item]):
             for raw in iter_spectra(path):
@@ -316,11 +344,22 @@ def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Itera
                 meta = raw.meta
                 obsid = meta.get("obsid")
                 sid = meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
+                header = {c: meta[c] for c in HEADER_COLUMNS if meta.get(c) is not None}
+                snr = snr_reason(meta, clean, required=raw.layout != LAYOUT_ARRAY)
                 try:
                     cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
                 except SpectrumRejected as exc:
                     say(f"{raw.path}: {exc}")
-                    yield Item(raw.path, sid, obsid, meta.get("ra"), meta.get("dec"), status=str(exc))
+                    yield Item(
+                        raw.path,
+                        sid,
+                        obsid,
+                        meta.get("ra"),
+                        meta.get("dec"),
+                        status=str(exc),
+                        header=header,
+                        snr_reason=snr,
+                    )
                     continue
                 yield Item(
                     raw.path,
@@ -332,17 +371,33 @@ def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Itera
                     cleaned.mask,
                     cleaned.coverage,
                     edge_gap(cleaned.mask),
+                    header=header,
+                    snr_reason=snr,
                 )
 
 
 def label_columns(spec) -> list[str]:
-    cols = ["class"] if spec.stage == 1 else []
+    cols = ["class", "class_prob"] if spec.stage == 1 else []
     return cols + list(spec.value_names) + [f"{n}_err" for n in spec.value_names]
 
 
 def output_columns(specs) -> list[str]:
     labels = [c for spec in specs for c in label_columns(spec)]
-    return ["file", "spec_id", "obsid", "ra", "dec", *labels, "coverage", "partial", "status"]
+    return [
+        "file",
+        "spec_id",
+        "obsid",
+        "ra",
+        "dec",
+        *labels,
+        "coverage",
+        "partial",
+        "status",
+        "flag",
+        "flag_reason",
+        "domain_score",
+        *HEADER_COLUMNS,
+    ]
 
 
 @dataclass
@@ -350,10 +405,12 @@ class Loaded:
     model: object
     spec: object
     builder: object
+    domain: object = None  # domain.Domain, where the model directory has one
 
 
 def load_for_inference(path: Path, device) -> list[Loaded]:
     """The model at `path`, preceded by its stage-1 parent when it is a stage-2 model (labels of both are written)."""
+    from .domain import load_domain
     from .prompting import PromptBuilder
     from .runs import PARENT, load_model_dir, model_dir
 
@@ -366,7 +423,7 @@ def load_for_inference(path: Path, device) -> list[Loaded]:
         if spec.grid_size and spec.grid_size != grid.size:
             raise SpecllmError(f"{p}: model grid has {spec.grid_size} pixels, specllm's grid {grid.size}")
         count = PatchConfig(spec.patch_width).count(spec.grid_size) if spec.patch_width else None
-        loaded.append(Loaded(model.to(device), spec, PromptBuilder(tokenizer, count)))
+        loaded.append(Loaded(model.to(device), spec, PromptBuilder(tokenizer, count), load_domain(p)))
     return loaded
 
 
@@ -375,8 +432,15 @@ def _rank_slice() -> tuple[int, int]:
 
 
 def label_rows(items: Iterable[Item], models: list[Loaded], device, config: InferConfig) -> Iterator[tuple[Item, dict]]:
-    """(item, output row) per item, in order; spectra are batched through every model in the chain."""
+    """(item, output row) per item, in order; spectra are batched through every model in the chain. Each row
+    carries its header facts, `flag` and `flag_reason` (`specllm.flags`) and the domain check's `domain_score`."""
+    from . import flags
+    from .io.lamost_catalog import reduce_class
+
     chunk: list[Item] = []
+    checker = next((m for m in models if m.domain is not None), None)
+    trained = tuple(checker.domain.trained_classes) if checker else None
+    prob_min = checker.domain.class_prob_min if checker else 0.0
 
     def flush():
         good = [it for it in chunk if it.status == "ok"]
@@ -388,6 +452,11 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
                 questions = questions_for(m.spec, flux)
                 f, k = (flux, mask) if m.spec.patch_width else (None, None)  # text formats: flux is in the question
                 results.append((m.spec, predict(m.model, m.spec, m.builder, questions, f, k, device, config)))
+        outside = score = None
+        if good and checker is not None:
+            preds = results[models.index(checker)][1]
+            outside, score = checker.domain.check(preds.hidden, preds.values, checker.spec.value_names)
+            score = score / checker.domain.threshold
         k = 0
         for it in chunk:
             row = {"file": it.file, "spec_id": it.spec_id, "obsid": it.obsid, "ra": it.ra, "dec": it.dec}
@@ -395,7 +464,9 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
                 coverage=it.coverage,
                 status=it.status,
                 partial=bool(it.edge_gap is not None and it.edge_gap > config.partial_edge),
+                **it.header,
             )
+            in_domain = True
             if it.status == "ok":
                 for spec, preds in results:
                     if not preds.ok[k]:
@@ -405,7 +476,22 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
                         row[f"{name}_err"] = float(preds.errors[k, j])
                     if spec.stage == 1:
                         row["class"] = preds.classes[k]
+                        if preds.class_prob is not None and np.isfinite(preds.class_prob[k]):
+                            row["class_prob"] = float(preds.class_prob[k])
+                if outside is not None:
+                    in_domain = not outside[k]
+                    row["domain_score"] = float(score[k])
                 k += 1
+            untrained = flags.untrained_class(
+                reduce_class(it.header.get("subclass")), row.get("class"), row.get("class_prob"), trained, prob_min
+            )
+            row["flag"], row["flag_reason"] = flags.combine(
+                objclass=it.header.get("objclass"),
+                snr_reason=it.snr_reason,
+                partial=row["partial"],
+                untrained=untrained,
+                domain=not in_domain,
+            )
             yield it, row
         chunk.clear()
 
@@ -445,9 +531,14 @@ def predict_table(
 
 
 def run_infer(
-    inputs: list[str], model_dir: str | None, output: str | None, config: InferConfig = InferConfig()
+    inputs: list[str],
+    model_dir: str | None,
+    output: str | None,
+    config: InferConfig = InferConfig(),
+    clean: CleanConfig = CleanConfig(),
 ) -> tuple[int, int]:
-    """Writes the predictions; returns (failed, total) input counts."""
+    """Writes the predictions; returns (failed, total) input counts. `clean` is ingest's cleaning, SNR cut
+    included: a spectrum below it is labelled and flagged (`flag_reason` 'low SNR'), where ingest rejects it."""
     from .shards import atomic_write_text, write_table
 
     rank, world = _rank_slice()
@@ -468,7 +559,7 @@ def run_infer(
         writer.writerow(columns)
     rows_all: list[dict] = []
     failed = total = 0
-    items = (it for n, it in enumerate(iter_items(inputs, GridConfig(), CleanConfig())) if n % world == rank)
+    items = (it for n, it in enumerate(iter_items(inputs, GridConfig(), clean)) if n % world == rank)
     with progress_bar("infer", total=None) as advance:
         for item, row in label_rows(items, models, device, config):
             total += 1
@@ -499,9 +590,9 @@ def _fmt(value) -> str:
 
 
 def _arrow_type(column: str) -> pa.DataType:
-    if column in ("file", "spec_id", "class", "status"):
+    if column in ("file", "spec_id", "class", "status", "flag_reason", "objclass", "subclass"):
         return pa.string()
-    if column == "obsid":
+    if column in ("obsid", "flag"):
         return pa.int64()
     if column == "partial":
         return pa.bool_()
