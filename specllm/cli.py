@@ -45,6 +45,9 @@ _TRAIN = TrainConfig()
 _LORA = LoraConfig()
 _AUG = AugmentConfig()
 _INFER = InferConfig()
+# The SNR cut: ingest keeps spectra at or above it, infer flags those below it ('low SNR'), with the same code.
+SnrMinR = Annotated[float, typer.Option(help="SNR_r cut (paper: 2): ingest keeps >=, infer flags below.")]
+SnrMinI = Annotated[float, typer.Option(help="SNR_i cut (paper: 2): ingest keeps >=, infer flags below.")]
 
 
 def user_errors(fn):
@@ -79,8 +82,8 @@ def ingest(
     ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = _INGEST.workers,
     balance: Annotated[int | None, typer.Option(help="Draw at most N spectra per class A/F/G/K/M.")] = None,
-    snr_min_r: Annotated[float, typer.Option(help="Keep spectra with SNR_r >= this (paper: 2).")] = _CLEAN.snr_min_r,
-    snr_min_i: Annotated[float, typer.Option(help="Keep spectra with SNR_i >= this (paper: 2).")] = _CLEAN.snr_min_i,
+    snr_min_r: SnrMinR = _CLEAN.snr_min_r,
+    snr_min_i: SnrMinI = _CLEAN.snr_min_i,
     mask_ormask: Annotated[
         bool, typer.Option(help="Exclude pixels whose ormask is non-zero (paper).")
     ] = _CLEAN.mask_ormask,
@@ -337,12 +340,8 @@ def infer(
         str, typer.Option(help="'head' (numeric read-out, default) or 'text' (constrained greedy decoding).")
     ] = _INFER.decode,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any input failed.")] = False,
-    snr_min_r: Annotated[
-        float, typer.Option(help="Flag 'low SNR' below this SNR_r (ingest's cut).")
-    ] = _CLEAN.snr_min_r,
-    snr_min_i: Annotated[
-        float, typer.Option(help="Flag 'low SNR' below this SNR_i (ingest's cut).")
-    ] = _CLEAN.snr_min_i,
+    snr_min_r: SnrMinR = _CLEAN.snr_min_r,
+    snr_min_i: SnrMinI = _CLEAN.snr_min_i,
 ):
     """Labels for spectra: one CSV row per input, in input order, on stdout, each with `flag`/`flag_reason`."""
     from .infer import run_infer

@@ -344,35 +344,27 @@ def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Itera
                 meta = raw.meta
                 obsid = meta.get("obsid")
                 sid = meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
-                header = {c: meta[c] for c in HEADER_COLUMNS if meta.get(c) is not None}
-                snr = snr_reason(meta, clean, required=raw.layout != LAYOUT_ARRAY)
+                base = {
+                    "file": raw.path,
+                    "spec_id": sid,
+                    "obsid": obsid,
+                    "ra": meta.get("ra"),
+                    "dec": meta.get("dec"),
+                    "header": {c: meta[c] for c in HEADER_COLUMNS if meta.get(c) is not None},
+                    "snr_reason": snr_reason(meta, clean, required=raw.layout != LAYOUT_ARRAY),
+                }
                 try:
                     cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
                 except SpectrumRejected as exc:
                     say(f"{raw.path}: {exc}")
-                    yield Item(
-                        raw.path,
-                        sid,
-                        obsid,
-                        meta.get("ra"),
-                        meta.get("dec"),
-                        status=str(exc),
-                        header=header,
-                        snr_reason=snr,
-                    )
+                    yield Item(**base, status=str(exc))
                     continue
                 yield Item(
-                    raw.path,
-                    sid,
-                    obsid,
-                    meta.get("ra"),
-                    meta.get("dec"),
-                    cleaned.flux,
-                    cleaned.mask,
-                    cleaned.coverage,
-                    edge_gap(cleaned.mask),
-                    header=header,
-                    snr_reason=snr,
+                    **base,
+                    flux=cleaned.flux,
+                    mask=cleaned.mask,
+                    coverage=cleaned.coverage,
+                    edge_gap=edge_gap(cleaned.mask),
                 )
 
 
