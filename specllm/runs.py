@@ -280,7 +280,7 @@ def write_model_card(path: str | os.PathLike, command: str) -> Path:
             "held-out train spectra (the split's hash rule); the test split is never used.",
             "- Also flagged `domain`: a predicted label outside the training labels' range ("
             + ", ".join(
-                f"{n} {lo:.4g}..{hi:.4g}" for n, lo, hi in zip(domain.label_names, domain.label_min, domain.label_max)
+                f"{n} {lo:.5g}..{hi:.5g}" for n, lo, hi in zip(domain.label_names, domain.label_min, domain.label_max)
             )
             + ").",
             f"- `class`: header SUBCLASS or predicted class outside {', '.join(domain.trained_classes)}, or `class_prob` "
