@@ -2,9 +2,10 @@
 
 Works without any header (MILES, arrays, other instruments). Fitted once per model by `python -m specllm.fitdomain`
 on the train split of the shards the model was trained on, and stored beside the weights:
-- `domain.safetensors`: `mean` (D,) of the read-out hidden state (the state the numeric heads read), `components`
-  (K, D) its leading principal components divided by their standard deviation, `reference` (N, K) the training
-  spectra in that whitened space;
+- `domain.safetensors`: `mean` (D,) of the features, `components` (K, D) their leading principal components divided
+  by their standard deviation (stored as float16), `reference` (N, K) the training spectra in that whitened space.
+  Features (`features` in domain.json): `patches`, the patch projector's output for every patch, concatenated (the
+  model's own view of the spectrum, before the language model), or `hidden`, the read-out hidden state;
 - `domain.json`: the threshold, the neighbour count, the training labels' range, the trained classes,
   `class_prob_min`, and how all of it was fitted (counts, quantiles, the held-out part).
 
@@ -43,6 +44,7 @@ class Domain:
     trained_classes: list[str]
     class_prob_min: float
     info: dict = field(default_factory=dict)
+    features: str = "hidden"
 
     def project(self, hidden: np.ndarray) -> np.ndarray:
         return (np.asarray(hidden, np.float64) - self.mean) @ self.components.T
@@ -65,6 +67,20 @@ class Domain:
         """(out of domain (N,) bool, score (N,))."""
         score = self.score(hidden)
         return (score > self.threshold) | self.out_of_range(values, names), score
+
+
+def patch_features(patcher, flux: np.ndarray, mask: np.ndarray, batch: int = 64) -> np.ndarray:
+    """(N, P*H) float32: the patch projector's embeddings of each spectrum, all patches concatenated."""
+    import torch
+
+    device = next(patcher.parameters()).device
+    out = np.zeros((len(flux), patcher.count * patcher.position.shape[-1]), np.float32)
+    with torch.no_grad():
+        for a in range(0, len(flux), batch):
+            f = torch.as_tensor(np.asarray(flux[a : a + batch]), device=device)
+            m = torch.as_tensor(np.asarray(mask[a : a + batch]), device=device)
+            out[a : a + len(f)] = patcher(f, m).float().reshape(len(f), -1).cpu().numpy()
+    return out
 
 
 def knn_score(points: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool = False, chunk: int = 512):
@@ -112,11 +128,11 @@ def fit_domain(
 ) -> Domain:
     """PCA (whitened) on `hidden_fit`, the fit spectra as reference, the threshold from the held-out `hidden_val`."""
     x = np.asarray(hidden_fit, np.float64)
-    mean = x.mean(0)
+    mean = x.mean(0).astype(np.float32).astype(np.float64)  # as stored
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
     k = min(config.components, vt.shape[0])
     sd = s[:k] / np.sqrt(max(1, len(x) - 1))
-    components = vt[:k] / np.maximum(sd, 1e-12)[:, None]
+    components = (vt[:k] / np.maximum(sd, 1e-12)[:, None]).astype(np.float16).astype(np.float64)  # as stored
     reference = (x - mean) @ components.T
     val_scores = knn_score((np.asarray(hidden_val, np.float64) - mean) @ components.T, reference, config.neighbours)
     threshold = float(np.quantile(val_scores, config.quantile))
@@ -124,7 +140,8 @@ def fit_domain(
     lo = [float(np.min(labels[finite[:, j], j])) for j in range(labels.shape[1])]
     hi = [float(np.max(labels[finite[:, j], j])) for j in range(labels.shape[1])]
     cp = class_prob_val[np.isfinite(class_prob_val)] if class_prob_val is not None else np.array([])
-    class_prob_min = float(np.quantile(cp, config.class_prob_quantile)) if cp.size else 0.0
+    use_prob = cp.size and config.class_prob_quantile > 0
+    class_prob_min = float(np.quantile(cp, config.class_prob_quantile)) if use_prob else 0.0
     meta = dict(info or {})
     meta.update(
         config=asdict(config),
@@ -145,6 +162,7 @@ def fit_domain(
         trained_classes=list(trained_classes),
         class_prob_min=class_prob_min,
         info=meta,
+        features=config.features,
     )
 
 
@@ -154,9 +172,9 @@ def save_domain(domain: Domain, model_dir: str | os.PathLike) -> None:
     from safetensors.torch import save_file
 
     model_dir = Path(model_dir)
+    dtypes = {"mean": np.float32, "components": np.float16, "reference": np.float32}
     tensors = {
-        name: torch.from_numpy(np.ascontiguousarray(getattr(domain, name), dtype=np.float32))
-        for name in ("mean", "components", "reference")
+        name: torch.from_numpy(np.ascontiguousarray(getattr(domain, name), dtype=t)) for name, t in dtypes.items()
     }
     fd, tmp = tempfile.mkstemp(prefix=".domain.", suffix=".safetensors", dir=model_dir)
     os.close(fd)

@@ -4,8 +4,8 @@ the model directory (`domain.safetensors` + `domain.json`). `make model` runs it
 SHARDS are the `ingest` shards the model was trained on; only their train split is read. It is cut by the split's
 hash rule into a fit part (the reference set and its principal components) and a held-out part (the threshold and
 `class_prob_min`); the test split is never touched. Half of the spectra (at random) are used with one end of the grid
-cut, so partial coverage alone does not count as out of domain. One forward pass per training spectrum: about a
-minute for the 1,300 shared DR10 train spectra on an idle 2-core CPU.
+cut, so partial coverage alone does not count as out of domain. With the default features (patch embeddings) only
+the patch projector runs: under a minute for the 1,300 shared DR10 train spectra on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -16,11 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from .config import DomainConfig, InferConfig, SplitConfig
-from .domain import Domain, edge_cut, fit_domain, save_domain
+from .domain import Domain, edge_cut, fit_domain, patch_features, save_domain
 from .errors import SpecllmError
 from .infer import _device, default_model_dir, iter_shard_items, load_for_inference, predict, questions_for
 from .ingest import hash_fraction
 from .progress import progress_bar, say
+
+FEATURES = {
+    "patches": "the patch embeddings (the patch projector's output for all 77 patches, concatenated)",
+    "hidden": "the read-out hidden state (the last prompt token's, which the numeric heads read)",
+}
 
 
 def _train_labels(shards: str, names: list[str]) -> dict[str, tuple[str | None, list[float]]]:
@@ -65,21 +70,29 @@ def fit_model_domain(
     rng = np.random.default_rng(config.seed)
     cut = rng.random(len(items)) < config.partial_fraction
     flux[cut], mask[cut] = edge_cut(flux[cut], mask[cut], rng, config.partial_span)
-    all_flux, all_mask = flux, mask
-    n = len(all_flux)
-    hidden, class_prob = None, np.full(n, np.nan)
+    n = len(items)
     step = infer.batch_size * 4
-    with progress_bar("domain", total=n) as advance:
-        for a in range(0, n, step):
-            sl = slice(a, min(n, a + step))
-            f, k = (all_flux[sl], all_mask[sl]) if spec.patch_width else (None, None)
-            preds = predict(loaded.model, spec, loaded.builder, questions_for(spec, all_flux[sl]), f, k, device, infer)
-            if hidden is None:
-                hidden = np.zeros((n, preds.hidden.shape[1]), np.float32)
-            hidden[sl] = preds.hidden
+    probe = val & ~cut  # held-out spectra as observed: the class head's probabilities
+    if config.features == "patches":
+        if loaded.model.patcher is None:
+            raise SpecllmError(f"{path}: features 'patches' need a patch-format model")
+        hidden = patch_features(loaded.model.patcher, flux, mask)
+        rows = np.flatnonzero(probe) if config.class_prob_quantile > 0 else np.array([], int)
+    else:
+        hidden, rows = None, np.arange(n)
+    class_prob = np.full(n, np.nan)
+    with progress_bar("domain", total=len(rows)) as advance:
+        for a in range(0, len(rows), step):
+            sl = rows[a : a + step]
+            f, k = (flux[sl], mask[sl]) if spec.patch_width else (None, None)
+            preds = predict(loaded.model, spec, loaded.builder, questions_for(spec, flux[sl]), f, k, device, infer)
+            if config.features == "hidden":
+                if hidden is None:
+                    hidden = np.zeros((n, preds.hidden.shape[1]), np.float32)
+                hidden[sl] = preds.hidden
             if preds.class_prob is not None:
                 class_prob[sl] = preds.class_prob
-            advance(sl.stop - sl.start)
+            advance(len(sl))
     table = np.array([labels[it.spec_id][1] for it in items if it.spec_id in labels]).reshape(-1, len(spec.value_names))
     counts: dict[str, int] = {}
     for it in items:
@@ -93,11 +106,9 @@ def fit_model_domain(
         "held_out_spectra": int(val.sum()),
         "train_class_counts": counts,
         "partial_spectra": int(cut.sum()),
-        "features": "read-out hidden state (the last prompt token's, which the numeric heads read)",
+        "features": FEATURES[config.features],
     }
-    domain = fit_domain(
-        hidden[~val], hidden[val], class_prob[val & ~cut], table, spec.value_names, trained, config, info
-    )
+    domain = fit_domain(hidden[~val], hidden[val], class_prob[probe], table, spec.value_names, trained, config, info)
     save_domain(domain, target)
     say(
         f"domain check: {len(items)} train spectra ({int(val.sum())} held out), threshold {domain.threshold:.3g}, "

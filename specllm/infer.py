@@ -446,8 +446,13 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
                 results.append((m.spec, predict(m.model, m.spec, m.builder, questions, f, k, device, config)))
         outside = score = None
         if good and checker is not None:
+            from .domain import patch_features
+
             preds = results[models.index(checker)][1]
-            outside, score = checker.domain.check(preds.hidden, preds.values, checker.spec.value_names)
+            feats = patch_features(checker.model.patcher, flux, mask) if checker.domain.features == "patches" else None
+            outside, score = checker.domain.check(
+                preds.hidden if feats is None else feats, preds.values, checker.spec.value_names
+            )
             score = score / checker.domain.threshold
         k = 0
         for it in chunk:

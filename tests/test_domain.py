@@ -6,14 +6,22 @@ import numpy as np
 import pytest
 
 from specllm.config import DomainConfig
-from specllm.domain import edge_cut, fit_domain, knn_score, load_domain, save_domain
+from specllm.domain import edge_cut, fit_domain, knn_score, load_domain, patch_features, save_domain
 
 
 def test_domain_check_math():
     rng = np.random.default_rng(0)
     fit, val = rng.normal(size=(400, 12)), rng.normal(size=(200, 12))
     labels = rng.uniform(4000, 9000, size=(400, 1))
-    domain = fit_domain(fit, val, rng.uniform(0.4, 1, 200), labels, ["teff"], ["A", "F"], DomainConfig(components=6))
+    domain = fit_domain(
+        fit,
+        val,
+        rng.uniform(0.4, 1, 200),
+        labels,
+        ["teff"],
+        ["A", "F"],
+        DomainConfig(components=6, class_prob_quantile=0.01),
+    )
     inside = rng.normal(size=(300, 12))
     far = rng.normal(size=(300, 12)) + 4.0
     out_in, _ = domain.check(inside, np.full((300, 1), 6000.0), ["teff"])
@@ -43,3 +51,21 @@ def test_domain_files_round_trip(tmp_path):
     (tmp_path / "domain.json").write_text("{not json")
     with pytest.raises(Exception, match="unreadable domain check"):
         load_domain(tmp_path)
+
+
+def test_patch_features_and_default_class_prob():
+    import torch
+
+    from specllm.spectral import PatchEmbedder
+
+    torch.manual_seed(0)
+    patcher = PatchEmbedder(200, 64, 8)
+    flux = np.random.default_rng(0).uniform(0.5, 1, (3, 200)).astype(np.float32)
+    feats = patch_features(patcher, flux, np.zeros_like(flux, bool), batch=2)
+    assert feats.shape == (3, 4 * 8) and feats.dtype == np.float32
+    one = patcher(torch.from_numpy(flux[1:2]), torch.zeros(1, 200, dtype=torch.bool)).detach().reshape(-1).numpy()
+    assert np.allclose(feats[1], one, atol=1e-6)
+    rng = np.random.default_rng(2)
+    domain = fit_domain(rng.normal(size=(40, 4)), rng.normal(size=(10, 4)), rng.uniform(size=10), rng.normal(size=(40, 1)),
+                        ["x"], ["G"], DomainConfig(components=2, neighbours=3))  # fmt: skip
+    assert domain.class_prob_min == 0.0 and domain.features == "patches"

@@ -132,3 +132,25 @@ def test_snr_flag_matches_ingest_rejection(tmp_path, tiny_model, shared_data):
         for f in snr_rejected:
             assert rejects[f] in got[f]["flag_reason"].split(";")
         assert len(snr_rejected) == (2 if cut == 2.0 else 3)
+
+
+@pytest.mark.slow
+def test_shipped_model_flags_real_non_afg_spectra(tmp_path, shared_data):
+    """The issue's examples: K5, dM0, gM0 (DR7), M0 (DR1), a galaxy and a faint Unknown are all flagged."""
+    from specllm.domain import load_domain
+    from specllm.infer import default_model_dir, run_infer
+
+    if load_domain(default_model_dir()) is None:
+        pytest.skip("the shipped model has no domain check in this checkout")
+    files = [str(shared_data / DR7.format(s)) for s in ("002", "011", "063", "008", "039", "045")]
+    files.append(str(shared_data / "lamost/dr1/spectra/spec-55862-B6212_sp06-005.fits.gz"))
+    out = tmp_path / "labels.parquet"
+    run_infer(files, None, str(out), InferConfig())
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == len(files)
+    for r in rows:
+        assert r["flag"] > 0 and r["flag_reason"] and np.isfinite(r["teff"]) and r["domain_score"] > 0
+    by_end = {r["file"][-12:-8]: r for r in rows}
+    for star in ("-002", "-011", "-063", "-005"):
+        assert flags.has(by_end[star]["flag"], flags.CLASS)
+    assert flags.has(by_end["-008"]["flag"], flags.NOT_STAR) and "low SNR" in by_end["-039"]["flag_reason"]
