@@ -38,13 +38,12 @@ demo: $(STAMP)
 	print(sum(r['flag'] not in ('', '0') for r in rows), 'of', len(rows), 'rows flagged')"
 
 # Retrain the shipped model (specllm/models/default) from ../shared, reproducibly (fixed seed), in under an hour here.
-MODEL_RECIPE ?= --layers 8 --lora-r 16 --lora-alpha 32 --epochs 10 --batch-size 8 --grad-accum 1 --lr 5e-4 \
-	--head-lr-mult 3 --no-gradient-checkpointing --noise 0.02 --scale 0.1 --span-probability 0.25 --save-every 100 \
-	--save-dtype bfloat16
+# Its training options are the recipe file specllm/recipes/shipped-stage1.json (options given here override it).
+MODEL_RECIPE ?= shipped-stage1
 model: $(STAMP)
 	$(BIN)/specllm ingest '$(SHARED)/lamost/dr10/spectra' --catalog $(SHARED)/lamost/dr10/labels.csv --out out/model-shards --workers 2
 	$(BIN)/specllm serialize out/model-shards --stage 1 --format patch --out out/model-qa
-	$(BIN)/specllm train --stage 1 --data out/model-qa --out out/model-run $(MODEL_RECIPE)
+	$(BIN)/specllm train --stage 1 --data out/model-qa --out out/model-run --recipe $(MODEL_RECIPE)
 	rm -rf specllm/models/default && mkdir -p specllm/models && cp -r out/model-run/model specllm/models/default
 	$(BIN)/python -m specllm.fitdomain out/model-shards specllm/models/default
 	$(BIN)/python -c "from specllm.runs import write_model_card as w; w('specllm/models/default', 'make model')"
@@ -62,10 +61,10 @@ EXTERNAL_OUT ?= docs/external
 MILES_NPZ := $(SHARED)/miles/miles_984stars_fwhm2.5A.npz
 external: $(STAMP)
 	mkdir -p out/external
-	$(BIN)/specllm infer '$(SHARED)/lamost/dr1/spectra' $(if $(MODEL),--model $(MODEL)) --output out/external/lamost-dr1.parquet
+	$(BIN)/specllm infer '$(SHARED)/lamost/dr1/spectra' $(if $(MODEL),--model $(MODEL)) --out out/external/lamost-dr1.parquet
 	$(BIN)/specllm compare-external out/external/lamost-dr1.parquet --catalog $(SHARED)/lamost/dr1/catalog.csv \
 		--survey lamost --out $(EXTERNAL_OUT)/lamost-dr1 > out/external/lamost-dr1-table7.csv
-	$(BIN)/specllm infer $(MILES_NPZ) $(if $(MODEL),--model $(MODEL)) --output out/external/miles.parquet
+	$(BIN)/specllm infer $(MILES_NPZ) $(if $(MODEL),--model $(MODEL)) --out out/external/miles.parquet
 	$(BIN)/specllm compare-external out/external/miles.parquet --catalog $(MILES_NPZ) \
 		--survey miles --out $(EXTERNAL_OUT)/miles > out/external/miles-table7.csv
 

@@ -46,11 +46,12 @@ def paper_format(k: int) -> dict:
     import torch
 
     from specllm.config import CleanConfig, GridConfig
-    from specllm.infer import default_model_dir, iter_items
+    from specllm.device import autocast
+    from specllm.infer import iter_items
+    from specllm.predict import default_model_dir
     from specllm.prompting import PromptBuilder
     from specllm.runs import load_model_dir
     from specllm.serialize import question
-    from specllm.train import autocast
 
     model, spec, tokenizer = load_model_dir(default_model_dir())
     builder = PromptBuilder(tokenizer, None)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CLASSES, BenchmarkConfig, GRUConfig, LightGBMConfig, NetTrainConfig, ResNetConfig, SmallCNNConfig
+from .config import BenchmarkConfig, GRUConfig, LightGBMConfig, NetTrainConfig, ResNetConfig, SmallCNNConfig
 from .errors import SpecllmError
+from .labels import CLASSES
 from .progress import say
 from .shards import atomic_write, atomic_write_json
 

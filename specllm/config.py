@@ -1,17 +1,28 @@
 """Every default of specllm, named once.
 
-The values are those of *Spectra as Language* (Lu, Li et al. 2026) unless a comment says otherwise. The CLI reads
-its defaults from these dataclasses, so a paper value is written in exactly one place.
+The values are those of *Spectra as Language* (Lu, Li et al. 2026) unless a docstring says otherwise. A field's
+docstring (the string literal under it) is also its `--help` text, its type the option's type (a `Literal` lists the
+choices): `specllm.cliopts` derives the command-line options from these dataclasses, so a default, a help text and a
+set of choices are each written in exactly one place. Named presets (`PRESETS`) are dataclass replacements.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 
+# Label names live in labels.py; re-exported here for modules that still import them from config.
+from .labels import CLASSES, STAGE1_LABELS, STAGE1_NAMES, STAGE2_ELEMENTS  # noqa: F401
+
 NormMethod = Literal["max", "quantile", "median"]
+SerializeFormat = Literal["paper", "compact", "patch"]
+DecodeMethod = Literal["head", "text"]
+SaveDtype = Literal["float32", "bfloat16", "float16"]
+Stage = Literal[1, 2]
 
 
 @dataclass(frozen=True)
@@ -32,27 +43,27 @@ class GridConfig:
 
 @dataclass(frozen=True)
 class CleanConfig:
-    """Spectrum cleaning (paper section III.1) plus the guards a survey pipeline needs.
-
-    snr_min_r, snr_min_i: keep a spectrum only if SNR_r and SNR_i are both >= these (paper: 2).
-    mask_ormask: pixels with a non-zero ormask are excluded (paper).
-    require_ivar: pixels with inverse variance <= 0 are excluded too (not in the paper; LAMOST marks dead pixels so).
-    norm: 'max' divides by the maximum over good pixels (paper); 'quantile' by the `norm_quantile` quantile,
-        'median' by the median: robust alternatives where one hot pixel would set the maximum.
-    decimals: rounding of the normalised flux (paper: 3).
-    min_coverage: reject a spectrum whose good pixels cover less than this fraction of the grid.
-    min_run: observed runs shorter than this many pixels are not trusted as flux (a cubic needs 4 points).
-    """
+    """Spectrum cleaning (paper section III.1) plus the guards a survey pipeline needs."""
 
     snr_min_r: float = 2.0
+    """Keep spectra with SNR_r >= this (paper: 2); infer flags those below it `low SNR`."""
     snr_min_i: float = 2.0
+    """Keep spectra with SNR_i >= this (paper: 2); infer flags those below it `low SNR`."""
     mask_ormask: bool = True
+    """Exclude pixels whose ormask is non-zero (paper)."""
     require_ivar: bool = True
+    """Exclude pixels whose inverse variance is <= 0 (not in the paper; LAMOST marks dead pixels so)."""
     norm: NormMethod = "max"
+    """Divide the good flux by its maximum (paper), its --norm-quantile quantile or its median (robust where one
+    hot pixel would set the maximum)."""
     norm_quantile: float = 0.99
+    """Quantile used by --norm quantile."""
     decimals: int = 3
+    """Round the normalised flux to this many decimals (paper: 3)."""
     min_coverage: float = 0.5
+    """Reject spectra observing less than this fraction of the grid."""
     min_run: int = 4
+    """Observed runs shorter than this many pixels are not trusted as flux (a cubic needs 4 points)."""
 
 
 @dataclass(frozen=True)
@@ -60,40 +71,39 @@ class SplitConfig:
     """Deterministic train/test split from a hash of the spectrum id (paper: 8:2)."""
 
     test_fraction: float = 0.2
+    """Fraction of spectra in the test split (paper: 0.2)."""
     salt: str = "specllm-split-v1"
+    """Mixed into the hash of the spectrum id that decides the split."""
 
 
 @dataclass(frozen=True)
 class IngestConfig:
+    """`specllm ingest`: grid, cleaning, split and sharding."""
+
     grid: GridConfig = field(default_factory=GridConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     shard_size: int = 512
+    """Spectra per Parquet shard."""
     workers: int = 1
+    """Worker processes."""
     balance: int | None = None
+    """Draw at most N spectra per class A/F/G/K/M."""
     strict: bool = False
-
-
-# The spectral classes the paper trains on (LAMOST subclasses reduced to their letter).
-CLASSES: tuple[str, ...] = ("A", "F", "G", "K", "M")
-# Stage-1 numeric labels, in answer order, with the number of decimals the paper writes.
-STAGE1_LABELS: tuple[tuple[str, int], ...] = (("teff", 2), ("logg", 3), ("feh", 3))
+    """Exit non-zero if any spectrum was rejected."""
 
 
 # ---------------------------------------------------------------- serialisation, model and training
 
-FORMATS: tuple[str, ...] = ("paper", "compact", "patch")
-# The paper's stage-2 elements (APOGEE DR16 [X/Fe]), in answer order.
-STAGE2_ELEMENTS: tuple[str, ...] = (
-    "C", "CI", "N", "O", "NA", "MG", "AL", "SI", "P", "S", "K", "CA", "TI", "TIII", "V", "CR", "MN", "CO", "NI", "CU", "CE",
-)  # fmt: skip
+FORMATS: tuple[str, ...] = get_args(SerializeFormat)
 
 
 @dataclass(frozen=True)
 class PatchConfig:
     """Spectral tokens (`--format patch`): the flux vector cut into fixed-width patches, one embedding each."""
 
-    width: int = 64  # 4901 pixels -> 77 patches
+    width: int = 64
+    """Pixels per patch (4901 pixels -> 77 patches)."""
 
     def count(self, grid_size: int) -> int:
         return -(-grid_size // self.width)
@@ -104,10 +114,15 @@ class LoraConfig:
     """LoRA / QLoRA adapter (paper: rank 64, alpha 128, dropout 0.1, all linear layers; 4-bit NF4 on CUDA)."""
 
     r: int = 64
+    """LoRA rank (paper: 64)."""
     alpha: int = 128
+    """LoRA alpha (paper: 128)."""
     dropout: float = 0.1
+    """LoRA dropout (paper: 0.1)."""
     target_modules: str = "all-linear"
-    quantize_4bit: bool = True  # only where CUDA + bitsandbytes are available
+    """The layers that get adapters (peft's name)."""
+    quantize_4bit: bool = True
+    """4-bit NF4 base (QLoRA) where CUDA + bitsandbytes are available."""
 
 
 @dataclass(frozen=True)
@@ -115,77 +130,134 @@ class TrainConfig:
     """Optimisation (paper: AdamW lr 1e-4, weight decay 0.1, cosine schedule, bf16, gradient checkpointing)."""
 
     lr: float = 1e-4
+    """AdamW learning rate (paper: 1e-4)."""
     weight_decay: float = 0.1
+    """AdamW weight decay (paper: 0.1)."""
     schedule: str = "cosine"
+    """Learning-rate schedule after the warm-up."""
     warmup_fraction: float = 0.03
+    """Warm-up fraction of the cosine schedule."""
     epochs: float = 3.0
+    """Passes over the train split."""
     batch_size: int = 4
+    """Micro-batch size."""
     grad_accum: int = 4
-    bf16: bool = True  # where the hardware supports it
+    """Micro-batches per optimizer step."""
+    bf16: bool = True
+    """bf16 autocast where the hardware supports it."""
     gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass."""
     max_grad_norm: float = 1.0
-    save_every: int = 200  # optimizer steps between checkpoints
+    """Gradients are clipped to this norm."""
+    save_every: int = 200
+    """Optimizer steps between checkpoints."""
     seed: int = 0
+    """Random seed."""
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-time augmentation of patch-mode spectra (not in the paper; all off by default).
-
-    noise: Gaussian flux noise, its sigma drawn per spectrum from |N(0, noise)|; scale: flux multiplied by
-    U(1 - scale, 1 + scale); span_probability: chance that a random span (a fraction span_min..span_max of the grid,
-    half of them at an edge) is masked and filled as the preprocessing fills gaps, so the model learns to read
-    spectra with partial wavelength coverage.
-    """
+    """Training-time augmentation of patch-mode spectra (not in the paper; all off by default)."""
 
     noise: float = 0.0
+    """Augmentation: Gaussian flux noise, its sigma drawn per spectrum from |N(0, noise)|."""
     scale: float = 0.0
+    """Augmentation: flux multiplied by U(1 - scale, 1 + scale)."""
     span_probability: float = 0.0
+    """Augmentation: chance that a random wavelength span is masked and filled as the preprocessing fills gaps,
+    so the model learns to read spectra with partial coverage."""
     span_min: float = 0.05
+    """Shortest masked span, as a fraction of the grid (half of the spans are at an edge)."""
     span_max: float = 0.3
+    """Longest masked span, as a fraction of the grid."""
+
+
+@dataclass
+class TrainOptions:
+    """`specllm train`: one run, its data and model, and the recipe (optimisation, adapter, augmentation)."""
+
+    data: str
+    """QA shards written by `specllm serialize`."""
+    out: str
+    """Run directory (checkpoints, final model in OUT/model)."""
+    stage: Stage = 1
+    """1: class + Teff, log g, [Fe/H]; 2: [X/Fe] abundances (a stage-2 model continues from a stage-1 run)."""
+    base_model: str | None = None
+    """'embedded' (SmolLM2-135M-Instruct, the default), a .gguf file or a local HF model directory."""
+    init: str | None = None
+    """Start from this run's adapter and projector (required for stage 2)."""
+    layers: int | None = None
+    """Keep only the first N decoder layers of the base model."""
+    resume: bool = False
+    """Continue from the last checkpoint in --out."""
+    deepspeed: str | None = None
+    """DeepSpeed config JSON (e.g. specllm/recipes/zero3.json); use under the deepspeed launcher."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps."""
+    max_train: int | None = None
+    """Use only the first N training examples."""
+    text_weight: float = 1.0
+    """Weight of the answer-token cross-entropy."""
+    value_weight: float = 1.0
+    """Weight of the numeric read-out's Gaussian NLL."""
+    class_weight: float = 0.2
+    """Weight of the class read-out's cross-entropy."""
+    head_lr_mult: float = 1.0
+    """Learning-rate multiplier for the patch projector and read-out heads."""
+    save_dtype: SaveDtype = "float32"
+    """Precision of the saved weights."""
+    recipe: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass(frozen=True)
 class InferConfig:
+    """`specllm infer`."""
+
     batch_size: int = 16
-    decode: str = "head"  # 'head': numeric read-out written as the answer text; 'text': constrained greedy decoding
+    """Spectra per forward pass."""
+    decode: DecodeMethod = "head"
+    """'head': the numeric read-out, written as the answer text; 'text': constrained greedy decoding."""
     max_new_tokens: int = 64
-    partial_coverage: float = 0.95  # (compare-external, without a `partial` column) rows below this coverage
-    partial_edge: float = 0.02  # a spectrum missing more than this fraction of the grid at one end is `partial`
+    """Longest generated answer of --decode text."""
+    partial_coverage: float = 0.95
+    """(compare-external, without a `partial` column) rows below this coverage are partial."""
+    partial_edge: float = 0.02
+    """A spectrum missing more than this fraction of the grid at one end is `partial`."""
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    """Ingest's cleaning, its SNR cut included: a spectrum below the cut is labelled and flagged `low SNR`."""
 
 
 @dataclass(frozen=True)
 class DomainConfig:
     """The model's own domain check (`flag` bit `domain`), fitted by `python -m specllm.fitdomain` into the model
-    directory (`domain.safetensors` + `domain.json`) from the train split of the shards the model was trained on.
-
-    features: 'patches' (default): the patch embeddings, the model's own view of the spectrum (its patch projector's
-        output, all patches concatenated); 'hidden': the read-out hidden state the numeric heads read (it maps K and
-        M stars close to cool G stars: 3 of 129 non-A/F/G spectra flagged, see docs/BENCHMARKS.md).
-    components: leading principal components of the features kept, each scaled to unit variance.
-    neighbours: a spectrum's score is its mean distance, in that space, to this many nearest training spectra.
-    quantile: the threshold is this quantile of the scores of held-out training spectra (never the test split).
-    val_fraction: share of the train split held out for the threshold, drawn by the split's hash rule (salt
-        `SplitConfig.salt + ":domain"`), so it never moves.
-    partial_fraction, partial_span: this share of the training spectra (drawn at random) is used with one end of the
-        grid cut (a fraction drawn uniformly from `partial_span`, filled as the preprocessing fills it), so that
-        partial coverage alone is not out of domain; the others as observed. One forward pass per spectrum.
-    class_prob_quantile: a class-head probability below this quantile of the held-out training spectra's (stored
-        as `class_prob_min`) flags the row `class`; 0 (default): `class_prob` is written but flags nothing (the
-        model was trained on those spectra, so their probabilities are optimistic: a 1% quantile flagged 3.3% of
-        the DR10 test split).
-    seed: the random cuts.
-    """
+    directory (`domain.safetensors` + `domain.json`) from the train split of the shards the model was trained on."""
 
     features: Literal["patches", "hidden"] = "patches"
+    """'patches': the patch embeddings, the model's own view of the spectrum (its patch projector's output, all
+    patches concatenated); 'hidden': the read-out hidden state the numeric heads read (it maps K and M stars close
+    to cool G stars: 3 of 129 non-A/F/G spectra flagged, see docs/BENCHMARKS.md)."""
     components: int = 32
+    """Leading principal components of the features kept, each scaled to unit variance."""
     neighbours: int = 10
+    """A spectrum's score is its mean distance, in that space, to this many nearest training spectra."""
     quantile: float = 0.98
+    """The threshold is this quantile of the scores of held-out training spectra (never the test split)."""
     val_fraction: float = 0.2
+    """Share of the train split held out for the threshold, drawn by the split's hash rule (salt
+    `SplitConfig.salt + ":domain"`), so it never moves."""
     partial_fraction: float = 0.5
+    """This share of the training spectra (at random) is used with one end of the grid cut, so that partial
+    coverage alone is not out of domain; the others as observed."""
     partial_span: tuple[float, float] = (0.05, 0.3)
+    """The cut end's fraction of the grid, drawn uniformly from this range and filled as the preprocessing fills it."""
     class_prob_quantile: float = 0.0
+    """A class-head probability below this quantile of the held-out training spectra's (stored as
+    `class_prob_min`) flags the row `class`; 0: `class_prob` is written but flags nothing (the model was trained
+    on those spectra, so their probabilities are optimistic: a 1% quantile flagged 3.3% of the DR10 test split)."""
     seed: int = 0
+    """Seed of the random cuts."""
 
 
 # ---------------------------------------------------------------- external spectra and comparison (issue 7)
@@ -205,28 +277,34 @@ class ArrayConfig:
     kernel_sigmas: float = 4.0
 
 
-SURVEYS: tuple[str, ...] = ("generic", "galah", "gaia-eso", "apogee", "miles", "lamost")
+# The names `compare-external --survey` accepts, listed once (light to import for the CLI): galah, gaia-eso and apogee
+# resolve to the survey descriptions of `specllm.io.surveys.SURVEYS`, the others to
+# `specllm.external.reference.PLAIN_TABLES` (tests check that each name resolves to exactly one of them).
+SurveyName = Literal["generic", "galah", "gaia-eso", "apogee", "miles", "lamost"]
+SURVEYS: tuple[str, ...] = get_args(SurveyName)
 MatchMethod = Literal["auto", "id", "sky"]
 
 
 @dataclass(frozen=True)
 class ExternalConfig:
-    """`compare-external`: predictions against an independent catalogue (paper Tables 7-8, Figures 1-8).
+    """`compare-external`: predictions against an independent catalogue (paper Tables 7-8, Figures 1-8)."""
 
-    match: 'id' joins on spec_id / obsid / file name (MILES: miles_id); 'sky' on position within radius_arcsec;
-        'auto' tries ids first, then the sky for rows without an id match.
-    partial_coverage: a row is 'partial' when its `partial` column says so or, if the predictions lack that
-        column, when its coverage is below this fraction of the grid (infer's own threshold).
-    min_n: per-class statistics with fewer rows than this are shown as n/a.
-    """
-
-    survey: str = "generic"
+    survey: SurveyName = "generic"
+    """The catalogue's column table and quality cuts."""
     match: MatchMethod = "auto"
+    """Join on spec_id / obsid / file name ('id'; MILES: miles_id), on sky position within --radius ('sky'), or
+    on ids first and then the sky for rows without an id match ('auto')."""
     radius_arcsec: float = 3.0
+    """Sky-match radius in arcsec."""
     partial_coverage: float = InferConfig.partial_coverage
+    """A row is partial when its `partial` column says so or, without that column, when its coverage is below this
+    fraction of the grid (infer's own threshold)."""
     min_n: int = 2
+    """Statistics of fewer rows than this are shown as n/a."""
     hexbin_gridsize: int = 40
-    hexbin_min_rows: int = 50  # fewer matched rows than this: a scatter plot instead of a hexbin
+    """Hexagons across a 1:1 plot."""
+    hexbin_min_rows: int = 50
+    """Fewer matched rows than this: a scatter plot instead of a hexbin."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +321,7 @@ class SerializeConfig:
     """
 
     label_prefix: str = "apogee_"
+    """Stage 2: label columns are PREFIX<x>_fe."""
     flux_decimals: int = CleanConfig.decimals
     stage2_decimals: int = 3
     compact_decimals: int = 2
@@ -253,21 +332,19 @@ class SerializeConfig:
 
 @dataclass(frozen=True)
 class CrossmatchConfig:
-    """Sky matching of spectra to survey label catalogues (`specllm crossmatch`).
-
-    radius_arcsec: a spectrum takes the labels of the nearest catalogue star within this separation.
-    quality_cuts: apply each survey's flags and cuts (paper; described in `specllm.io.surveys`).
-    one_per_star: keep only the nearest spectrum of each catalogue star (ties: the earlier spectrum); by default
-        every spectrum of a matched star (LAMOST repeat observations) takes its labels, as the paper does.
-    matched_only: write only spectra matched in at least one catalogue.
-    match_chunk: positions matched per call (bounds the memory of the matching step).
-    """
+    """Sky matching of spectra to survey label catalogues (`specllm crossmatch`)."""
 
     radius_arcsec: float = 3.0
+    """Match radius in arcsec: a spectrum takes the labels of the nearest catalogue star within it."""
     quality_cuts: bool = True
+    """Apply the surveys' flags and cuts (paper; described in `specllm.io.surveys`)."""
     one_per_star: bool = False
+    """Only the nearest spectrum of each star takes its labels (ties: the earlier spectrum); by default every
+    spectrum of a matched star (LAMOST repeat observations) does, as in the paper."""
     matched_only: bool = False
+    """Write only spectra matched in some catalogue."""
     match_chunk: int = 1_000_000
+    """Positions matched per call (bounds the memory of the matching step)."""
 
 
 # ---------------------------------------------------------------- benchmark and baselines (issue 6)
@@ -314,9 +391,9 @@ class ResNetConfig:
     """1-D ResNet-50: bottleneck blocks [3, 4, 6, 3], stage widths width x (1, 2, 4, 8), expansion 4."""
 
     blocks: tuple[int, ...] = (3, 4, 6, 3)
-    width: int = 64  # paper-size ResNet-50; --quick uses `BenchmarkConfig.quick_resnet_width`
+    width: int = 64  # paper-size ResNet-50 (the quick preset narrows it)
     stem_kernel: int = 7
-    stem_stride: int = 2  # then a stride-2 max-pool, as in ResNet-50; --quick uses `quick_resnet_stem_stride`
+    stem_stride: int = 2  # then a stride-2 max-pool, as in ResNet-50
     kernel: int = 3
 
 
@@ -343,32 +420,67 @@ class GRUConfig:
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    """`specllm benchmark`: which models, on which labels, how large the training subsets, and the quick settings.
-
-    --quick (a full run on a 2-core CPU in about 30 minutes) sets: nets at most `quick_max_epochs` epochs with
-    early-stopping patience `quick_patience`; ResNet-50 width `quick_resnet_width` (instead of 64) and stem stride
-    `quick_resnet_stem_stride` (instead of 2); LightGBM at most `quick_lgbm_estimators` trees at learning rate
-    `quick_lgbm_learning_rate`. Block counts, heads, loss and optimiser are unchanged.
-    """
+    """`specllm benchmark`: which models, on which labels, how large the training subsets (`--quick`: the preset
+    `PRESETS["quick"]`, applied by `resolved()`)."""
 
     models: tuple[str, ...] = BENCHMARK_MODELS
-    labels: tuple[str, ...] = tuple(name for name, _ in STAGE1_LABELS)
+    """Comma-separated, from: llm, lightgbm, resnet50, smallcnn, gru."""
+    labels: tuple[str, ...] = STAGE1_NAMES
+    """Comma-separated label columns; 'auto' adds every apogee_<x>_fe column."""
     sizes: tuple[int, ...] = ()
+    """Nested training-set sizes for the scaling check, e.g. 200,400,800,1600."""
     split: str = "test"
+    """Split every model is evaluated on."""
     seed: int = 0
-    threads: int = 1  # OpenMP threads spin-wait on a busy machine: LightGBM with 2 on 2 shared cores took 20x the CPU
+    """Seed of subsets, validation parts and weights."""
+    threads: int = 1
+    """CPU threads for torch and LightGBM (OpenMP threads spin-wait on a busy machine: LightGBM with 2 on 2 shared
+    cores took 20x the CPU)."""
     quick: bool = False
-    max_epochs: int | None = None  # overrides the nets' max_epochs (quick or not) where given
+    """Fewer epochs, narrower ResNet-50, fewer trees: a full run in ~30 min on 2 CPU cores (the preset 'quick')."""
+    max_epochs: int | None = None
+    """Override the networks' maximum number of epochs (with --quick or without)."""
     save_models: bool = True
+    """Save the trained baselines (safetensors / LightGBM text) under OUT/models."""
     predict_batch: int = 256
+    """Spectra per forward pass of the networks."""
     lightgbm: LightGBMConfig = field(default_factory=LightGBMConfig)
     train: NetTrainConfig = field(default_factory=NetTrainConfig)
     resnet: ResNetConfig = field(default_factory=ResNetConfig)
     smallcnn: SmallCNNConfig = field(default_factory=SmallCNNConfig)
     gru: GRUConfig = field(default_factory=GRUConfig)
-    quick_max_epochs: int = 30
-    quick_patience: int = 6
-    quick_resnet_width: int = 8
-    quick_resnet_stem_stride: int = 4
-    quick_lgbm_estimators: int = 300
-    quick_lgbm_learning_rate: float = 0.1
+
+    def resolved(self) -> BenchmarkConfig:
+        """The configuration actually run: the quick preset (where `quick`), then a `max_epochs` override."""
+        cfg = apply_preset(self, PRESETS["quick"]) if self.quick else self
+        if cfg.max_epochs is not None:
+            cfg = apply_preset(cfg, {"train": {"max_epochs": cfg.max_epochs}})
+        return cfg
+
+
+# ---------------------------------------------------------------- presets
+
+# Named sets of dataclass replacements (nested dicts follow nested configs), applied by `apply_preset`.
+PRESETS: dict[str, dict[str, Any]] = {
+    # benchmark --quick: a full run on a 2-core CPU in about 30 minutes. Block counts, heads, loss and optimiser are
+    # unchanged; ResNet-50 is 8 wide (not 64) with a stride-4 stem (not 2).
+    "quick": {
+        "train": {"max_epochs": 30, "patience": 6},
+        "resnet": {"width": 8, "stem_stride": 4},
+        "lightgbm": {"n_estimators": 300, "learning_rate": 0.1},
+    },
+}
+
+C = TypeVar("C")
+
+
+def apply_preset(config: C, changes: Mapping[str, Any]) -> C:
+    """`config` with `changes` applied: a value replaces a field, a mapping recurses into a nested dataclass."""
+    updates = {}
+    for name, value in changes.items():
+        if not any(f.name == name for f in dataclasses.fields(config)):
+            raise KeyError(f"{type(config).__name__} has no field {name!r}")
+        current = getattr(config, name)
+        nested = isinstance(value, Mapping) and dataclasses.is_dataclass(current)
+        updates[name] = apply_preset(current, value) if nested else value
+    return dataclasses.replace(config, **updates)

@@ -1,14 +1,14 @@
 """Metrics every model is judged by, and the paper's tables and plots.
 
-Residual = prediction - label. For each model, label and class (A/F/G/K/M, and all together as "overall") we report
-mu (mean residual), sigma (standard deviation of the residual, ddof 0), RMSE and n, over the spectra that have both a
-label and a prediction: a missing label (NaN) or missing prediction is left out, never counted as zero.
+Residual = prediction - label. For each model, label and class (A/F/G/K/M, and all together as `metrics.OVERALL`)
+we report mu, sigma, RMSE and n as `specllm.metrics` defines them (sigma with ddof 0), over the spectra that have
+both a label and a prediction: a missing label (NaN) or missing prediction is left out, never counted as zero.
 
 Tables follow *Spectra as Language*:
-- Tables 2-4: one table per label (Teff, log g, [Fe/H]); rows = model; columns = A, F, G, K, M, overall; cells
+- Tables 2-4: one table per label (Teff, log g, [Fe/H]); rows = model; columns = A, F, G, K, M, all; cells
   'mu ± sigma'.
-- Table 5: mu ± sigma per element/label (overall); rows = model; columns = labels.
-- Table 6: RMSE per element/label and class; rows = label x model; columns = A, F, G, K, M, overall.
+- Table 5: mu ± sigma per element/label (all classes); rows = model; columns = labels.
+- Table 6: RMSE per element/label and class; rows = label x model; columns = A, F, G, K, M, all.
 """
 
 from __future__ import annotations
@@ -16,33 +16,20 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import CLASSES, STAGE1_LABELS
+from .labels import CLASSES, label_title
+from .metrics import OVERALL, per_class, residual_stats
 from .shards import atomic_write, atomic_write_text
 
-OVERALL = "overall"
 GROUPS: tuple[str, ...] = (*CLASSES, OVERALL)
 MISSING_CELL = "—"
 
-_TITLES = {"teff": "Teff (K)", "logg": "log g (dex)", "feh": "[Fe/H] (dex)"}
 _DECIMALS = {"teff": 1}
-
-
-def label_title(name: str) -> str:
-    """'teff' -> 'Teff (K)', 'apogee_mg_fe' / 'mg_fe' -> '[Mg/Fe]'."""
-    if name in _TITLES:
-        return _TITLES[name]
-    m = re.fullmatch(r"(?:apogee_|galah_)?([a-z0-9]+)_fe", name)
-    if m:
-        element = {"ci": "C I", "tiii": "Ti II"}.get(m.group(1), m.group(1).capitalize())
-        return f"[{element}/Fe]"
-    return name
 
 
 def label_decimals(name: str) -> int:
@@ -65,28 +52,14 @@ class Stat:
         return f"{self.mu:.{decimals}f} ± {self.sigma:.{decimals}f}"
 
 
-def residual_stats(pred: np.ndarray, true: np.ndarray) -> tuple[int, float, float, float]:
-    """(n, mu, sigma, rmse) of pred - true over rows where both are finite; NaNs for an empty set."""
-    pred = np.asarray(pred, dtype=np.float64)
-    true = np.asarray(true, dtype=np.float64)
-    ok = np.isfinite(pred) & np.isfinite(true)
-    if not ok.any():
-        return 0, math.nan, math.nan, math.nan
-    r = pred[ok] - true[ok]
-    return int(ok.sum()), float(r.mean()), float(r.std()), float(np.sqrt(np.mean(r**2)))
-
-
 def compute_stats(
     model: str, true_labels: np.ndarray, pred_labels: np.ndarray, classes: np.ndarray, label_names: Sequence[str]
 ) -> list[Stat]:
     """Per label and per true class (plus overall) statistics of one model's residuals."""
-    classes = np.asarray(classes, dtype=object)
     out = []
     for j, name in enumerate(label_names):
-        for group in GROUPS:
-            rows = np.ones(len(classes), bool) if group == OVERALL else classes == group
-            n, mu, sigma, rmse = residual_stats(pred_labels[rows, j], true_labels[rows, j])
-            out.append(Stat(model, name, group, n, mu, sigma, rmse))
+        for group, s in per_class(pred_labels[:, j], true_labels[:, j], classes).items():
+            out.append(Stat(model, name, group, s.n, s.mu, s.sigma, s.rmse))
     return out
 
 
@@ -233,9 +206,9 @@ def residual_plot(
             ok = rows & np.isfinite(pred) & np.isfinite(true)
             ax.scatter(true[ok], pred[ok] - true[ok], s=4, alpha=0.6, lw=0)
             ax.axhline(0.0, color="k", lw=0.8)
-            n, mu, sigma, _ = residual_stats(pred[rows], true[rows])
+            s = residual_stats(pred[rows], true[rows])
             ax.set_title(
-                f"{model} {group}: {mu:.{d}f} ± {sigma:.{d}f}" if n else f"{model} {group}: no data", fontsize=7
+                f"{model} {group}: {s.mu:.{d}f} ± {s.sigma:.{d}f}" if s.n else f"{model} {group}: no data", fontsize=7
             )
             ax.tick_params(labelsize=6)
             if i == len(models) - 1:
@@ -279,6 +252,3 @@ def scaling_plot(path: str | Path, points: Sequence[dict], labels: Sequence[str]
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
-
-
-STAGE1_NAMES: tuple[str, ...] = tuple(name for name, _ in STAGE1_LABELS)

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from .config import DomainConfig, InferConfig, SplitConfig
+from .device import pick_device
 from .domain import Domain, edge_cut, fit_domain, patch_features, save_domain
 from .errors import SpecllmError
-from .infer import _device, default_model_dir, iter_shard_items, load_for_inference, predict, questions_for
+from .infer import iter_shard_items
 from .ingest import hash_fraction
+from .predict import default_model_dir, load_for_inference, predict, questions_for
 from .progress import progress_bar, say
 
 FEATURES = {
@@ -57,7 +59,7 @@ def fit_model_domain(
 
     path = model_dir(Path(model) if model else default_model_dir())
     target = path / PARENT if (path / PARENT / "spec.json").exists() else path  # the stage-1 model reads the spectrum
-    device = _device()
+    device = pick_device()
     loaded = load_for_inference(path, device)[0]
     spec = loaded.spec
     items = list(iter_shard_items(shards, "train"))
@@ -85,7 +87,17 @@ def fit_model_domain(
         for a in range(0, len(rows), step):
             sl = rows[a : a + step]
             f, k = (flux[sl], mask[sl]) if spec.patch_width else (None, None)
-            preds = predict(loaded.model, spec, loaded.builder, questions_for(spec, flux[sl]), f, k, device, infer)
+            preds = predict(
+                loaded.model,
+                spec,
+                loaded.builder,
+                questions_for(spec, flux[sl]),
+                f,
+                k,
+                device,
+                infer,
+                return_hidden=config.features == "hidden",
+            )
             if config.features == "hidden":
                 if hidden is None:
                     hidden = np.zeros((n, preds.hidden.shape[1]), np.float32)

@@ -24,7 +24,8 @@ from . import __version__
 from .config import IngestConfig, SplitConfig
 from .errors import SpecllmError, SpectrumRejected
 from .io import LAYOUT_ARRAY, expand_inputs, expand_spectra, load_spectrum
-from .io.lamost_catalog import LabelCatalog, file_key, reduce_class
+from .io.lamost_catalog import LabelCatalog, file_key
+from .labels import reduce_class
 from .preprocess import check_snr, clean_spectrum
 from .progress import progress_bar, say
 from .shards import (

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from .errors import SpecllmError
-from .spectral import FLUX_SPAN, Batch
+from .qa import FLUX_CLOSE, FLUX_OPEN, FLUX_SPAN
+from .spectral import Batch
 
 SYSTEM = "You are an astronomer's assistant. You read stellar spectra and answer with their labels."
 
@@ -44,7 +45,7 @@ class PromptBuilder:
                 if FLUX_SPAN not in text:
                     raise SpecllmError(f"a patch-format question must contain {FLUX_SPAN!r}")
                 head, tail = text.split(FLUX_SPAN, 1)
-                hit = (self._ids(head + "<flux>"), self._ids("</flux>" + tail))
+                hit = (self._ids(head + FLUX_OPEN), self._ids(FLUX_CLOSE + tail))
             else:
                 hit = (self._ids(text), [])
             if len(self._cache) < 4096:

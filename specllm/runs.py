@@ -22,6 +22,8 @@ import torch
 
 from .config import LoraConfig
 from .errors import SpecllmError
+from .labels import CLASSES
+from .metrics import OVERALL
 from .models import base_fingerprint, load_causal_lm, load_tokenizer, quiet_offline, resolve_base
 from .progress import say
 from .spectral import PatchEmbedder, SpectralLM
@@ -50,10 +52,6 @@ class ModelSpec:
     def from_json(cls, path: Path) -> ModelSpec:
         data = json.loads(Path(path).read_text())
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
 
 
 def bitsandbytes_available() -> bool:
@@ -255,12 +253,12 @@ def write_model_card(path: str | os.PathLike, command: str) -> Path:
         "",
     ]
     metrics = m.get("metrics", {})
-    classes = [c for c in ("A", "F", "G", "K", "M", "all") if any(c in metrics.get(n, {}) for n in spec.value_names)]
+    classes = [c for c in (*CLASSES, OVERALL) if any(c in metrics.get(n, {}) for n in spec.value_names)]
     lines += ["| label | " + " | ".join(classes) + " | within 1 sigma |", "|---" * (len(classes) + 2) + "|"]
     for name in spec.value_names:
         row = metrics.get(name, {})
         cells = [f"{row[c]['mu']:+.3g} ± {row[c]['sigma']:.3g} (n={row[c]['n']})" if c in row else "" for c in classes]
-        within = row.get("all", {}).get("within_1sigma")
+        within = row.get(OVERALL, {}).get("within_1sigma")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {within:.0%} |" if within is not None else " |")
     if "class_accuracy" in metrics:
         lines += ["", f"Class accuracy on the test split: {metrics['class_accuracy']:.1%}"]

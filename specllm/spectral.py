@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FLUX_SPAN = "<flux></flux>"
-
 
 @functools.cache
 def _cache_keyword(backbone_type: type) -> str:
@@ -132,7 +130,8 @@ class SpectralLM(nn.Module):
         logits = self.class_head(hidden_last.float()) if self.class_head is not None else None
         return mean, log_var, logits
 
-    def forward(self, batch: Batch, text_weight: float = 1.0, value_weight: float = 1.0, class_weight: float = 0.2):
+    def forward(self, batch: Batch, text_weight: float, value_weight: float, class_weight: float):
+        """Loss weights: `config.TrainOptions` (text_weight, value_weight, class_weight)."""
         hidden = self.hidden_states(batch).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         mean, log_var, class_logits = self.readout(hidden[rows, batch.readout_index])

@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +22,17 @@ import pyarrow as pa
 import torch
 
 from . import __version__
-from .config import CLASSES, STAGE1_LABELS, AugmentConfig, LoraConfig, PatchConfig, TrainConfig
+from .config import CLASSES, STAGE1_LABELS, AugmentConfig, PatchConfig, TrainOptions
+from .device import autocast, bf16_supported, pick_device
 from .errors import SpecllmError
 from .models import base_fingerprint, resolve_base
+from .predict import evaluate_split
 from .progress import progress_bar, say
 from .prompting import PromptBuilder
 from .runs import (
     ModelSpec,
     bitsandbytes_available,
     build_model,
-    cuda_available,
     load_trainable,
     model_dir,
     read_weights,
@@ -43,28 +44,6 @@ from .shards import arrow_to_vectors, atomic_write_json, read_manifest, read_tab
 QA_COLUMNS = ("spec_id", "split", "question", "answer", "format", "stage")
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
-
-
-@dataclass
-class TrainOptions:
-    data: str
-    out: str
-    stage: int = 1
-    base_model: str | None = None
-    init: str | None = None
-    layers: int | None = None
-    resume: bool = False
-    deepspeed: str | None = None
-    max_steps: int | None = None
-    max_train: int | None = None
-    text_weight: float = 1.0
-    value_weight: float = 1.0
-    class_weight: float = 0.2
-    head_lr_mult: float = 1.0
-    save_dtype: str = "float32"
-    recipe: TrainConfig = field(default_factory=TrainConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -162,16 +141,6 @@ def augment(flux: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: A
     return flux.astype(np.float32), mask
 
 
-def autocast(device: torch.device, bf16: bool):
-    if not bf16:
-        return torch.autocast(device.type, enabled=False)
-    if device.type == "cpu":
-        ok = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    else:
-        ok = torch.cuda.is_bf16_supported()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=ok)
-
-
 def _checkpoint_dirs(out: Path) -> list[Path]:
     return sorted((out / CHECKPOINTS).glob("step-*"))
 
@@ -256,7 +225,7 @@ def _spec_for(opts: TrainOptions, data: QAData, grid_size: int | None) -> tuple[
 
 
 def run_train(opts: TrainOptions) -> dict:
-    from transformers import get_cosine_schedule_with_warmup
+    from transformers import get_cosine_schedule_with_warmup  # heavy: loaded when training starts, not on import
 
     out = Path(opts.out)
     recipe = opts.recipe
@@ -271,7 +240,7 @@ def run_train(opts: TrainOptions) -> dict:
         raise SpecllmError(f"{out}: already holds a trained model; use --resume or another --out")
 
     torch.manual_seed(recipe.seed)
-    device = torch.device("cuda" if cuda_available() else "cpu")
+    device = pick_device()
     quantize = bool(opts.lora.quantize_4bit and device.type == "cuda" and bitsandbytes_available())
     if device.type == "cpu":
         say("train: no CUDA device: LoRA without 4-bit quantisation (QLoRA needs CUDA + bitsandbytes)")
@@ -361,8 +330,6 @@ def run_train(opts: TrainOptions) -> dict:
     elapsed = time.time() - t0
     say(f"train: {step} steps, {seen} samples in {elapsed:.0f} s ({seen / max(elapsed, 1e-9):.2f} samples/s)")
 
-    from .infer import evaluate_split
-
     model.eval()
     metrics = evaluate_split(model, spec, builder, test, device) if len(test.spec_id) else {}
     data_manifest = read_manifest(opts.data) or {}
@@ -389,14 +356,15 @@ def run_train(opts: TrainOptions) -> dict:
 
 
 def _deepspeed_engine(model, optimizer, scheduler, opts: TrainOptions):
-    import deepspeed
+    import deepspeed  # optional (the gpu extra), and slow to import
 
     config = json.loads(Path(opts.deepspeed).read_text())
     config["train_micro_batch_size_per_gpu"] = opts.recipe.batch_size
     config["gradient_accumulation_steps"] = opts.recipe.grad_accum  # the engine steps at accumulation boundaries
     config["gradient_clipping"] = opts.recipe.max_grad_norm
+    device = pick_device()
     config.setdefault("bf16", {})["enabled"] = bool(
-        opts.recipe.bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        opts.recipe.bf16 and device.type == "cuda" and bf16_supported(device)
     )
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")

@@ -5,6 +5,7 @@
 - `spectrum_file`: `spectrum_file("coadd" | "image" | "dr1", name=None, gz=True, **writer_kwargs) -> Path`.
 - `small_shards`: a fresh shard directory of 20 ingested spectra (classes A/F/G/K/M, three layouts) in tmp_path.
 - `session_shards`: the same, built once per session: read it, never write into it.
+- `tiny_run`: a run directory of a tiny stage-1 patch-format model, trained for two steps once per session.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from specllm.config import GridConfig, LoraConfig, TrainConfig
+from specllm.train import TrainOptions, run_train
+
 from . import fitsfactory
+from .llmfactory import tiny_llama_dir, write_qa
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -44,3 +49,22 @@ def small_shards(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def session_shards(tmp_path_factory) -> Path:
     return fitsfactory.make_shards(tmp_path_factory.mktemp("session-shards"), n=20, shard_size=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-run")
+    tiny = tiny_llama_dir(root)
+    data = write_qa(root / "qa", "patch", n=8, grid=GridConfig().size, test_every=8)
+    recipe = TrainConfig(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False)
+    run_train(
+        TrainOptions(
+            data=str(data),
+            out=str(root / "run"),
+            base_model=str(tiny),
+            recipe=recipe,
+            lora=LoraConfig(r=4, alpha=8),
+            max_steps=2,
+        )
+    )
+    return root / "run"

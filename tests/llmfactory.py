@@ -65,7 +65,7 @@ def synthetic_spectra(n: int, grid: int = TINY_GRID, seed: int = 0):
 
 
 def write_qa(out: Path, fmt: str, n: int = 16, grid: int = TINY_GRID, test_every: int = 4, seed: int = 0) -> Path:
-    from specllm.serialize import answer, question
+    from specllm.qa import answer, question
 
     flux, mask, teff, logg, feh, classes = synthetic_spectra(n, grid, seed)
     rows = {"spec_id": [], "split": [], "class": [], "teff": [], "logg": [], "feh": [], "question": [], "answer": []}

@@ -13,14 +13,9 @@ from astropy.io import fits
 from specllm.config import ArrayConfig, CleanConfig, GridConfig, IngestConfig
 from specllm.errors import SpectrumRejected
 from specllm.io import expand_spectra, is_array_source, iter_spectra, load_spectrum
-from specllm.io.arrays import (
-    LAYOUT_ARRAY,
-    air_to_vacuum,
-    array_count,
-    broaden,
-    iter_array_spectra,
-    read_array_row,
-)
+from specllm.io.arrays import LAYOUT_ARRAY, array_count, iter_array_spectra, read_array_row
+from specllm.io.arrays.common import miles_spec_id, split_virtual
+from specllm.physics import air_to_vacuum
 from specllm.preprocess import clean_spectrum
 
 SHARED = Path(__file__).parents[1] / ".." / "shared" / "data"
@@ -81,25 +76,6 @@ def test_partial_coverage_spectrum_is_masked_past_its_red_edge(tmp_path):
     assert not cleaned.mask[(grid > 3810) & (grid < 7400)].any()  # inside: observed
     assert 0.70 < cleaned.coverage < 0.76  # ~3612 of 4901 grid points
     assert cleaned.coverage >= CleanConfig().min_coverage
-
-
-def test_air_to_vacuum_matches_known_lines():
-    # H-alpha 6562.80 A (air) = 6564.61 A (vacuum); Ca II K 3933.66 -> 3934.78
-    np.testing.assert_allclose(air_to_vacuum(np.array([6562.80, 3933.66])), [6564.61, 3934.78], atol=0.02)
-
-
-def test_broaden_reaches_lamost_resolution_only_where_the_source_is_sharper():
-    wave = 3600.0 + 0.9 * np.arange(4300)
-    flux = np.zeros_like(wave)
-    red, blue = np.argmin(np.abs(wave - 7000)), np.argmin(np.abs(wave - 3900))
-    flux[red] = flux[blue] = 1.0
-    out, _ = broaden(wave, flux, None, 2.5, 1800.0, 4.0)
-    window = slice(red - 40, red + 41)
-    w, f = wave[window], out[window]
-    sigma = np.sqrt(np.sum(f * (w - np.sum(f * w) / f.sum()) ** 2) / f.sum())
-    expected = np.sqrt((7000 / 1800) ** 2 - 2.5**2) / 2.3548
-    assert sigma == pytest.approx(expected, rel=0.1)
-    assert out[blue] == pytest.approx(1.0)  # at 3900 A, lambda/R = 2.2 A < 2.5 A: left as it is
 
 
 def test_resolution_matching_can_be_switched_off(tmp_path):
@@ -255,6 +231,38 @@ def test_survey_fits_files_are_not_array_sources(tmp_path):
 
 
 # ---------------------------------------------------------------- virtual paths and ingest
+
+
+@pytest.mark.parametrize(
+    ("name", "spec_id"),
+    [("star.npz", "star"), ("Star.FITS.GZ", "Star"), ("a.b.csv.gz", "a.b"), ("x.fit", "x"), ("y.pq", "y")],
+)
+def test_a_file_of_one_spectrum_names_it_without_the_format_suffix(tmp_path, name, spec_id):
+    wave = np.linspace(3700, 9000, 50)
+    if name.lower().endswith(".npz"):
+        np.savez(tmp_path / name, wave=wave, flux=_continuum(wave))
+    elif name.lower().endswith((".csv.gz", ".pq")):
+        table = pa.table({"wave": wave, "flux": _continuum(wave)})
+        if name.endswith(".pq"):
+            pq.write_table(table, tmp_path / name)
+        else:
+            import pyarrow.csv as pacsv
+
+            with pa.CompressedOutputStream(str(tmp_path / name), "gzip") as out:
+                pacsv.write_csv(table, out)
+    else:
+        cols = [fits.Column("WAVE", "D", array=wave), fits.Column("FLUX", "E", array=_continuum(wave))]
+        hdul = fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)])
+        hdul.writeto(tmp_path / name)
+    path = str(tmp_path / name)
+    assert is_array_source(path) and array_count(path) == 1
+    (raw,) = list(iter_array_spectra(path))
+    assert raw.meta["spec_id"] == spec_id and raw.path == f"{path}#0"
+    assert split_virtual(raw.path) == (path, 0) and split_virtual(path) is None
+
+
+def test_miles_ids():
+    assert miles_spec_id(272) == "miles-0272" and miles_spec_id(np.int64(1)) == "miles-0001"
 
 
 def test_virtual_paths_expand_and_load_one_spectrum(tmp_path):

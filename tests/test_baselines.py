@@ -15,15 +15,16 @@ from specllm.baselines import (
     masked_loss,
     validation_split,
 )
-from specllm.benchmark import apply_quick
 from specllm.config import (
     CLASSES,
+    PRESETS,
     BenchmarkConfig,
     GRUConfig,
     LightGBMConfig,
     NetTrainConfig,
     ResNetConfig,
     SmallCNNConfig,
+    apply_preset,
 )
 
 GRID = 96
@@ -190,11 +191,15 @@ def test_validation_split_is_deterministic_and_disjoint():
     assert len(validation_split(3, 0.1, 8, 0)[1]) == 0
 
 
-def test_quick_settings_are_applied():
-    cfg = apply_quick(BenchmarkConfig(quick=True))
-    base = BenchmarkConfig()
-    assert cfg.train.max_epochs == base.quick_max_epochs < base.train.max_epochs
-    assert cfg.resnet.width == base.quick_resnet_width and cfg.resnet.blocks == (3, 4, 6, 3)
-    assert cfg.lightgbm.n_estimators == base.quick_lgbm_estimators
-    assert apply_quick(BenchmarkConfig(quick=True, max_epochs=3)).train.max_epochs == 3
-    assert apply_quick(base) == base
+def test_quick_preset_is_applied():
+    cfg = BenchmarkConfig(quick=True).resolved()
+    base, quick = BenchmarkConfig(), PRESETS["quick"]
+    assert cfg.train.max_epochs == quick["train"]["max_epochs"] < base.train.max_epochs
+    assert cfg.train.patience == quick["train"]["patience"] and cfg.train.lr == base.train.lr
+    assert cfg.resnet.width == quick["resnet"]["width"] < base.resnet.width and cfg.resnet.blocks == (3, 4, 6, 3)
+    assert cfg.lightgbm.n_estimators == quick["lightgbm"]["n_estimators"] < base.lightgbm.n_estimators
+    assert BenchmarkConfig(quick=True, max_epochs=3).resolved().train.max_epochs == 3
+    assert BenchmarkConfig(max_epochs=3).resolved().resnet == base.resnet
+    assert base.resolved() == base
+    with pytest.raises(KeyError, match="no field 'widht'"):
+        apply_preset(base, {"resnet": {"widht": 8}})

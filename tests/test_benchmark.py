@@ -97,7 +97,7 @@ def test_benchmark_writes_the_paper_tables_and_plots(shards, tmp_path, capsys):
     assert (out / "residuals_teff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "models" / "resnet50.safetensors").exists() and (out / "models" / "lightgbm-teff.txt").exists()
     rows = list(csv.reader(io.StringIO((out / "table2_teff.csv").read_text())))
-    assert rows[0] == ["model", "A", "F", "G", "K", "M", "overall"]
+    assert rows[0] == ["model", "A", "F", "G", "K", "M", "all"]
     assert [r[0] for r in rows[1:]] == ["lightgbm", "resnet50", "smallcnn", "gru"]
     report = (out / "report.md").read_text()
     assert "feedc0de" in report and "Table 2" in report and "Table 6" in report and "llm skipped" in report
@@ -125,7 +125,7 @@ def test_scaling_uses_nested_subsets_of_the_train_split(shards, tmp_path):
     assert rows[0] == ["model", "n_train", "label", "group", "n", "mu", "sigma", "rmse"]
     assert "## Scaling" in (out / "report.md").read_text()
     # every model was evaluated on the same test spectra
-    assert {int(r[4]) for r in rows[1:] if r[3] == "overall"} == {15}
+    assert {int(r[4]) for r in rows[1:] if r[3] == "all"} == {15}
 
 
 def test_nested_subsets():
@@ -155,7 +155,7 @@ def test_missing_labels_and_placeholders_are_masked(tmp_path):
     assert np.isnan(test.labels[:, 1]).sum() == sum(1 for i in range(0, N, 4) if i % 3)
     out = tmp_path / "r"
     result = bench.run_benchmark(str(shards), str(out), tiny(models=("smallcnn",), labels=("auto",)))
-    overall = {s.label: s for s in result.stats if s.group == "overall"}
+    overall = {s.label: s for s in result.stats if s.group == "all"}
     assert overall["feh"].n == int(np.isfinite(test.labels[:, 0]).sum())
     assert overall["apogee_mg_fe"].n == int(np.isfinite(test.labels[:, 1]).sum())
     assert abs(overall["feh"].mu) < 5  # a -9999.99 counted as a label would give a mean residual of ~1000
@@ -181,7 +181,7 @@ def test_llm_adapter_aligns_by_spec_id(shards, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "specllm.infer", types.SimpleNamespace(predict_table=predict_table))
     result = bench.run_benchmark(str(shards), str(tmp_path / "r"), tiny(models=("llm",)), llm="runs/x")
     assert calls == [("runs/x", "test")]
-    overall = {s.label: s for s in result.stats if s.group == "overall"}
+    overall = {s.label: s for s in result.stats if s.group == "all"}
     assert overall["teff"].n == 13 and overall["teff"].mu == pytest.approx(10.0, abs=1e-3)
     assert overall["teff"].sigma == pytest.approx(0.0, abs=1e-3)
     assert overall["feh"].mu == pytest.approx(-0.1, abs=1e-5)

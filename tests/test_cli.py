@@ -1,7 +1,9 @@
-"""The `specllm` command line, run as a user runs it (subprocess): bad input, exit codes, crash safety."""
+"""The `specllm` command line: usage errors, help and options in-process (CliRunner); bad input, exit codes and
+crash safety as a user runs it (subprocess)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import typer
 from astropy.io import fits
+from typer.testing import CliRunner
+
+from specllm.cli import app
+from specllm.cliopts import Opt, config_options, field_docs
+from specllm.config import BenchmarkConfig, InferConfig, TrainOptions
 
 from .fitsfactory import (
     log_grid,
@@ -177,28 +185,169 @@ def test_catalogue_missing_column_exits_2_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+# ---------------------------------------------------------------- usage (in-process, typer's CliRunner)
+
+RUNNER_ENV = {"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+PIPELINE = ["ingest", "crossmatch", "serialize", "train", "infer", "benchmark", "compare-external"]
+
+
+def invoke(*args):
+    return CliRunner(env=RUNNER_ENV).invoke(app, [str(a) for a in args])
+
+
 @pytest.mark.parametrize(
     "make_args, words",
     [
         (lambda t: ["ingest", str(t / "*.nothing"), "--out", t / "o"], "matches no file"),
         (lambda t: ["ingest", t, "--catalog", t / "absent.csv", "--out", t / "o"], "no such catalogue"),
-        (lambda t: ["ingest", t, "--norm", "mean", "--out", t / "o"], "--norm"),
+        (
+            lambda t: ["ingest", t, "--norm", "mean", "--out", t / "o"],
+            "'mean' is not one of 'max', 'quantile', 'median'",
+        ),
         (lambda t: ["ingest", t], "--out"),
+        (lambda t: ["infer", t, "--decode", "beam"], "'beam' is not one of 'head', 'text'"),
+        (lambda t: ["infer", t, "--strict", "true"], "--strict is a flag and takes no value (got 'true')"),
+        (lambda t: ["ingest", t, "--out", t / "o", "--no-mask-ormask", "0"], "--no-mask-ormask is a flag"),
+        (lambda t: ["compare-external", t, "--catalog", t, "--out", t / "o", "--survey", "sdss"], "'sdss' is not one"),
+        (lambda t: ["compare-external", t, "--catalog", t, "--out", t / "o", "--match", "name"], "'name' is not one"),
+        (lambda t: ["train", "--stage", "3", "--data", t, "--out", t / "o"], "'3' is not one of '1', '2'"),
+        (lambda t: ["train", "--stage", "1", "--data", t, "--out", t / "o", "--save-dtype", "int8"], "'int8'"),
+        (lambda t: ["train", "--stage", "1", "--data", t, "--out", t / "o", "--recipe", "nope"], "no such recipe"),
+        (lambda t: ["serialize", t, "--stage", "1", "--format", "haiku", "--out", t / "o"], "'haiku' is not one"),
+        (lambda t: ["benchmark", t, "--out", t / "o", "--sizes", "10,x"], "--sizes must be comma-separated integers"),
     ],
-    ids=["glob", "catalogue", "norm", "no-out"],
+    ids=[
+        "glob",
+        "catalogue",
+        "norm",
+        "no-out",
+        "decode",
+        "strict-true",
+        "no-flag-0",
+        "survey",
+        "match",
+        "stage",
+        "save-dtype",
+        "recipe",
+        "format",
+        "sizes",
+    ],  # fmt: skip
 )
 def test_usage_errors_exit_2(tmp_path, make_args, words):
-    proc = specllm(*make_args(tmp_path))
-    _no_traceback(proc)
-    assert proc.returncode == 2 and words in proc.stderr
+    res = invoke(*make_args(tmp_path))
+    assert res.exit_code == 2, res.output
+    assert words in " ".join(res.output.replace("│", " ").split()), res.output
+    assert "Traceback" not in res.output
 
 
-def test_help_lists_the_paper_options():
-    proc = specllm("ingest", "--help")
-    assert proc.returncode == 0
+def test_help_lists_commands_in_pipeline_order_and_plain_flags():
+    res = invoke("--help")
+    assert res.exit_code == 0
+    listed = [
+        line.split()[1] for line in res.output.splitlines() if line.startswith("│ ") and line.split()[1] in PIPELINE
+    ]
+    assert listed == PIPELINE
+    for command in ["", *PIPELINE]:
+        text = invoke(*([command] if command else []), "--help").output
+        assert "<bool>" not in text, command  # flags take no value
+
+
+def test_help_lists_the_paper_options_and_choices():
+    text = invoke("ingest", "--help").output
     for option in ("--catalog", "--out", "--workers", "--balance", "--snr-min-r", "--snr-min-i", "--norm", "--decimals",
                    "--min-coverage", "--test-fraction", "--shard-size", "--strict", "--no-mask-ormask"):  # fmt: skip
-        assert option in proc.stdout
+        assert option in text
+    choices = {
+        "ingest": "<max|quantile|median>",
+        "serialize": "<paper|compact|patch>",
+        "train": "<float32|bfloat16|float16>",
+        "infer": "<head|text>",
+        "compare-external": "<generic|galah|gaia-eso|apogee|miles|lamost>",
+    }
+    for command, choice in choices.items():
+        assert choice in invoke(command, "--help").output, command
+    assert "<auto|id|sky>" in invoke("compare-external", "--help").output
+
+
+def test_every_command_writes_with_out_and_dash_o():
+    for command in PIPELINE:
+        params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+        assert {"--out", "-o"} <= set(params["out"].opts), command
+        assert all("--output" not in p.opts or p.hidden for p in params.values())
+
+
+def test_option_help_and_defaults_come_from_the_dataclasses():
+    assert field_docs(TrainOptions)["class_weight"] == "Weight of the class read-out's cross-entropy."
+    train = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
+    assert train["class_weight"].default == TrainOptions.class_weight
+    assert train["class_weight"].help == field_docs(TrainOptions)["class_weight"]
+    serialize = {p.name: p for p in typer.main.get_command(app).commands["serialize"].params}
+    assert serialize["base_model"].help == train["base_model"].help  # one text for one concept
+    for command in typer.main.get_command(app).commands.values():
+        for param in command.params:
+            assert param.help, (command.name, param.name)
+    assert config_options(Documented, "x", Opt("x", "--why"))  # a field with a docstring: an option
+    with pytest.raises(TypeError, match="Documented.y has no docstring"):
+        config_options(Documented, "y")
+
+
+@dataclasses.dataclass
+class Documented:
+    x: int = 1
+    """A documented field."""
+    y: int = 2
+
+
+def _captured_train(monkeypatch, *args):
+    import specllm.train
+
+    seen = []
+    monkeypatch.setattr(specllm.train, "run_train", seen.append)
+    res = invoke("train", "--stage", "1", "--data", "qa", "--out", "run", *args)
+    assert res.exit_code == 0, res.output
+    return seen[0]
+
+
+# The shipped model's options as `make model` passed them before the recipe became a file.
+SHIPPED_OPTIONS = (
+    "--layers 8 --lora-r 16 --lora-alpha 32 --epochs 10 --batch-size 8 --grad-accum 1 --lr 5e-4 --head-lr-mult 3 "
+    "--no-gradient-checkpointing --noise 0.02 --scale 0.1 --span-probability 0.25 --save-every 100 --save-dtype bfloat16"
+).split()
+
+
+def test_shipped_recipe_is_the_recipe_the_options_gave(monkeypatch, tmp_path):
+    by_options = _captured_train(monkeypatch, *SHIPPED_OPTIONS)
+    by_recipe = _captured_train(monkeypatch, "--recipe", "shipped-stage1")
+    assert by_recipe == by_options and by_recipe.recipe.epochs == 10 and by_recipe.lora.r == 16
+    assert by_recipe.recipe.gradient_checkpointing is False and by_recipe.save_dtype == "bfloat16"
+    overridden = _captured_train(monkeypatch, "--recipe", "shipped-stage1", "--epochs", "2", "--gradient-checkpointing")
+    assert overridden.recipe.epochs == 2 and overridden.recipe.gradient_checkpointing and overridden.lora.r == 16
+    assert _captured_train(monkeypatch) == TrainOptions(data="qa", out="run")  # no recipe: the dataclass defaults
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps({"lora-r": 4, "class_weight": 0.5}))
+    mine = _captured_train(monkeypatch, "--recipe", own)
+    assert mine.lora.r == 4 and mine.class_weight == 0.5 and mine.recipe == TrainOptions("", "").recipe
+    own.write_text(json.dumps({"lora_rank": 4}))
+    res = invoke("train", "--stage", "1", "--data", "qa", "--out", "run", "--recipe", own)
+    assert res.exit_code == 2 and "unknown option(s) lora_rank" in res.output
+
+
+def test_old_names_are_hidden_aliases(monkeypatch, tmp_path):
+    import specllm.benchmark
+    import specllm.infer
+
+    calls = []
+    monkeypatch.setattr(specllm.infer, "run_infer", lambda *a: calls.append(a) or (0, 1))
+    assert invoke("infer", "x.fits", "--output", "a.csv").exit_code == 0
+    assert invoke("infer", "x.fits", "-o", "b.csv", "--batch-size", "3").exit_code == 0
+    assert [c[2] for c in calls] == ["a.csv", "b.csv"] and calls[1][3] == InferConfig(batch_size=3)
+    runs = []
+    monkeypatch.setattr(specllm.benchmark, "run_benchmark", lambda *a, **k: runs.append((a, k)))
+    monkeypatch.setattr(specllm.benchmark, "summary_csv", lambda result: "")
+    assert invoke("benchmark", tmp_path, "--out", tmp_path / "r", "--llm", "run1").exit_code == 0
+    assert invoke("benchmark", tmp_path, "-o", tmp_path / "r", "--model", "run2", "--quick").exit_code == 0
+    assert [k["llm"] for _, k in runs] == ["run1", "run2"]
+    assert runs[1][0][2] == BenchmarkConfig(quick=True) and runs[0][0][2] == BenchmarkConfig()
 
 
 # ---------------------------------------------------------------- crash safety

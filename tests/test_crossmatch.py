@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from specllm.cli import app
 from specllm.config import STAGE2_ELEMENTS, CrossmatchConfig
-from specllm.crossmatch import label_columns, match_sky, run_crossmatch, stage2_label_columns
+from specllm.crossmatch import label_columns, run_crossmatch, stage2_label_columns
 from specllm.errors import SpecllmError
 from specllm.ingest import shard_schema
 from specllm.shards import read_table, shard_paths, vectors_to_arrow
+from specllm.skymatch import match_sky
 
 try:  # the table writers live in test_surveys.py (tests/ is on sys.path under pytest's default import mode)
     from test_surveys import allstar_table, galah_table

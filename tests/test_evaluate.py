@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import re
 
 import numpy as np
@@ -17,11 +16,9 @@ from specllm.evaluate import (
     compute_stats,
     csv_text,
     element_table,
-    label_title,
     markdown_table,
     per_class_table,
     residual_plot,
-    residual_stats,
     rmse_table,
     scaling_plot,
     stats_json,
@@ -31,21 +28,14 @@ from specllm.evaluate import (
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_residual_stats_known_values():
-    n, mu, sigma, rmse = residual_stats(np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0, np.nan]))
-    assert n == 2 and mu == 1.5 and sigma == 0.5 and rmse == pytest.approx(math.sqrt(2.5))
-    n, mu, sigma, rmse = residual_stats(np.array([np.nan]), np.array([1.0]))
-    assert n == 0 and math.isnan(mu) and math.isnan(sigma)
-
-
 def test_missing_labels_are_left_out_not_zero_filled():
     true = np.array([[5000.0], [6000.0], [np.nan]])
     pred = np.array([[5100.0], [5900.0], [1e9]])
     classes = np.array(["G", "F", "G"], dtype=object)
     stats = {(s.label, s.group): s for s in compute_stats("m", true, pred, classes, ["teff"])}
-    assert stats[("teff", "overall")].n == 2
-    assert stats[("teff", "overall")].mu == pytest.approx(0.0)
-    assert stats[("teff", "overall")].sigma == pytest.approx(100.0)
+    assert stats[("teff", "all")].n == 2
+    assert stats[("teff", "all")].mu == pytest.approx(0.0)
+    assert stats[("teff", "all")].sigma == pytest.approx(100.0)
     assert stats[("teff", "G")].n == 1 and stats[("teff", "G")].mu == pytest.approx(100.0)
     assert stats[("teff", "A")].n == 0
 
@@ -65,14 +55,14 @@ def _stats():
 def test_per_class_table_has_the_paper_layout():
     stats, _, _ = _stats()
     header, rows = per_class_table(stats, "teff")
-    assert header == ["model", "A", "F", "G", "K", "M", "overall"]
+    assert header == ["model", "A", "F", "G", "K", "M", "all"]
     assert [r[0] for r in rows] == ["lightgbm", "gru"]
     cell = re.compile(r"^-?\d+\.\d ± \d+\.\d$")  # Teff: one decimal
     assert all(cell.match(c) for r in rows for c in r[1:])
     _, rows = per_class_table(stats, "feh")
     assert all(re.match(r"^-?\d+\.\d{3} ± \d+\.\d{3}$", c) for r in rows for c in r[1:])
     # overall counts the two class-less spectra too
-    overall = [s for s in stats if s.model == "gru" and s.label == "teff" and s.group == "overall"][0]
+    overall = [s for s in stats if s.model == "gru" and s.label == "teff" and s.group == "all"][0]
     assert overall.n == 42
 
 
@@ -94,18 +84,12 @@ def test_element_and_rmse_tables():
     assert gru < lgbm  # gru was given half the noise
 
 
-def test_label_titles():
-    assert label_title("apogee_mg_fe") == "[Mg/Fe]" and label_title("ca_fe") == "[Ca/Fe]"
-    assert label_title("teff") == "Teff (K)" and label_title("other") == "other"
-    assert label_title("apogee_tiii_fe") == "[Ti II/Fe]" and label_title("ci_fe") == "[C I/Fe]"
-
-
 def test_writers(tmp_path):
     stats, _, _ = _stats()
     table = per_class_table(stats, "logg")
     md = markdown_table(table)
     assert (
-        md.splitlines()[0] == "| model | A | F | G | K | M | overall |"
+        md.splitlines()[0] == "| model | A | F | G | K | M | all |"
         and md.splitlines()[1] == "|---|---|---|---|---|---|---|"
     )
     write_csv(tmp_path / "t.csv", *table)

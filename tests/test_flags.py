@@ -125,7 +125,7 @@ def test_snr_flag_matches_ingest_rejection(tmp_path, tiny_model, shared_data):
             r["file"]: r["reason"] for r in pq.read_table(tmp_path / f"shards{cut}" / "rejects.parquet").to_pylist()
         }
         out = tmp_path / f"labels{cut}.parquet"
-        run_infer(files, str(tiny_model), str(out), InferConfig(), clean)
+        run_infer(files, str(tiny_model), str(out), InferConfig(clean=clean))
         got = {r["file"]: r for r in pq.read_table(out).to_pylist()}
         snr_rejected = {f for f, reason in rejects.items() if reason in flags.SNR_REASONS}
         assert snr_rejected == {f for f, r in got.items() if flags.has(r["flag"], flags.SNR)}

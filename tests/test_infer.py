@@ -1,4 +1,4 @@
-"""`specllm infer`: CSV schema and order, stdout holds only data, bad files, constrained decoding, shipped model."""
+"""`specllm infer`: CSV schema and order, stdout holds only data, bad files, shard input, rank slices, shipped model."""
 
 from __future__ import annotations
 
@@ -12,33 +12,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from specllm.config import GridConfig, InferConfig, LoraConfig, TrainConfig
-from specllm.train import TrainOptions, run_train
+from specllm.config import GridConfig
 
-from .llmfactory import tiny_llama_dir, write_qa
+from .llmfactory import write_qa
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DR10 = SHARED / "lamost" / "dr10" / "spectra"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("infer")
-    tiny = tiny_llama_dir(root)
-    data = write_qa(root / "qa", "patch", n=8, grid=GridConfig().size, test_every=8)
-    recipe = TrainConfig(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False)
-    run_train(
-        TrainOptions(
-            data=str(data),
-            out=str(root / "run"),
-            base_model=str(tiny),
-            recipe=recipe,
-            lora=LoraConfig(r=4, alpha=8),
-            max_steps=2,
-        )
-    )
-    return root / "run"
 
 
 def real_files(n: int) -> list[str]:
@@ -110,34 +90,6 @@ def test_predict_table_reads_one_split(tmp_path, tiny_run):
     assert len(predict_table(str(tiny_run), str(qa), split=None)) == 12
 
 
-def test_constrained_decoding_always_parses(tiny_run):
-    from specllm.infer import predict, questions_for
-    from specllm.prompting import PromptBuilder
-    from specllm.runs import load_model_dir
-    from specllm.serialize import parse_answer
-
-    model, spec, tok = load_model_dir(tiny_run)
-    builder = PromptBuilder(tok, 77)
-    rng = np.random.default_rng(3)
-    flux = rng.uniform(0.2, 1.0, (5, GridConfig().size)).astype(np.float32)
-    mask = np.zeros_like(flux, dtype=bool)
-    import torch
-
-    preds = predict(
-        model,
-        spec,
-        builder,
-        questions_for(spec, flux),
-        flux,
-        mask,
-        torch.device("cpu"),
-        InferConfig(decode="text", max_new_tokens=40),
-    )
-    assert preds.ok.all(), preds.texts
-    for text in preds.texts:
-        assert parse_answer(spec.format, spec.stage, text)[1]
-
-
 def test_rank_slices_cover_inputs_once(tmp_path, tiny_run, monkeypatch):
     files = real_files(5)
     parts = []
@@ -163,7 +115,7 @@ def test_rank_slices_cover_inputs_once(tmp_path, tiny_run, monkeypatch):
 
 @pytest.mark.slow
 def test_shipped_model_on_real_spectra():
-    from specllm.infer import default_model_dir
+    from specllm.predict import default_model_dir
 
     if not (default_model_dir() / "spec.json").exists():
         pytest.skip("no shipped model in this checkout")

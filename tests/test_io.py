@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
@@ -16,8 +17,9 @@ from specllm.errors import SpecllmError, SpectrumRejected
 from specllm.io import expand_inputs, read_spectrum
 from specllm.io.fitsfile import open_fits
 from specllm.io.lamost import LAYOUT_COADD, LAYOUT_DR1, LAYOUT_IMAGE, header_meta
-from specllm.io.lamost_catalog import LabelCatalog, file_key, reduce_class
-from specllm.io.tables import column_as_float, read_catalog
+from specllm.io.lamost_catalog import LabelCatalog, file_key
+from specllm.io.tables import ColumnNames, catalog_columns, float_column, read_catalog, read_table
+from specllm.labels import reduce_class
 
 from .fitsfactory import (
     COEFF0,
@@ -308,7 +310,54 @@ def test_catalog_unreadable_or_absent(tmp_path):
         read_catalog(str(tmp_path / "bad.parquet"))
 
 
-def test_column_as_float_placeholders():
-    table = pa.table({"x": pa.array([1.5, None, -9999.0, -9999.99, float("inf"), -12.0])})
-    values = column_as_float(table, "x")
+def test_float_column_placeholders_and_types():
+    table = pa.table(
+        {
+            "x": pa.array([1.5, None, -9999.0, -9999.99, float("inf"), -12.0]),
+            "i": pa.array([3, None, -9999, 4, 5, 6]),
+            "b": pa.array([True, False, None, True, True, False]),
+            "t": pa.array(["1.5", "-9999", None, "2", "nan", "3"]),
+            "word": pa.array(["a"] * 6),
+        }
+    )
+    values = float_column(table, "x")
     assert values[0] == 1.5 and values[5] == -12.0 and np.isnan(values[1:5]).all()
+    assert np.isnan(float_column(table, "i")[[1, 2]]).all() and float_column(table, "i")[0] == 3.0
+    assert float_column(table, "b")[:2].tolist() == [1.0, 0.0] and np.isnan(float_column(table, "b")[2])
+    assert float_column(table, "t")[0] == 1.5 and np.isnan(float_column(table, "t")[[1, 2, 4]]).all()
+    with pytest.raises(SpecllmError, match="x.csv: column 'word' is not numeric"):
+        float_column(table, "word", "x.csv")
+
+
+def test_column_names_case_insensitive_first_spelling_wins():
+    names = ColumnNames(["TEFF", " Logg ", "teff", "FE_H"])
+    assert names.find("teff") == "TEFF" and names.find("LOGG") == " Logg " and names.find("feh") is None
+    assert names.first(("feh", "Fe_H")) == "FE_H" and names.first(("x", "y")) is None
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".fits", ".fts", ".fts.gz", ".FITS.GZ", ".npz"])
+def test_read_table_any_format_any_case(tmp_path, suffix):
+    path = str(tmp_path / f"cat{suffix}")
+    data = {"OBSID": np.array([1, 2, 3]), "Teff": np.array([5000.0, -9999.0, 6000.0])}
+    if suffix == ".csv":
+        pacsv.write_csv(pa.table(data), path)
+    elif suffix == ".parquet":
+        pq.write_table(pa.table(data), path)
+    elif suffix == ".npz":
+        np.savez(path, **data, flux=np.ones(7))  # a 1-D array of another length is not a column
+    else:
+        Table(data).write(path, format="fits")
+    table = read_table(path)
+    assert table.n == 3 and table.has("obsid") and table.has("TEFF") and not table.has("logg")
+    assert table.values("obsid") == [1, 2, 3]
+    teff = table.floats("teff")
+    assert teff[0] == 5000.0 and np.isnan(teff[1]) and teff[2] == 6000.0
+    assert {c.lower() for c in catalog_columns(path)} >= {"obsid", "teff"}
+
+
+def test_read_table_empty_or_absent(tmp_path):
+    with pytest.raises(SpecllmError, match="no such file"):
+        read_table(str(tmp_path / "absent.csv"))
+    (tmp_path / "empty.csv").write_text("obsid,teff\n")
+    with pytest.raises(SpecllmError, match="empty.csv: the table is empty"):
+        read_table(str(tmp_path / "empty.csv"))

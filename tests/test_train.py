@@ -124,7 +124,7 @@ def _stage2_qa(out: Path, stage1: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from specllm.serialize import answer, question
+    from specllm.qa import answer, question
     from specllm.shards import write_table
 
     t = pq.read_table(stage1 / "part-00000.parquet")

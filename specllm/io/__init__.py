@@ -11,10 +11,10 @@ from collections.abc import Iterable, Iterator
 
 from ..errors import SpecllmError, SpectrumRejected
 from . import lamost
-from .base import RawSpectrum
+from .base import FITS_SUFFIXES, RawSpectrum
 from .fitsfile import FastPathUnsupported, Hdu, open_fits
 
-SPECTRUM_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz")
+SPECTRUM_SUFFIXES = FITS_SUFFIXES
 
 __all__ = ["RawSpectrum", "read_spectrum", "expand_inputs", "SPECTRUM_SUFFIXES"]
 
@@ -84,7 +84,7 @@ def expand_inputs(inputs: Iterable[str]) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------- array sources (issue 7)
-# Spectra given as arrays with their own wavelength grid (MILES npz, wave/flux tables): see `arrays.py`.
+# Spectra given as arrays with their own wavelength grid (MILES npz, wave/flux tables): see the `arrays` package (one loader per format).
 # An array file holding N spectra is addressed spectrum by spectrum through virtual paths `FILE#0` ... `FILE#N-1`.
 
 from .arrays import LAYOUT_ARRAY, array_count, is_array_source, iter_array_spectra, read_array_row  # noqa: E402

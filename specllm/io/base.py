@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# File name suffixes by format (matched case-insensitively), named once for every reader.
+FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".csv.gz")
+NPZ_SUFFIXES = (".npz",)
+
 
 @dataclass
 class RawSpectrum:

@@ -13,9 +13,9 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import SpectrumRejected
+from ..labels import clean_number
 from .base import RawSpectrum
 from .fitsfile import Hdu
-from .tables import PLACEHOLDER_MAX
 
 LAYOUT_DR1 = "lamost-dr1-image"
 LAYOUT_IMAGE = "lamost-image"
@@ -59,13 +59,7 @@ def header_meta(header: fits.Header, layout: str) -> dict:
         except (TypeError, ValueError):
             meta["obsid"] = None
     for k in ("ra", "dec", "z", *(f"snr{b}" for b in _BANDS)):
-        if meta[k] is not None:
-            try:
-                meta[k] = float(meta[k])
-            except (TypeError, ValueError):
-                meta[k] = None
-            if meta[k] is not None and (not np.isfinite(meta[k]) or meta[k] <= PLACEHOLDER_MAX):
-                meta[k] = None  # -9999: the pipeline's "not measured"
+        meta[k] = clean_number(meta[k])  # None for text, NaN and -9999 (the pipeline's "not measured")
     for k in ("objclass", "subclass", "data_release", "fits_filename"):
         if meta[k] is not None:
             meta[k] = str(meta[k]).strip()

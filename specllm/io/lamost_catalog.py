@@ -7,16 +7,14 @@ the stage-1 labels teff, logg, feh; a catalogue lacking one fails at once, namin
 from __future__ import annotations
 
 import os
-import re
 
-import numpy as np
 import pyarrow as pa
 
-from ..config import CLASSES, STAGE1_LABELS
 from ..errors import SpecllmError
-from .tables import PLACEHOLDER_MAX, read_catalog
+from ..labels import STAGE1_NAMES, clean_number
+from .tables import ColumnNames, fits_stem, read_catalog
 
-REQUIRED_LABELS = tuple(name for name, _ in STAGE1_LABELS)
+REQUIRED_LABELS = STAGE1_NAMES
 # Catalogue column (lower case) -> shard column. Everything else is kept under its own name.
 KNOWN = {
     "obsid": "obsid",
@@ -41,28 +39,14 @@ RESERVED = {"spec_id", "file", "data_release", "layout", "class", "split", "cove
 
 def file_key(path_or_name: str) -> str:
     """`dir/spec-55862-B6212_sp06-003.fits.gz` -> `spec-55862-B6212_sp06-003`."""
-    name = os.path.basename(str(path_or_name).strip())
-    return re.sub(r"\.(fits?|fts)(\.gz)?$", "", name, flags=re.IGNORECASE)
-
-
-def reduce_class(subclass: str | None) -> str | None:
-    """LAMOST subclass -> A/F/G/K/M (`G3` -> G, `dM2`/`gM0`/`sdM1` -> M); None for anything else."""
-    if not subclass:
-        return None
-    s = str(subclass).strip()
-    s = re.sub(r"^(sd|d|g)(?=M)", "", s)
-    return s[0] if s and s[0] in CLASSES else None
+    return fits_stem(os.path.basename(str(path_or_name).strip()))
 
 
 class LabelCatalog:
     def __init__(self, path: str):
         self.path = path
         table = read_catalog(path)
-        lower = {}
-        for name in table.column_names:
-            key = name.strip().lower()
-            if key and not key.startswith("unnamed") and key not in lower:
-                lower[key] = name
+        lower = {k: v for k, v in ColumnNames(table.column_names).items() if k and not k.startswith("unnamed")}
         self.file_column = next((k for k in FILENAME_KEYS if k in lower), None)
         if "obsid" not in lower and self.file_column is None:
             raise SpecllmError(f"{path}: catalogue lacks required column 'obsid' (or 'filename' to join on)")
@@ -100,10 +84,7 @@ class LabelCatalog:
     def _clean(column: pa.ChunkedArray) -> list:
         values = column.to_pylist()
         if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
-            return [
-                None if v is None or (isinstance(v, float) and not np.isfinite(v)) or v <= PLACEHOLDER_MAX else v
-                for v in values
-            ]
+            return [v if clean_number(v) is not None else None for v in values]  # the value keeps its type
         return values
 
     def _add_keys(self, keys) -> None:

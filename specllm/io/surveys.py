@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..config import STAGE2_ELEMENTS
 from ..errors import SpecllmError
-from .tables import PLACEHOLDER_MAX, catalog_columns, read_catalog
+from ..labels import PLACEHOLDER_MAX, STAGE2_ELEMENTS, element_label
+from .tables import ColumnNames, catalog_columns, float_column, read_catalog
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,6 @@ class Survey:
 
     def column_name(self, label: str) -> str:
         return f"{self.key}_{label}"
-
-
-def element_label(element: str) -> str:
-    """`MG` -> `mg_fe`, `TIII` -> `tiii_fe`: the [X/Fe] label name every survey uses."""
-    return f"{element.lower()}_fe"
 
 
 # ---------------------------------------------------------------- the surveys, each described once
@@ -249,17 +244,6 @@ class SurveyCatalog:
         return lines
 
 
-def _resolver(names: list[str]):
-    lower: dict[str, str] = {}
-    for name in names:
-        lower.setdefault(name.strip().lower(), name)
-
-    def find(candidates: tuple[str, ...]) -> str | None:
-        return next((lower[c.lower()] for c in candidates if c.lower() in lower), None)
-
-    return find
-
-
 def _flag_ok(table: pa.Table, column: str) -> np.ndarray:
     """True where a flag is 0 (integer bitmask) or empty (text list of flag names); null counts as not ok."""
     col = table.column(column)
@@ -273,17 +257,6 @@ def _flag_ok(table: pa.Table, column: str) -> np.ndarray:
     return values == 0
 
 
-def _as_float(table: pa.Table, column: str) -> tuple[np.ndarray, int]:
-    """A column as float64 with NaN for missing; also how many values were NaN/null/placeholder."""
-    col = table.column(column)
-    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type)):
-        col = pc.cast(col, pa.float64(), safe=False)
-    values = np.array(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-    bad = ~np.isfinite(values) | (values <= PLACEHOLDER_MAX)
-    values[bad] = np.nan
-    return values, int(bad.sum())
-
-
 def read_survey(
     path: str, survey: str | Survey, quality_cuts: bool = True, need_position: bool = True, all_ids: bool = False
 ) -> SurveyCatalog:
@@ -295,7 +268,7 @@ def read_survey(
     """
     s = get_survey(survey)
     names = catalog_columns(path)
-    find = _resolver(names)
+    find = ColumnNames(names).first
     ra_col, dec_col = find(s.ra_columns), find(s.dec_columns)
     designation_col = find(s.designation_columns)
     no_position = (ra_col is None or dec_col is None) and designation_col is None
@@ -339,8 +312,8 @@ def read_survey(
     ra = np.full(n, np.nan)
     dec = np.full(n, np.nan)
     if ra_col and dec_col:
-        ra, _ = _as_float(table, ra_col)
-        dec, _ = _as_float(table, dec_col)
+        ra = float_column(table, ra_col, path)
+        dec = float_column(table, dec_col, path)
         used["ra"], used["dec"] = ra_col, dec_col
         position_source = f"{ra_col}/{dec_col}"
     elif no_position:
@@ -393,7 +366,7 @@ def read_survey(
             if cut.rule == "zero":
                 ok = _flag_ok(table, col)
             else:
-                values, _ = _as_float(table, col)
+                values = float_column(table, col, path)
                 ok = values > cut.value  # NaN fails
             what = cut.describe(col, text=pa.types.is_string(table.schema.field(col).type))
             used[f"cut:{what}"] = col
@@ -404,7 +377,7 @@ def read_survey(
     # labels, one at a time (a 10^6-row catalogue holds 26 of them)
     counts: dict[str, dict[str, int]] = {}
     placeholders = 0
-    fe_h = _as_float(table, sources["fe_h"][1])[0] if "fe_h" in sources else None  # for log eps -> [X/Fe]
+    fe_h = float_column(table, sources["fe_h"][1], path) if "fe_h" in sources else None  # for log eps -> [X/Fe]
     labels: dict[str, np.ndarray] = {}
     no_flag: list[str] = []
     for lab in s.labels:
@@ -412,8 +385,8 @@ def read_survey(
             labels[lab.name] = np.full(n, np.nan, dtype=np.float32)
             continue
         kind, col = sources[lab.name]
-        values, n_bad = _as_float(table, col)
-        placeholders += n_bad
+        values = float_column(table, col, path)
+        placeholders += int(np.isnan(values).sum())
         used[lab.name] = col
         if kind == "log_eps":
             values = values - lab.solar - fe_h

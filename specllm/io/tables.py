@@ -1,4 +1,10 @@
-"""Catalogue tables (CSV, FITS or Parquet) read into pyarrow, whatever the survey."""
+"""Catalogue tables read into pyarrow, whatever the survey: the one home for table formats and column lookup.
+
+- Formats by file name: CSV (`.csv`, `.csv.gz`, or any other name), FITS (`FITS_SUFFIXES`, first table HDU),
+  Parquet (`PARQUET_SUFFIXES`) and, for `read_table`, an npz of 1-D arrays (the MILES labels).
+- Column names are looked up case-insensitively (`ColumnNames`: the first spelling of a name wins).
+- Numbers are read by one function, `float_column`: null, NaN, inf and survey placeholders (<= -9999) become NaN.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,19 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import SpecllmError
+from ..labels import as_float
+from .base import FITS_SUFFIXES, NPZ_SUFFIXES, PARQUET_SUFFIXES
 
-# Survey placeholders for a missing value (LAMOST -9999, APOGEE -9999.99).
-PLACEHOLDER_MAX = -9999.0
+
+def is_fits(path: str) -> bool:
+    return str(path).lower().endswith(FITS_SUFFIXES)
 
 
-FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts")
-PARQUET_SUFFIXES = (".parquet", ".pq")
+def fits_stem(name: str) -> str:
+    """`spec-55862-B6212_sp06-003.fits.gz` -> `spec-55862-B6212_sp06-003` (any FITS suffix, any case)."""
+    lower = name.lower()
+    suffix = next((s for s in sorted(FITS_SUFFIXES, key=len, reverse=True) if lower.endswith(s)), "")
+    return name[: len(name) - len(suffix)]
 
 
 def _kind(path: str) -> str:
@@ -26,7 +38,27 @@ def _kind(path: str) -> str:
         return "parquet"
     if lower.endswith(FITS_SUFFIXES):
         return "fits"
+    if lower.endswith(NPZ_SUFFIXES):
+        return "npz"
     return "csv"
+
+
+class ColumnNames(dict):
+    """Case-insensitive column lookup: lower-cased, stripped name -> the name as the table spells it (the first
+    spelling wins where two differ only in case)."""
+
+    def __init__(self, names=()):
+        super().__init__()
+        for name in names:
+            self.setdefault(str(name).strip().lower(), name)
+
+    def find(self, name: str) -> str | None:
+        """The table's spelling of `name`, None if absent."""
+        return self.get(str(name).strip().lower())
+
+    def first(self, candidates) -> str | None:
+        """The table's spelling of the first of `candidates` present, None if none is."""
+        return next((found for c in candidates if (found := self.find(c)) is not None), None)
 
 
 def _unreadable(path: str, exc: Exception) -> SpecllmError:
@@ -35,7 +67,7 @@ def _unreadable(path: str, exc: Exception) -> SpecllmError:
 
 
 def read_catalog(path: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a CSV, FITS (first table HDU) or Parquet catalogue. Column names keep their case.
+    """Read a CSV, FITS (first table HDU), Parquet or npz (1-D arrays) catalogue. Column names keep their case.
 
     `columns` (exact names, as `catalog_columns` gives them) reads only those: a 4 GB allStar file is then read
     column by column from a memory map, never whole.
@@ -44,6 +76,9 @@ def read_catalog(path: str, columns: list[str] | None = None) -> pa.Table:
         raise SpecllmError(f"{path}: no such catalogue")
     try:
         kind = _kind(path)
+        if kind == "npz":
+            table = _read_npz_table(path)
+            return table.select(columns) if columns is not None else table
         if kind == "parquet":
             return pq.read_table(path, columns=columns)
         if kind == "fits":
@@ -62,6 +97,8 @@ def catalog_columns(path: str) -> list[str]:
         raise SpecllmError(f"{path}: no such catalogue")
     try:
         kind = _kind(path)
+        if kind == "npz":
+            return list(_read_npz_table(path).column_names)
         if kind == "parquet":
             return list(pq.read_schema(path).names)
         if kind == "fits":
@@ -115,9 +152,66 @@ def _read_fits_table(path: str, columns: list[str] | None = None) -> pa.Table:
     return pa.table(result)
 
 
-def column_as_float(table: pa.Table, name: str) -> np.ndarray:
-    """A numeric column as float64 with nulls, NaN and survey placeholders (<= -9999) as NaN."""
+def _read_npz_table(path: str, skip: tuple[str, ...] = ()) -> pa.Table:
+    """The 1-D arrays of an npz that share its most common length (e.g. the MILES miles_id, teff, logg, feh), read
+    without pickle; members named in `skip` (lower case: the spectra) are left out."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files if k.lower() not in skip and data[k].ndim == 1}
+    except (OSError, ValueError) as exc:
+        raise SpecllmError(f"{path}: unreadable npz ({str(exc).splitlines()[0][:160]})") from None
+    if not arrays:
+        raise SpecllmError(f"{path}: the npz holds no 1-D columns")
+    lengths = [a.size for a in arrays.values()]
+    n = max(set(lengths), key=lengths.count)
+    return pa.table({k: a for k, a in arrays.items() if a.size == n})
+
+
+def float_column(table: pa.Table, name: str, path: str = "table") -> np.ndarray:
+    """Column `name` (exact spelling) as a new float64 array, with null, NaN, inf and survey placeholders
+    (<= -9999) as NaN. Booleans read as 0/1, text is parsed; text that is no number fails with one line."""
     col = table.column(name)
-    values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-    values = np.where(np.isfinite(values) & (values > PLACEHOLDER_MAX), values, np.nan)
-    return values
+    if pa.types.is_boolean(col.type):
+        col = col.cast(pa.int8())
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type)):
+        try:
+            col = col.cast(pa.float64(), safe=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise SpecllmError(f"{path}: column '{name}' is not numeric") from None
+    return as_float(col.to_numpy(zero_copy_only=False))
+
+
+class Table:
+    """A table read whole, with case-insensitive column access (`path` names it in error messages)."""
+
+    def __init__(self, path: str, table: pa.Table):
+        self.path = path
+        self.arrow = table
+        self.n = table.num_rows
+        self.names = ColumnNames(table.column_names)
+
+    def has(self, name: str) -> bool:
+        return self.names.find(name) is not None
+
+    def first(self, candidates) -> str | None:
+        """The first of `candidates` the table has (as the table spells it), None if none."""
+        return self.names.first(candidates)
+
+    def floats(self, name: str) -> np.ndarray:
+        """A numeric column (any case) as float64 with missing values as NaN (see `float_column`)."""
+        return float_column(self.arrow, self.names.find(name) or name, self.path)
+
+    def values(self, name: str) -> list:
+        """A column (any case) as Python values, None where null."""
+        return self.arrow.column(self.names.find(name) or name).to_pylist()
+
+
+def read_table(path: str, skip_npz: tuple[str, ...] = ()) -> Table:
+    """A CSV, FITS, Parquet or npz table read whole (npz: its 1-D arrays, less the members in `skip_npz`); an empty
+    table fails with one line."""
+    if not os.path.exists(path):
+        raise SpecllmError(f"{path}: no such file")
+    table = _read_npz_table(path, skip_npz) if _kind(path) == "npz" else read_catalog(path)
+    if table.num_rows == 0:
+        raise SpecllmError(f"{path}: the table is empty")
+    return Table(path, table)

@@ -1,0 +1,257 @@
+"""Prediction with a trained spectral LM, shared by `train` (test-split evaluation), `infer` and `benchmark`.
+
+- `load_for_inference`: a model directory (and its stage-1 parent for a stage-2 model) ready to run;
+- `predict`: batched forward pass, the numeric read-out (value and 1-sigma per label, class) written as the answer
+  text (`decode="head"`), or the answer generated greedily by `constrained_generate` (`decode="text"`), where only
+  well-formed answers can come out, parsed by the same parser as everything else;
+- `evaluate_split`: paper Table 2 (residual mu and sigma per class, 1-sigma calibration) on a labelled QA split.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import regex
+import torch
+
+from .config import CLASSES, GridConfig, InferConfig, PatchConfig
+from .device import autocast
+from .domain import load_domain
+from .errors import SpecllmError
+from .metrics import OVERALL, per_class
+from .progress import say
+from .prompting import PromptBuilder
+from .qa import answer, answer_pattern, parse_answer, question
+from .runs import PARENT, load_model_dir, model_dir
+from .spectral import output_cache
+
+DEFAULT_MODEL = "default"
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the package (`specllm/models/default`)."""
+    return Path(str(resources.files("specllm") / "models" / DEFAULT_MODEL))
+
+
+@dataclass
+class Loaded:
+    model: object
+    spec: object
+    builder: PromptBuilder
+    domain: object = None  # domain.Domain, where the model directory has one (flag bit `domain`)
+
+
+def load_for_inference(path: Path, device: torch.device) -> list[Loaded]:
+    """The model at `path`, preceded by its stage-1 parent when it is a stage-2 model (labels of both are written)."""
+    path = model_dir(path)
+    chain = [path / PARENT, path] if (path / PARENT / "spec.json").exists() else [path]
+    loaded = []
+    grid = GridConfig()
+    for p in chain:
+        model, spec, tokenizer = load_model_dir(p)
+        if spec.grid_size and spec.grid_size != grid.size:
+            raise SpecllmError(f"{p}: model grid has {spec.grid_size} pixels, specllm's grid {grid.size}")
+        count = PatchConfig(spec.patch_width).count(spec.grid_size) if spec.patch_width else None
+        loaded.append(Loaded(model.to(device), spec, PromptBuilder(tokenizer, count), load_domain(p)))
+    return loaded
+
+
+@dataclass
+class Predictions:
+    values: np.ndarray  # (N, K) in label units
+    errors: np.ndarray  # (N, K) 1-sigma
+    classes: list[str | None]
+    texts: list[str]
+    ok: np.ndarray  # (N,) bool: the answer text parsed
+    hidden: np.ndarray | None = None  # (N, H) float32: the hidden state the read-out saw (only when asked for)
+    class_prob: np.ndarray | None = None  # (N,) the class head's probability of its answer (stage 1)
+
+
+def questions_for(spec, flux: np.ndarray) -> list[str]:
+    """The question asked of each spectrum: every label the model knows (flux in the text for text formats)."""
+    asked = ["class", *spec.value_names] if spec.stage == 1 else list(spec.value_names)
+    if spec.patch_width:
+        return [question(spec.format, spec.stage, None, asked)] * len(flux)
+    return [question(spec.format, spec.stage, f, asked) for f in flux]
+
+
+def predict(
+    model,
+    spec,
+    builder: PromptBuilder,
+    questions,
+    flux,
+    mask,
+    device: torch.device,
+    config: InferConfig = InferConfig(),
+    return_hidden: bool = False,
+) -> Predictions:
+    """Labels for `questions` (with `flux`/`mask` for the patch format, None for the text formats), in batches of
+    `config.batch_size`. With `return_hidden`, `Predictions.hidden` holds the final hidden state of each prompt."""
+    n = len(questions)
+    mean = np.asarray(spec.value_mean)
+    std = np.asarray(spec.value_std)
+    values = np.full((n, len(spec.value_names)), np.nan)
+    errors = np.full_like(values, np.nan)
+    classes: list[str | None] = [None] * n
+    texts = [""] * n
+    ok = np.zeros(n, dtype=bool)
+    class_prob = np.full(n, np.nan)
+    hidden = [] if return_hidden else None
+    for start in range(0, n, config.batch_size):
+        sl = slice(start, min(n, start + config.batch_size))
+        enc = [builder.encode(q, None) for q in questions[sl]]
+        batch = builder.collate(
+            enc, flux[sl] if flux is not None else None, mask[sl] if mask is not None else None, device=device
+        )
+        with torch.no_grad(), autocast(device, True):
+            out = model.hidden_states(batch, use_cache=config.decode == "text")
+            last = out.last_hidden_state[:, -1]
+            mu, log_var, logits = model.readout(last)
+        if hidden is not None:
+            hidden.append(last.float().cpu().numpy())
+        values[sl] = mu.float().cpu().numpy() * std + mean
+        errors[sl] = np.exp(0.5 * log_var.float().cpu().numpy()) * std
+        if logits is not None:
+            class_prob[sl] = torch.softmax(logits.float(), -1).max(-1).values.cpu().numpy()
+            for i, k in enumerate(logits.argmax(-1).tolist()):
+                classes[start + i] = spec.classes[k]
+        if config.decode == "text":
+            gen = constrained_generate(model, builder, batch, out, spec, device, config)
+            for i, text in enumerate(gen):
+                parsed, good = parse_answer(spec.format, spec.stage, text)
+                texts[start + i], ok[start + i] = text, good
+                if good:
+                    for j, name in enumerate(spec.value_names):
+                        if parsed.get(name) is not None:
+                            values[start + i, j] = parsed[name]
+                    if parsed.get("class") is not None:
+                        classes[start + i] = parsed["class"]
+        else:
+            for i in range(sl.stop - sl.start):
+                labels = {name: values[start + i, j] for j, name in enumerate(spec.value_names)}
+                if spec.stage == 1:
+                    labels["class"] = classes[start + i]
+                try:
+                    texts[start + i] = answer(spec.format, spec.stage, labels)
+                    ok[start + i] = True
+                except ValueError:  # no finite value to write: flagged, never an exception
+                    ok[start + i] = False
+    if hidden is not None:
+        hidden = np.concatenate(hidden) if hidden else np.zeros((0, 0), np.float32)
+    return Predictions(values, errors, classes, texts, ok, hidden, class_prob)
+
+
+# ---------------------------------------------------------------- constrained decoding
+
+ANSWER_CHARACTERS = set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz .-+,:'[]_")
+
+# tokenizer -> its answer vocabulary (built once per tokenizer: it scans the whole vocabulary)
+_VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def answer_vocabulary(tokenizer) -> tuple[torch.Tensor, list[str]]:
+    """Token ids (and texts) made only of characters an answer can contain: the decoder chooses among these.
+    Computed once per tokenizer."""
+    vocab = _VOCABULARIES.get(tokenizer)
+    if vocab is None:
+        ids, texts = [], []
+        for i in range(len(tokenizer)):
+            text = tokenizer.decode([i])
+            if text and len(text) <= 6 and set(text) <= ANSWER_CHARACTERS:
+                ids.append(i)
+                texts.append(text)
+        vocab = _VOCABULARIES[tokenizer] = (torch.tensor(ids), texts)
+    return vocab
+
+
+def constrained_generate(model, builder, batch, out, spec, device, config: InferConfig) -> list[str]:
+    """Greedy decoding where each step takes the most likely token that keeps the text a prefix of a well-formed
+    answer (`qa.answer_pattern`), and end-of-turn only once the answer is complete: no unparseable output."""
+    pattern = regex.compile(answer_pattern(spec.format, spec.stage))
+    tok = builder.tokenizer
+    vocab_ids, vocab_texts = answer_vocabulary(tok)
+    vocab_ids = vocab_ids.to(device)
+    eos = tok.eos_token_id
+    B = batch.input_ids.shape[0]
+    texts = [""] * B
+    done = [False] * B
+    past = output_cache(out)
+    hidden = out.last_hidden_state[:, -1]
+    attn = batch.attention_mask
+    positions = attn.sum(-1) - 1
+    for _ in range(config.max_new_tokens):
+        logits = model.lm_logits(hidden).float()
+        chosen = []
+        for i in range(B):
+            pick = eos
+            if not done[i]:
+                complete = pattern.fullmatch(texts[i]) is not None
+                order = torch.argsort(logits[i, vocab_ids], descending=True).tolist()
+                pick = None
+                if complete and logits[i, eos] >= logits[i, vocab_ids[order[0]]]:
+                    pick = eos
+                for j in order if pick is None else []:
+                    trial = texts[i] + vocab_texts[j]
+                    if pattern.fullmatch(trial, partial=True):
+                        pick = int(vocab_ids[j])
+                        texts[i] = trial
+                        break
+                if pick is None:  # nothing can extend the text: it is complete (or cannot be, and is flagged)
+                    pick = eos
+                if pick == eos:
+                    done[i] = True
+            chosen.append(pick)
+        if all(done):
+            break
+        ids = torch.tensor(chosen, device=device).unsqueeze(1)
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+        positions = positions + 1
+        with torch.no_grad():
+            step = model.run_backbone(
+                past,
+                input_ids=ids,
+                attention_mask=attn,
+                position_ids=positions.unsqueeze(1),
+                use_cache=True,
+            )
+        past = output_cache(step)
+        hidden = step.last_hidden_state[:, -1]
+    return texts
+
+
+# ---------------------------------------------------------------- evaluation on a labelled split
+
+
+def residual_table(values, errors, labels, classes, names) -> dict:
+    """mu +- sigma of (prediction - label) per class and overall, and the 1-sigma calibration (paper Table 2), by
+    `metrics.per_class` (classes without a labelled row are left out)."""
+    return {
+        name: {
+            group: stat.as_dict(("n", "mu", "sigma", "sigma_mad", "within_1sigma"))
+            for group, stat in per_class(values[:, j], labels[:, j], classes, errors[:, j]).items()
+            if stat.n
+        }
+        for j, name in enumerate(names)
+    }
+
+
+def evaluate_split(model, spec, builder, data, device) -> dict:
+    """Paper Table 2 on a QA split (labels known, `train.QAData`): printed on stderr, returned as a dict."""
+    preds = predict(model, spec, builder, data.question, data.flux, data.mask, device)
+    true_classes = [CLASSES[c] if c >= 0 else None for c in data.classes]
+    metrics = residual_table(preds.values, preds.errors, data.values, true_classes, spec.value_names)
+    known = [c is not None for c in true_classes]
+    if spec.classes and any(known):
+        acc = np.mean([p == t for p, t, k in zip(preds.classes, true_classes, known) if k])
+        metrics["class_accuracy"] = float(acc)
+    for name in spec.value_names:
+        row = "  ".join(f"{c} {m['mu']:+.3g}±{m['sigma']:.3g}" for c, m in metrics[name].items())
+        say(f"test {name}: {row}  (within 1 sigma: {metrics[name][OVERALL]['within_1sigma']:.0%})")
+    if "class_accuracy" in metrics:
+        say(f"test class accuracy: {metrics['class_accuracy']:.1%}")
+    return metrics
