@@ -7,7 +7,18 @@ import os
 from ..labels import element_title
 from ..metrics import OVERALL
 from ..shards import atomic_write_text
-from .stats import ALL, ELEMENT_FORMAT, FULL, LABEL_FORMAT, LABELS, PARTIAL, STAT_FIELDS, ExternalResult
+from .stats import (
+    ALL,
+    ELEMENT_FORMAT,
+    FLAGGED,
+    FULL,
+    LABEL_FORMAT,
+    LABELS,
+    PARTIAL,
+    STAT_FIELDS,
+    UNFLAGGED,
+    ExternalResult,
+)
 
 
 def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
@@ -85,6 +96,15 @@ def render_report(result: ExternalResult, meta: dict) -> str:
         lines.append(f"- **quality cuts NOT applied (column absent)**: {', '.join(result.cuts_missing)}")
     lines += [f"- note: {n}" for n in result.notes]
     lines.append(f"- partial coverage ({meta['partial_rule']}): {c['partial_matched']} of {c['matched']} matched rows")
+    if c.get("flagged_matched") is None:
+        lines.append("- flags: the predictions have no `flag` column (made before infer wrote flags): none left out")
+    else:
+        kinds = ", ".join(f"{k} {v}" for k, v in c.get("flagged_by_keyword", {}).items())
+        lines.append(
+            f"- flagged by infer (other than `partial`): {c['flagged_matched']} of {c['matched']} matched rows"
+            + (f" ({kinds})" if kinds else "")
+            + "; left out of the 'Unflagged rows' table and shown apart"
+        )
     if c["matched"] and c["partial_matched"] == c["matched"]:
         lines.append(
             "- every matched spectrum covered only part of the grid: the tables below are all partial-coverage"
@@ -118,6 +138,22 @@ def render_report(result: ExternalResult, meta: dict) -> str:
         ]
         if result.table8:
             lines += ["### Partial coverage, [X/Fe]", "", table8_markdown(result.table8, PARTIAL), ""]
+    if UNFLAGGED in subsets:
+        lines += [
+            "## Unflagged and flagged rows",
+            "",
+            f"The tables above include every matched row. Rows infer flagged (not a star, low SNR, a class or domain "
+            f"the model was not trained on) are left out here ({c['flagged_matched']} rows) and shown apart:",
+            "",
+            "### Unflagged rows",
+            "",
+            table7_markdown(result.table7, UNFLAGGED),
+            "",
+            "### Flagged rows",
+            "",
+            table7_markdown(result.table7, FLAGGED),
+            "",
+        ]
     if result.figures:
         lines += ["## One-to-one plots", ""] + [f"![{f}]({f})" for f in result.figures] + [""]
     lines += [
