@@ -30,7 +30,8 @@ from specllm.flags import FLAGS, SNR_REASONS
 from specllm.infer import run_infer
 from specllm.ingest import split_of
 from specllm.io.lamost import header_meta
-from specllm.io.lamost_catalog import file_key, reduce_class
+from specllm.io.lamost_catalog import file_key
+from specllm.labels import reduce_class
 from specllm.preprocess import check_snr
 
 
