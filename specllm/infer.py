@@ -21,20 +21,28 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import flags
 from .config import CleanConfig, GridConfig, InferConfig
 from .device import pick_device
 from .domain import patch_features
-from .errors import SpecllmError, SpectrumRejected
+from .errors import SpecllmError, SpectrumRejected, one_line
 from .io import LAYOUT_ARRAY, expand_inputs, is_array_source, iter_spectra
+from .io.base import check_identity
 from .io.lamost_catalog import file_key
 from .labels import reduce_class
 from .predict import Loaded, default_model_dir, load_for_inference, predict, questions_for
 from .preprocess import check_snr, clean_spectrum
 from .progress import progress_bar, say
-from .shards import arrow_to_vectors, atomic_write_text, iter_batches, shard_paths, write_table
+from .shards import (
+    arrow_to_vectors,
+    atomic_write_text,
+    check_output,
+    iter_batches,
+    parquet_file,
+    verified_shard_paths,
+    write_table,
+)
 
 
 @dataclass
@@ -74,14 +82,17 @@ def edge_gap(mask: np.ndarray) -> float:
     return max(observed[0], mask.size - 1 - observed[-1]) / mask.size
 
 
-def iter_shard_items(path: str, split: str | None = None, clean: CleanConfig = CleanConfig()) -> Iterator[Item]:
+def iter_shard_items(
+    path: str, split: str | None = None, verify: bool = True, clean: CleanConfig = CleanConfig()
+) -> Iterator[Item]:
     """The spectra of `ingest` or `serialize --format patch` shards (a directory or one .parquet file), optionally
-    only one split's. spec_id, flux and mask are required; obsid, file, position and coverage are read if present."""
+    only one split's, checked against their manifest first (`verify`). spec_id, flux and mask are required; obsid,
+    file, position, coverage and the header columns are read if present."""
     optional = ["obsid", "file", "ra", "dec", "coverage", *HEADER_COLUMNS]
-    for shard in shard_paths(path):
-        names = pq.ParquetFile(shard).schema_arrow.names
+    for shard in verified_shard_paths(path, verify):
+        names = parquet_file(shard).schema_arrow.names
         present = [c for c in optional if c in names]
-        for rb in iter_batches(shard, columns=["spec_id", "flux", "mask", *present] + (["split"] if split else [])):
+        for rb in iter_batches([shard], columns=["spec_id", "flux", "mask", *present] + (["split"] if split else [])):
             keep = (
                 np.ones(rb.num_rows, bool)
                 if not split
@@ -119,17 +130,22 @@ def is_shard_input(item: str) -> bool:
     return item.endswith(".parquet") and not is_array_source(item)
 
 
-def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Iterator[Item]:
+def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig, verify: bool = True) -> Iterator[Item]:
     """Input order preserved; FITS and array spectra through the same readers and cleaning as `ingest`; ingest
-    shards read as they are."""
+    shards read as they are (checked against their manifest with `verify`). An input that cannot be used (a shard
+    folder that fails its check, a foreign Parquet file) gives one failed item and the run goes on."""
     for item in inputs:
         if is_shard_input(item):
-            yield from iter_shard_items(item, clean=clean)
+            try:
+                yield from iter_shard_items(item, verify=verify, clean=clean)
+            except SpecllmError as exc:
+                say(one_line(exc))
+                yield Item(item, status=one_line(exc))
             continue
         for path in expand_inputs([item]):
             for raw in iter_spectra(path):
                 if isinstance(raw, SpectrumRejected):
-                    say(f"{raw.path}: {raw}")
+                    say(one_line(f"{raw.path}: {raw}"))
                     yield Item(raw.path, status=str(raw))
                     continue
                 meta = raw.meta
@@ -145,10 +161,11 @@ def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Itera
                     "snr_reason": snr_reason(meta, clean, required=raw.layout != LAYOUT_ARRAY),
                 }
                 try:
+                    obsid = check_identity(meta)
                     cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
                 except SpectrumRejected as exc:
-                    say(f"{raw.path}: {exc}")
-                    yield Item(**base, status=str(exc))
+                    say(one_line(f"{raw.path}: {exc}"))
+                    yield Item(**(base | {"obsid": None, "ra": None, "dec": None}), status=one_line(exc))
                     continue
                 yield Item(
                     **base,
@@ -275,7 +292,7 @@ def predict_table(
     models = load_for_inference(Path(model_dir) if model_dir else default_model_dir(), device)
     rows = []
     with progress_bar("predict", total=None) as advance:
-        for _, row in label_rows(iter_shard_items(shards, split), models, device, config):
+        for _, row in label_rows(iter_shard_items(shards, split, config.verify), models, device, config):
             rows.append(row)
             advance(1)
     return rows_to_table(rows, output_columns([m.spec for m in models]))
@@ -292,6 +309,8 @@ def run_infer(
     if world > 1:
         stem, ext = os.path.splitext(output)
         output = f"{stem}.rank{rank:03d}-of-{world:03d}{ext}"
+    if output:
+        check_output(output, is_file=True)  # before the model is loaded and any spectrum read
     model_path = Path(model_dir) if model_dir else default_model_dir()
     device = pick_device()
     models = load_for_inference(model_path, device)
@@ -304,7 +323,9 @@ def run_infer(
         writer.writerow(columns)
     rows_all: list[dict] = []
     failed = total = 0
-    items = (it for n, it in enumerate(iter_items(inputs, GridConfig(), config.clean)) if n % world == rank)
+    items = (
+        it for n, it in enumerate(iter_items(inputs, GridConfig(), config.clean, config.verify)) if n % world == rank
+    )
     with progress_bar("infer", total=None) as advance:
         for item, row in label_rows(items, models, device, config):
             total += 1
