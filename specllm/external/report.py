@@ -68,6 +68,14 @@ def table8_markdown(rows: list[dict], subset: str) -> str:
     return "\n".join(lines)
 
 
+def _two_tables(title: str, intro: str, table7: list[dict], *parts: tuple[str, str]) -> list[str]:
+    """A report section: a title, a sentence, then one Table 7 per (heading, subset)."""
+    lines = [f"## {title}", "", intro, ""]
+    for heading, subset in parts:
+        lines += [f"### {heading}", "", table7_markdown(table7, subset), ""]
+    return lines
+
+
 def render_report(result: ExternalResult, meta: dict) -> str:
     c = result.counts
     subsets = list(dict.fromkeys(r["subset"] for r in result.table7))
@@ -121,39 +129,25 @@ def render_report(result: ExternalResult, meta: dict) -> str:
     if result.table8:
         lines += ["## Table 8: [X/Fe] per element", "", table8_markdown(result.table8, ALL), ""]
     if PARTIAL in subsets:
-        lines += [
-            "## Partial-coverage spectra",
-            "",
+        lines += _two_tables(
+            "Partial-coverage spectra",
             "Spectra that covered only part of the grid (the missing wavelengths are masked, not observed) "
             "are compared separately:",
-            "",
-            "### Full coverage",
-            "",
-            table7_markdown(result.table7, FULL),
-            "",
-            "### Partial coverage",
-            "",
-            table7_markdown(result.table7, PARTIAL),
-            "",
-        ]
+            result.table7,
+            ("Full coverage", FULL),
+            ("Partial coverage", PARTIAL),
+        )
         if result.table8:
             lines += ["### Partial coverage, [X/Fe]", "", table8_markdown(result.table8, PARTIAL), ""]
     if UNFLAGGED in subsets:
-        lines += [
-            "## Unflagged and flagged rows",
-            "",
-            f"The tables above include every matched row. Rows infer flagged (not a star, low SNR, a class or domain "
+        lines += _two_tables(
+            "Unflagged and flagged rows",
+            "The tables above include every matched row. Rows infer flagged (not a star, low SNR, a class or domain "
             f"the model was not trained on) are left out here ({c['flagged_matched']} rows) and shown apart:",
-            "",
-            "### Unflagged rows",
-            "",
-            table7_markdown(result.table7, UNFLAGGED),
-            "",
-            "### Flagged rows",
-            "",
-            table7_markdown(result.table7, FLAGGED),
-            "",
-        ]
+            result.table7,
+            ("Unflagged rows", UNFLAGGED),
+            ("Flagged rows", FLAGGED),
+        )
     if result.figures:
         lines += ["## One-to-one plots", ""] + [f"![{f}]({f})" for f in result.figures] + [""]
     lines += [
