@@ -252,7 +252,7 @@ def train(*, options: TrainOptions):
 
 @app.command(cls=Command)
 @user_errors
-@config_options(InferConfig, "batch_size", "decode", "verify")
+@config_options(InferConfig, "batch_size", "decode", "verify", "clean.snr_min_r", "clean.snr_min_i")
 def infer(
     inputs: Annotated[list[str], typer.Argument(help="FITS files, directories, quoted globs, or ingest shards.")],
     model: Annotated[str | None, typer.Option(help="Model or run directory (default: the shipped model).")] = None,
@@ -264,7 +264,7 @@ def infer(
     *,
     config: InferConfig,
 ):
-    """Labels for spectra: one CSV row per input, in input order, on stdout.
+    """Labels for spectra: one CSV row per input, in input order, on stdout, each with `flag` and `flag_reason`.
 
     Example: specllm infer spectra/*.fits > labels.csv
     """
