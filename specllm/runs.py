@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from .labels import CLASSES
 from .metrics import OVERALL
 from .models import base_fingerprint, load_causal_lm, load_tokenizer, quiet_offline, resolve_base
 from .progress import say
+from .shards import temp_dir
 from .spectral import PatchEmbedder, SpectralLM
 
 SPEC = "spec.json"
@@ -161,7 +161,7 @@ def save_model_dir(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(temp_dir(path.parent, prefix=f".{path.name}."))
     try:
         state = trainable_state(model)
         if dtype is not None:

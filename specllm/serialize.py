@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from .shards import (
     read_manifest,
     shard_paths,
     table_digest,
+    temp_dir,
     write_table,
 )
 
@@ -237,7 +237,7 @@ def run_serialize(
     total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".serialize-", dir=parent)
+    staging = temp_dir(parent, prefix=".serialize-")
     token_counts: list[int] = []
     shard_names: list[str] = []
     digests: list[str] = []

@@ -25,7 +25,7 @@ import glob
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,12 +39,36 @@ COMPRESSION = "zstd"
 MANIFEST = "manifest.json"
 
 
+def _unique_name(directory: str | os.PathLike, prefix: str, suffix: str, create) -> str:
+    for _ in range(1000):
+        name = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            create(name)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(f"{directory}: no unique temporary name")
+
+
+def temp_file(directory: str | os.PathLike, prefix: str = ".", suffix: str = ".tmp") -> str:
+    """A new empty file in `directory`, created with the permissions the umask allows (0666 & ~umask), where
+    `tempfile.mkstemp` would make it 0600: files renamed into place from it stay readable to collaborators."""
+    return _unique_name(
+        directory, prefix, suffix, lambda n: os.close(os.open(n, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    )
+
+
+def temp_dir(directory: str | os.PathLike, prefix: str = ".") -> str:
+    """A new directory in `directory`, 0777 & ~umask (`tempfile.mkdtemp` makes it 0700)."""
+    return _unique_name(directory, prefix, "", lambda n: os.mkdir(n, 0o777))
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call `write(tmp_path)`, then rename the temporary file onto `path` (same directory, so rename is atomic)."""
+    """Call `write(tmp_path)`, then rename the temporary file onto `path` (same directory, so rename is atomic).
+    The file ends with the permissions the umask allows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_file(path.parent, prefix=f".{path.name}.")
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
