@@ -225,6 +225,8 @@ class InferConfig:
     """(compare-external, without a `partial` column) rows below this coverage are partial."""
     partial_edge: float = 0.02
     """A spectrum missing more than this fraction of the grid at one end is `partial`."""
+    quiet: bool = False
+    """No progress bar and no summary on stderr (a bad input is still one line)."""
 
 
 # ---------------------------------------------------------------- external spectra and comparison (issue 7)

@@ -14,3 +14,7 @@ class SpectrumRejected(SpecllmError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C (or SIGTERM); `str()` says truthfully what was kept and how to continue."""

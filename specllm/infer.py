@@ -1,7 +1,9 @@
-"""`specllm infer INPUTS... > labels.csv`: labels for spectra from a trained (or the shipped) model.
+"""`specllm infer INPUTS... > predictions.csv`: labels for spectra from a trained (or the shipped) model.
 
-INPUTS are FITS files, directories, globs (read and cleaned by exactly the code `ingest` uses) or `ingest` shards.
-One CSV row per input, in input order, on stdout (or Parquet with `--output x.parquet`); messages go to stderr.
+INPUTS are FITS files, directories, globs (read and cleaned by exactly the code `ingest` uses) or `ingest` shards;
+`-` reads paths from stdin, `--from-file LIST` from a file. One row per input, in input order, as CSV on stdout or
+written by `specllm.outputs` in the format of `--out`'s extension, row by row as they are computed (`--resume`
+continues an interrupted run); messages go to stderr.
 Decoding: `head` (default) writes the model's numeric read-out as its answer text in one forward pass, with a
 Gaussian uncertainty per label; `text` generates the answer greedily, constrained so that only well-formed answers
 can come out, and parses it with the same parser as everything else (both in `specllm.predict`). This module turns
@@ -10,12 +12,11 @@ inputs into rows and writes them.
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +26,14 @@ import pyarrow.parquet as pq
 
 from .config import CleanConfig, GridConfig, InferConfig
 from .device import pick_device
-from .errors import SpecllmError, SpectrumRejected
-from .io import expand_inputs, is_array_source, iter_spectra
+from .errors import Interrupted, SpecllmError, SpectrumRejected
+from .io import array_count, expand_inputs, is_array_source, iter_spectra
 from .io.lamost_catalog import file_key
-from .predict import Loaded, default_model_dir, load_for_inference, predict, questions_for
+from .outputs import RowWriter, output_format, rows_to_arrow, run_metadata
+from .predict import Loaded, default_model_dir, load_for_inference, model_metadata, predict, questions_for
 from .preprocess import clean_spectrum
 from .progress import progress_bar, say
-from .shards import arrow_to_vectors, atomic_write_text, iter_batches, shard_paths, write_table
+from .shards import arrow_to_vectors, iter_batches, shard_paths
 
 
 @dataclass
@@ -98,22 +100,41 @@ def is_shard_input(item: str) -> bool:
     return item.endswith(".parquet") and not is_array_source(item)
 
 
-def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Iterator[Item]:
+Select = Callable[[int, str, str | None], bool]
+
+
+def iter_items(
+    inputs: Iterable[str], grid: GridConfig, clean: CleanConfig, select: Select | None = None
+) -> Iterator[Item]:
     """Input order preserved; FITS and array spectra through the same readers and cleaning as `ingest`; ingest
-    shards read as they are."""
+    shards read as they are. `select(n, file, spec_id)` decides whether the n-th spectrum (counted over every
+    input) is wanted: for a FITS file before it is read (spec_id None), for array and shard spectra after."""
+    n = 0
+
+    def wanted(file: str, spec_id: str | None) -> bool:
+        nonlocal n
+        n += 1
+        return select is None or select(n - 1, file, spec_id)
+
     for item in inputs:
         if is_shard_input(item):
-            yield from iter_shard_items(item)
+            yield from (it for it in iter_shard_items(item) if wanted(it.file, it.spec_id))
             continue
         for path in expand_inputs([item]):
+            single = not is_array_source(path)
+            if single and not wanted(path, None):
+                continue
             for raw in iter_spectra(path):
                 if isinstance(raw, SpectrumRejected):
-                    say(f"{raw.path}: {raw}")
-                    yield Item(raw.path, status=str(raw))
+                    if single or wanted(raw.path, None):
+                        say(f"{raw.path}: {raw}")
+                        yield Item(raw.path, status=str(raw))
                     continue
                 meta = raw.meta
                 obsid = meta.get("obsid")
                 sid = meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
+                if not single and not wanted(raw.path, sid):
+                    continue
                 try:
                     cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
                 except SpectrumRejected as exc:
@@ -131,6 +152,65 @@ def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig) -> Itera
                     cleaned.coverage,
                     edge_gap(cleaned.mask),
                 )
+
+
+def count_spectra(inputs: Iterable[str]) -> int:
+    """How many spectra `iter_items` will yield (the progress bar's total), without reading a spectrum: files are
+    listed, array sources and shards counted from their headers."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for item in inputs:
+        if is_shard_input(item):
+            total += sum(pq.ParquetFile(p).metadata.num_rows for p in shard_paths(item))
+            continue
+        for path in expand_inputs([item]):
+            if is_array_source(path):
+                try:
+                    total += array_count(path)
+                except SpectrumRejected:
+                    total += 1
+            else:
+                total += 1
+    return total
+
+
+class PathList:
+    """The inputs of a run: arguments, `-` (paths on stdin, one a line) and `--from-file LIST`, iterable more than
+    once (stdin is spooled to a temporary file), so that they can be counted before they are read."""
+
+    def __init__(self, inputs: Iterable[str], from_file: str | None = None, stdin=None):
+        self.parts: list[tuple[str, str]] = []  # ("arg", path) or ("list", file of paths)
+        self._spool = None
+        for item in inputs:
+            if item == "-":
+                if self._spool is None:
+                    self._spool = tempfile.NamedTemporaryFile("w+", encoding="utf-8", prefix="specllm-stdin-")
+                    for line in stdin or sys.stdin:
+                        self._spool.write(line if line.endswith("\n") else line + "\n")
+                    self._spool.flush()
+                self.parts.append(("list", self._spool.name))
+            else:
+                self.parts.append(("arg", item))
+        if from_file is not None:
+            if not os.path.isfile(from_file):
+                raise SpecllmError(f"{from_file}: no such file (--from-file)")
+            self.parts.append(("list", from_file))
+
+    def __iter__(self) -> Iterator[str]:
+        for kind, value in self.parts:
+            if kind == "arg":
+                yield value
+                continue
+            with open(value, encoding="utf-8") as fh:
+                for line in fh:
+                    path = line.rstrip("\r\n")
+                    if path.strip():
+                        yield path
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
 
 
 def label_columns(spec) -> list[str]:
@@ -167,7 +247,7 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
             row.update(
                 coverage=it.coverage,
                 status=it.status,
-                partial=bool(it.edge_gap is not None and it.edge_gap > config.partial_edge),
+                partial=None if it.edge_gap is None else bool(it.edge_gap > config.partial_edge),
             )
             if it.status == "ok":
                 for spec, preds in results:
@@ -189,11 +269,6 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
     yield from flush()
 
 
-def rows_to_table(rows: list[dict], columns: list[str]) -> pa.Table:
-    schema = pa.schema([(c, _arrow_type(c)) for c in columns])
-    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema)
-
-
 def predict_table(
     model_dir: str | None, shards: str, split: str | None = "test", config: InferConfig = InferConfig()
 ) -> pa.Table:
@@ -206,66 +281,80 @@ def predict_table(
         for _, row in label_rows(iter_shard_items(shards, split), models, device, config):
             rows.append(row)
             advance(1)
-    return rows_to_table(rows, output_columns([m.spec for m in models]))
+    return rows_to_arrow(rows, output_columns([m.spec for m in models]))
 
 
 def run_infer(
-    inputs: list[str], model_dir: str | None, output: str | None, config: InferConfig = InferConfig()
+    inputs: Iterable[str],
+    model_dir: str | None,
+    output: str | None,
+    config: InferConfig = InferConfig(),
+    resume: bool = False,
+    from_file: str | None = None,
 ) -> tuple[int, int]:
-    """Writes the predictions; returns (failed, total) input counts."""
+    """Writes the predictions (streamed, `--resume` continues); returns (failed, total) counts of this run."""
     rank, world = _rank_slice()
     if world > 1 and not output:
-        raise SpecllmError("under a multi-process launcher give --output; each rank writes its own part")
+        raise SpecllmError("under a multi-process launcher give --out; each rank writes its own part")
     if world > 1:
         stem, ext = os.path.splitext(output)
         output = f"{stem}.rank{rank:03d}-of-{world:03d}{ext}"
+    output_format(output)  # an unknown extension is refused before any work
+    if resume and not output:
+        raise SpecllmError("--resume needs --out FILE: rows on stdout cannot be continued")
+    paths = PathList(inputs, from_file)
+    try:
+        return _run(paths, model_dir, output, config, resume, rank, world)
+    finally:
+        paths.close()
+
+
+def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, rank: int, world: int):
     model_path = Path(model_dir) if model_dir else default_model_dir()
     device = pick_device()
     models = load_for_inference(model_path, device)
     columns = output_columns([m.spec for m in models])
-    parquet = bool(output and output.endswith(".parquet"))
-    text_out = io.StringIO() if output and not parquet else None
-    sink = text_out if text_out is not None else sys.stdout
-    writer = None if parquet else csv.writer(sink, lineterminator="\n")
-    if writer:
-        writer.writerow(columns)
-    rows_all: list[dict] = []
+    meta = run_metadata(model_metadata(model_path, name=model_dir or "default"))
+    writer = RowWriter(output, columns, meta, resume=resume)
+    if writer.kept:
+        say(f"infer: resuming {output}: {writer.kept} row(s) already there")
+
+    def select(n: int, file: str, spec_id: str | None) -> bool:
+        if n % world != rank:
+            return False
+        if spec_id is None:
+            return file not in writer.done_files
+        return (file, spec_id) not in writer.done
+
+    total_inputs = None if config.quiet else count_spectra(paths)
+    todo = None if total_inputs is None else max(0, len(range(rank, total_inputs, world)) - writer.kept)
     failed = total = 0
-    items = (it for n, it in enumerate(iter_items(inputs, GridConfig(), CleanConfig())) if n % world == rank)
-    with progress_bar("infer", total=None) as advance:
-        for item, row in label_rows(items, models, device, config):
-            total += 1
-            failed += item.status != "ok"
-            if writer:
-                writer.writerow([_fmt(row.get(c)) for c in columns])
-                if sink is sys.stdout:
-                    sys.stdout.flush()
-            else:
-                rows_all.append(row)
-            advance(1)
-    if parquet:
-        write_table(output, rows_to_table(rows_all, columns))
-    elif text_out is not None:
-        atomic_write_text(output, text_out.getvalue())
-    say(f"infer: {total} input(s), {total - failed} labelled, {failed} failed" + (f" -> {output}" if output else ""))
-    if total == 0:
+    items = iter_items(paths, GridConfig(), CleanConfig(), select)
+    try:
+        with progress_bar("infer", total=todo, disable=config.quiet) as advance:
+            for item, row in label_rows(items, models, device, config):
+                writer.write(row)
+                total += 1
+                failed += item.status != "ok"
+                advance(1)
+    except KeyboardInterrupt:
+        kept = writer.abort()
+        if kept is None:
+            raise Interrupted(
+                f"infer: interrupted after {total} row(s) on stdout; nothing is kept to resume from "
+                "(write to a file with --out to be able to --resume)"
+            ) from None
+        raise Interrupted(
+            f"infer: interrupted; {writer.written} row(s) kept in {kept} (rows in progress are lost); "
+            f"rerun the same command with --resume to continue {output}"
+        ) from None
+    writer.close()
+    if not config.quiet:
+        say(
+            f"infer: {total} input(s), {total - failed} labelled, {failed} failed"
+            + (f", {writer.kept} kept from before" if writer.kept else "")
+            + (f" -> {output}" if output else "")
+        )
+    if total + writer.kept == 0:
         raise SpecllmError("no input spectra")
     return failed, total
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if not np.isfinite(value) else f"{value:.6g}"
-    return str(value)
-
-
-def _arrow_type(column: str) -> pa.DataType:
-    if column in ("file", "spec_id", "class", "status"):
-        return pa.string()
-    if column == "obsid":
-        return pa.int64()
-    if column == "partial":
-        return pa.bool_()
-    return pa.float64()
