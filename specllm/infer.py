@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from .config import CleanConfig, GridConfig, InferConfig
 from .device import pick_device
 from .errors import Interrupted, SpecllmError, SpectrumRejected
-from .io import array_count, expand_inputs, is_array_source, iter_spectra
+from .io import RawSpectrum, array_count, expand_inputs, is_array_source, iter_spectra
 from .io.lamost_catalog import file_key
 from .outputs import RowWriter, output_format, rows_to_arrow, run_metadata
 from .predict import Loaded, default_model_dir, load_for_inference, model_metadata, predict, questions_for
@@ -130,28 +130,38 @@ def iter_items(
                         say(f"{raw.path}: {raw}")
                         yield Item(raw.path, status=str(raw))
                     continue
-                meta = raw.meta
-                obsid = meta.get("obsid")
-                sid = meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
-                if not single and not wanted(raw.path, sid):
-                    continue
-                try:
-                    cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
-                except SpectrumRejected as exc:
-                    say(f"{raw.path}: {exc}")
-                    yield Item(raw.path, sid, obsid, meta.get("ra"), meta.get("dec"), status=str(exc))
-                    continue
-                yield Item(
-                    raw.path,
-                    sid,
-                    obsid,
-                    meta.get("ra"),
-                    meta.get("dec"),
-                    cleaned.flux,
-                    cleaned.mask,
-                    cleaned.coverage,
-                    edge_gap(cleaned.mask),
-                )
+                if single or wanted(raw.path, spec_id_of(raw)):
+                    yield raw_item(raw, grid, clean)
+
+
+def spec_id_of(raw: RawSpectrum) -> str:
+    """The spectrum's spec_id: the reader's, else its obsid as text, else the file's stem."""
+    obsid = raw.meta.get("obsid")
+    return raw.meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
+
+
+def raw_item(raw: RawSpectrum, grid: GridConfig, clean: CleanConfig) -> Item:
+    """A spectrum as read, cleaned as `ingest` cleans it; a spectrum that cannot be used is a failed item (and one
+    line on stderr)."""
+    meta = raw.meta
+    obsid = meta.get("obsid")
+    sid = spec_id_of(raw)
+    try:
+        cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
+    except SpectrumRejected as exc:
+        say(f"{raw.path}: {exc}")
+        return Item(raw.path, sid, obsid, meta.get("ra"), meta.get("dec"), status=str(exc))
+    return Item(
+        raw.path,
+        sid,
+        obsid,
+        meta.get("ra"),
+        meta.get("dec"),
+        cleaned.flux,
+        cleaned.mask,
+        cleaned.coverage,
+        edge_gap(cleaned.mask),
+    )
 
 
 def count_spectra(inputs: Iterable[str]) -> int:
