@@ -256,11 +256,18 @@ def write_fits(path: str, table: pa.Table, meta: dict) -> None:
         if col.description:
             hdu.header.comments[f"TTYPE{i}"] = col.description[:47]
     hdu.header["EXTNAME"] = "SPECLLM"
-    for key, value in meta.items():
-        hdu.header[key.upper()] = (str(value), META.get(key, "")[:40])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a long value (the command line) leaves no room for its comment
+        for key, value in meta.items():
+            hdu.header[key.upper()] = (str(value), META.get(key, "")[:40])
     from .shards import atomic_write
 
-    atomic_write(path, lambda tmp: fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True))
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
+
+    atomic_write(path, write)
 
 
 def write_votable(path: str, table: pa.Table, meta: dict) -> None:
@@ -280,7 +287,12 @@ def write_votable(path: str, table: pa.Table, meta: dict) -> None:
             field.description = desc
     from .shards import atomic_write
 
-    atomic_write(path, lambda tmp: vot.to_xml(tmp))
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vot.to_xml(tmp)
+
+    atomic_write(path, write)
 
 
 def write_parquet(path: str, batches, schema: pa.Schema, meta: dict, row_group: int = 65536) -> None:
@@ -542,6 +554,38 @@ def read_rows(path: str, fmt: str | None = None) -> list[dict]:
     return [{c: clean_value(c, v) for c, v in r.items()} for r in table.to_pylist()]
 
 
+def read_table(path: str):
+    """infer's output (any format) as an astropy Table with units, metadata and nulls masked. `Table.read` opens
+    every format too, but astropy's Parquet reader knows no Arrow nulls (a failed row's null obsid turns the
+    column float, a null text reads 'None'), and a CSV carries no units."""
+    fmt = output_format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        internal = ("table_meta_yaml", "table::len::")
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        meta = {k: v for k, v in meta.items() if not k.startswith(internal)}
+        return to_astropy(table.replace_schema_metadata(None), meta)
+    if fmt == "csv":
+        rows = read_rows(path, fmt)
+        header = _read_text_header(path)
+        return to_astropy(rows_to_arrow(rows, header), {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from astropy.table import Table
+
+        return Table.read(path, format="votable" if fmt == "votable" else None)
+
+
+def _read_text_header(path: str) -> list[str]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        for line in fh:
+            if not line.startswith("#"):
+                return next(csv.reader([line]))
+    return []
+
+
 def astropy_to_arrow(t) -> pa.Table:
     """An astropy table read back from FITS or VOTable as Arrow, masked values (and VOTable's empty strings) null."""
     import numpy as np
@@ -577,6 +621,7 @@ __all__ = [
     "csv_dtypes",
     "output_format",
     "read_rows",
+    "read_table",
     "rows_to_arrow",
     "run_metadata",
     "to_astropy",
