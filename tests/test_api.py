@@ -33,9 +33,10 @@ def test_import_is_cheap():
 
 
 def test_paths_give_the_table_infer_writes(model, tiny_run):
-    from specllm.outputs import read_rows
-    from specllm.cli import app
     from typer.testing import CliRunner
+
+    from specllm.cli import app
+    from specllm.outputs import read_rows
 
     files = _files(2)
     t = model.predict(files)
@@ -87,8 +88,9 @@ def test_arrays_and_spectrum1d_give_the_same_labels_as_the_file(model):
 
 def test_lamost_reader_for_specutils(model):
     pytest.importorskip("specutils")
-    import specllm.io.specutils_reader  # noqa: F401  (registers the reader)
     from specutils import Spectrum
+
+    import specllm.io.specutils_reader  # noqa: F401  (registers the reader)
 
     path = _files(1)[0]
     spectrum = Spectrum.read(path, format="LAMOST-LRS")
