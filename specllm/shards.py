@@ -63,14 +63,35 @@ def temp_dir(directory: str | os.PathLike, prefix: str = ".") -> str:
     return _unique_name(directory, prefix, "", lambda n: os.mkdir(n, 0o777))
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc/self/status)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def allow_umask(path: str | os.PathLike) -> None:
+    """Give a file the permissions the umask allows (0666 & ~umask): for files a library created itself with
+    tighter ones (safetensors writes 0600)."""
+    os.chmod(path, 0o666 & ~umask())
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call `write(tmp_path)`, then rename the temporary file onto `path` (same directory, so rename is atomic).
-    The file ends with the permissions the umask allows."""
+    The file ends with the permissions the umask allows, even if `write` replaced the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(path.parent, prefix=f".{path.name}.")
     try:
         write(tmp)
+        allow_umask(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -39,7 +39,7 @@ from .runs import (
     save_model_dir,
     trainable_state,
 )
-from .shards import arrow_to_vectors, atomic_write_json, read_manifest, read_table
+from .shards import arrow_to_vectors, atomic_write, atomic_write_json, read_manifest, read_table
 
 QA_COLUMNS = ("spec_id", "split", "question", "answer", "format", "stage")
 CHECKPOINTS = "checkpoints"
@@ -157,7 +157,7 @@ def save_checkpoint(model, spec, optimizer, scheduler, step: int, out: Path, kee
             for key, value in optimizer.state.get(p, {}).items():
                 state[f"{gi}.{pi}.{key}"] = value.detach().cpu() if torch.is_tensor(value) else torch.tensor(value)
     state["rng.torch"] = torch.get_rng_state()
-    save_file(state, str(ckpt / "optimizer.safetensors"))
+    atomic_write(ckpt / "optimizer.safetensors", lambda tmp: save_file(state, tmp))
     atomic_write_json(ckpt / "trainer.json", meta)
     atomic_write_json(out / CHECKPOINTS / LATEST, {"checkpoint": ckpt.name, "step": step})
     for old in _checkpoint_dirs(out)[:-keep]:
