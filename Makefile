@@ -30,9 +30,9 @@ DEMO_INPUTS := $(SHARED)/lamost/dr1/spectra/spec-55862-B6212_sp06-00*.fits.gz $(
 	$(SHARED)/lamost/misc
 
 demo: $(STAMP)
-	$(BIN)/specllm infer $(DEMO_INPUTS) > labels.csv
-	@echo "labels.csv: $$(($$(wc -l < labels.csv) - 1)) rows; the first ones:"
-	@head -6 labels.csv | cut -c1-200
+	$(BIN)/specllm infer $(DEMO_INPUTS) > predictions.csv
+	@echo "predictions.csv: $$(($$(wc -l < predictions.csv) - 1)) rows; the first ones:"
+	@head -6 predictions.csv | cut -c1-200
 
 # Retrain the shipped model (specllm/models/default) from ../shared, reproducibly (fixed seed), in under an hour here.
 # Its training options are the recipe file specllm/recipes/shipped-stage1.json (options given here override it).
