@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 from . import __version__
 from .baselines import Prediction, SpectraSet, make_baseline
 from .benchmark_report import BenchmarkResult, ModelRun, summary_csv, write_report  # noqa: F401 - summary_csv: the CLI prints it
-from .config import BENCHMARK_MODELS, BenchmarkConfig, SerializeConfig
-from .errors import SpecllmError
+from .config import BENCHMARK_MODELS, BenchmarkConfig, InferConfig, SerializeConfig
+from .errors import SpecllmError, one_line
 from .evaluate import (
     Stat,
     class_accuracy,
@@ -38,7 +38,7 @@ from .evaluate import (
 from .labels import CLASSES, PLACEHOLDER_MAX, STAGE1_NAMES, element_columns, is_missing
 from .metrics import OVERALL
 from .progress import say
-from .shards import arrow_to_vectors, read_manifest, shard_paths
+from .shards import arrow_to_vectors, check_output, parquet_file, read_manifest, verified_shard_paths
 
 LABEL_PREFIX = SerializeConfig.label_prefix  # stage-2 label columns of the shards: apogee_<x>_fe
 
@@ -54,11 +54,12 @@ def check_models(models: tuple[str, ...]) -> None:
         raise SpecllmError("no model to benchmark")
 
 
-def resolve_labels(shards: str, labels: tuple[str, ...]) -> tuple[str, ...]:
-    """The label columns to evaluate; 'auto' = teff, logg, feh plus every `apogee_<x>_fe` column in the shards."""
+def resolve_labels(shards: str, labels: tuple[str, ...], paths: list[str] | None = None) -> tuple[str, ...]:
+    """The label columns to evaluate; 'auto' = teff, logg, feh plus every `apogee_<x>_fe` column in the shards
+    (`paths`: the shards as `verified_shard_paths(shards)` gave them; verified here where not given)."""
     if "auto" not in labels:
         return tuple(labels)
-    names = pq.read_schema(shard_paths(shards)[0]).names
+    names = parquet_file((paths or verified_shard_paths(shards))[0]).schema_arrow.names
     base = [lab for lab in labels if lab != "auto"] or list(STAGE1_NAMES)
     return tuple(dict.fromkeys([*base, *element_columns(names, LABEL_PREFIX)]))
 
@@ -66,19 +67,20 @@ def resolve_labels(shards: str, labels: tuple[str, ...]) -> tuple[str, ...]:
 # ---------------------------------------------------------------- data
 
 
-def load_split(shards: str, split: str, labels: tuple[str, ...]) -> SpectraSet:
-    """Spectra of one split from the shards; label placeholders (<= -9999) and non-finite values become missing."""
+def load_split(shards: str, split: str, labels: tuple[str, ...], paths: list[str] | None = None) -> SpectraSet:
+    """Spectra of one split from the shards; label placeholders (<= -9999) and non-finite values become missing.
+    `paths`: the shards as `verified_shard_paths(shards)` gave them (verified here where not given)."""
     columns = ["spec_id", "class", "split", "flux", *labels]
     parts = []
-    for path in shard_paths(shards):
-        try:
-            schema = pq.read_schema(path)
-        except Exception as exc:  # noqa: BLE001 - any unreadable shard is one user-facing line
-            raise SpecllmError(f"{path}: not a readable Parquet shard ({exc})") from None
-        missing = [c for c in columns if c not in schema.names]
+    for path in paths or verified_shard_paths(shards):
+        names = parquet_file(path).schema_arrow.names
+        missing = [c for c in columns if c not in names]
         if missing:
-            raise SpecllmError(f"{path}: missing column(s) {', '.join(missing)}")
-        table = pq.read_table(path, columns=columns, filters=[("split", "=", split)])
+            raise SpecllmError(f"{one_line(path)}: missing column(s) {', '.join(missing)}")
+        try:
+            table = pq.read_table(path, columns=columns, filters=[("split", "=", split)])
+        except (pa.ArrowException, OSError) as exc:
+            raise SpecllmError(f"{one_line(path)}: damaged Parquet data ({one_line(exc)})") from None
         if table.num_rows:
             parts.append(table)
     if not parts:
@@ -205,10 +207,11 @@ class LLMModel:
 
     name = "llm"
 
-    def __init__(self, model_dir: str, shards: str, split: str = "test"):
+    def __init__(self, model_dir: str, shards: str, split: str = "test", verify: bool = True):
         self.model_dir = model_dir
         self.shards = shards
         self.split = split
+        self.verify = verify
         self.notes: list[str] = []
 
     def fit(self, train: SpectraSet) -> LLMModel:
@@ -219,7 +222,8 @@ class LLMModel:
             from .infer import predict_table
         except ImportError as exc:
             raise SpecllmError(f"llm: specllm.infer.predict_table is not available ({exc})") from None
-        table = predict_table(self.model_dir, self.shards, split=self.split)
+        kwargs = {} if self.verify else {"config": InferConfig(verify=False)}
+        table = predict_table(self.model_dir, self.shards, split=self.split, **kwargs)
         if "spec_id" not in table.column_names:
             raise SpecllmError(f"{self.model_dir}: the LLM's predictions have no spec_id column")
         where = {sid: i for i, sid in enumerate(table["spec_id"].to_pylist())}
@@ -259,11 +263,13 @@ def run_benchmark(
     import torch
 
     torch.set_num_threads(max(1, cfg.threads))
-    labels = resolve_labels(shards, cfg.labels)
+    paths = verified_shard_paths(shards, cfg.verify)
+    check_output(out)
+    labels = resolve_labels(shards, cfg.labels, paths)
     if not labels:
         raise SpecllmError("no label to evaluate (--labels)")
-    train = load_split(shards, "train", labels)
-    test = load_split(shards, cfg.split, labels)
+    train = load_split(shards, "train", labels, paths)
+    test = load_split(shards, cfg.split, labels, paths)
     manifest = read_manifest(shards) or {}
     result = BenchmarkResult(
         out=out,
@@ -304,7 +310,7 @@ def run_benchmark(
     Path(out).mkdir(parents=True, exist_ok=True)
     for name in models:
         if name == "llm":
-            _run_llm(result, LLMModel(llm, shards, cfg.split), test)
+            _run_llm(result, LLMModel(llm, shards, cfg.split, cfg.verify), test)
         else:
             todo = sizes if cfg.sizes else [len(train)]
             for size in todo:

@@ -62,21 +62,30 @@ def _root(
 
 
 def user_errors(fn):
-    """Turn a SpecllmError into one line on stderr and exit status 2, never a traceback."""
+    """Turn a SpecllmError into one line on stderr and its exit status (2; 3 for output errors), an OSError the
+    system raised (disk full, read-only, permission) into one line naming the file and exit status 3; never a
+    traceback. Exit codes: `specllm.errors`."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .errors import Interrupted, SpecllmError
+        from .errors import EXIT_INTERRUPTED, EXIT_OUTPUT, Interrupted, SpecllmError, one_line
         from .progress import say
 
         try:
             return fn(*args, **kwargs)
         except SpecllmError as exc:
-            say(f"specllm: error: {exc}")
-            raise typer.Exit(2) from None
+            say(f"specllm: error: {one_line(exc)}")
+            raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            where = f"{one_line(exc.filename)}: " if exc.filename else ""
+            say(
+                f"specllm: error: {where}{exc.strerror or one_line(exc)}; no partial file was left "
+                "(finished shards are kept), rerun the same command once the output can be written"
+            )
+            raise typer.Exit(EXIT_OUTPUT) from None
         except Interrupted as exc:
             say(f"specllm: {exc}")
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except KeyboardInterrupt:
             say("specllm: interrupted; completed shards are kept, rerun the same command to resume")
             raise typer.Exit(130) from None
@@ -135,7 +144,9 @@ def ingest(
 
 @app.command(cls=Command)
 @user_errors
-@config_options(CrossmatchConfig, Opt("radius_arcsec", "--radius"), "quality_cuts", "one_per_star", "matched_only")
+@config_options(
+    CrossmatchConfig, Opt("radius_arcsec", "--radius"), "quality_cuts", "one_per_star", "matched_only", "verify"
+)
 def crossmatch(
     shards: Annotated[
         str, typer.Argument(help="Spectrum shards written by `specllm ingest` (directory or Parquet file).")
@@ -162,7 +173,7 @@ def crossmatch(
 
 @app.command(cls=Command)
 @user_errors
-@config_options(SerializeConfig, "label_prefix")
+@config_options(SerializeConfig, "label_prefix", "verify")
 @config_options(TrainOptions, Opt("stage", required=True), "base_model", into=None)
 def serialize(
     shards: Annotated[
@@ -205,6 +216,7 @@ def serialize(
         max_tokens=max_tokens,
         label_prefix=config.label_prefix,
         count=count_tokens,
+        config=config,
     )
     for line in serialize_mod.summary_lines(result):
         say(line)
@@ -247,6 +259,7 @@ def serialize(
     "max_train",
     "save_dtype",
     "recipe.seed",
+    "verify",
     into="options",
 )
 def train(*, options: TrainOptions):
@@ -261,7 +274,7 @@ def train(*, options: TrainOptions):
 
 @app.command(cls=Command)
 @user_errors
-@config_options(InferConfig, "batch_size", "decode", Opt("quiet", "--quiet", "-q"))
+@config_options(InferConfig, "batch_size", "decode", "verify", Opt("quiet", "--quiet", "-q"))
 def infer(
     inputs: Annotated[
         list[str] | None,
@@ -305,7 +318,17 @@ def infer(
 @app.command(cls=Command)
 @user_errors
 @config_options(
-    BenchmarkConfig, "models", "labels", "sizes", "quick", "split", "seed", "threads", "max_epochs", "save_models"
+    BenchmarkConfig,
+    "models",
+    "labels",
+    "sizes",
+    "quick",
+    "split",
+    "seed",
+    "threads",
+    "max_epochs",
+    "save_models",
+    "verify",
 )
 def benchmark(
     shards: Annotated[

@@ -206,6 +206,8 @@ class TrainOptions:
     """Learning-rate multiplier for the patch projector and read-out heads."""
     save_dtype: SaveDtype = "float32"
     """Precision of the saved weights."""
+    verify: bool = True
+    """Check the input shards against their manifest.json (present, complete, unchanged) before reading them."""
     recipe: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -225,6 +227,8 @@ class InferConfig:
     """(compare-external, without a `partial` column) rows below this coverage are partial."""
     partial_edge: float = 0.02
     """A spectrum missing more than this fraction of the grid at one end is `partial`."""
+    verify: bool = True
+    """Check the input shards against their manifest.json (present, complete, unchanged) before reading them."""
     quiet: bool = False
     """No progress bar and no summary on stderr (a bad input is still one line)."""
 
@@ -297,6 +301,8 @@ class SerializeConfig:
     compact_teff_decimals: int = 0
     shard_size: int = 512
     batch_size: int = 64
+    verify: bool = True
+    """Check the input shards against their manifest.json (present, complete, unchanged) before reading them."""
 
 
 @dataclass(frozen=True)
@@ -314,6 +320,8 @@ class CrossmatchConfig:
     """Write only spectra matched in some catalogue."""
     match_chunk: int = 1_000_000
     """Positions matched per call (bounds the memory of the matching step)."""
+    verify: bool = True
+    """Check the input shards against their manifest.json (present, complete, unchanged) before reading them."""
 
 
 # ---------------------------------------------------------------- benchmark and baselines (issue 6)
@@ -413,6 +421,8 @@ class BenchmarkConfig:
     """Save the trained baselines (safetensors / LightGBM text) under OUT/models."""
     predict_batch: int = 256
     """Spectra per forward pass of the networks."""
+    verify: bool = True
+    """Check the input shards against their manifest.json (present, complete, unchanged) before reading them."""
     lightgbm: LightGBMConfig = field(default_factory=LightGBMConfig)
     train: NetTrainConfig = field(default_factory=NetTrainConfig)
     resnet: ResNetConfig = field(default_factory=ResNetConfig)

@@ -12,13 +12,12 @@ Two passes over the shards: positions only (cheap columns) to match everything a
 `apogee_teff`, `apogee_fe_h`, `apogee_c_fe`, ..., `apogee_tiii_fe`; all null where the spectrum has no match or the
 label failed a cut. Stage 2 reads `stage2_label_columns()`. The out directory also gets `crossmatch.json` (match
 statistics), `label_counts.csv` / `.md` (the paper's Table 1: valid labels per class and element) and
-`manifest.json` (shards, counts, content hash) so `shards.shard_paths(out)` works.
+`manifest.json` (shards, counts, content hash) so `shards.verified_shard_paths(out)` works.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -35,13 +34,17 @@ from .io.surveys import SURVEYS, SurveyCatalog, get_survey, read_survey
 from .labels import CLASSES, STAGE2_ELEMENTS, element_label
 from .progress import progress_bar, say
 from .shards import (
-    MANIFEST,
     atomic_write_json,
     atomic_write_text,
+    check_output,
+    integrity_fields,
     iter_batches,
+    parquet_file,
+    publish,
     read_manifest,
-    shard_paths,
+    staged_output,
     table_digest,
+    verified_shard_paths,
     write_table,
 )
 from .skymatch import SkyIndex
@@ -113,7 +116,7 @@ def _read_positions(paths: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]
     ras, decs, sizes = [np.zeros(0)], [np.zeros(0)], []
     for path in paths:
         n = 0
-        for batch in iter_batches(path, columns=["ra", "dec"], batch_size=65536):
+        for batch in iter_batches([path], columns=["ra", "dec"], batch_size=65536):
             ras.append(_float(batch.column(0)))
             decs.append(_float(batch.column(1)))
             n += batch.num_rows
@@ -282,8 +285,9 @@ def run_crossmatch(
         raise SpecllmError("no catalogue given: use --apogee, --galah and/or --gaia-eso")
     if not config.radius_arcsec > 0:
         raise SpecllmError(f"--radius must be positive (got {config.radius_arcsec:g})")
-    paths = shard_paths(shards)
+    paths = verified_shard_paths(shards, config.verify)
     _check_out(shards, out)
+    check_output(out, sum(os.path.getsize(p) for p in paths))  # the input's columns, plus a few per survey
     cats = {key: read_survey(path, key, config.quality_cuts) for key, path in catalogs.items()}  # fail fast
     for cat in cats.values():
         for line in cat.summary_lines():
@@ -297,73 +301,77 @@ def run_crossmatch(
         for line in _stat_lines(result.stats[m.key]):
             say(line)
 
-    os.makedirs(out, exist_ok=True)
-    counts = {  # Table 1: the labels each catalogue carries
-        m.key: {label: dict.fromkeys((*CLASSES, OTHER), 0) for label in ["matched", *m.catalog.present]}
-        for m in matches
-    }
-    digests = []
-    lo = 0
-    with progress_bar("crossmatch", total=len(paths)) as advance:
-        for k, (path, n) in enumerate(zip(paths, sizes, strict=True)):
-            hi = lo + n
-            table = pa.Table.from_batches(
-                list(iter_batches(path, batch_size=4096)), schema=pq.ParquetFile(path).schema_arrow
-            )
-            for m in matches:
-                table = _append_labels(table, m, lo, hi)
-            if config.matched_only:
-                keep = np.zeros(n, bool)
+    # Written beside --out and moved in when complete (the manifest last): a failed run leaves --out as it was.
+    with staged_output(out, "crossmatch") as staging:
+        hashes: dict[str, str] = {}
+        counts = {  # Table 1: the labels each catalogue carries
+            m.key: {label: dict.fromkeys((*CLASSES, OTHER), 0) for label in ["matched", *m.catalog.present]}
+            for m in matches
+        }
+        digests = []
+        lo = 0
+        with progress_bar("crossmatch", total=len(paths)) as advance:
+            for k, (path, n) in enumerate(zip(paths, sizes, strict=True)):
+                hi = lo + n
+                table = pa.Table.from_batches(
+                    list(iter_batches([path], batch_size=4096)), schema=parquet_file(path).schema_arrow
+                )
                 for m in matches:
-                    keep |= m.index[lo:hi] >= 0
-                table = table.filter(pa.array(keep))
-            lo = hi
-            advance()
-            if table.num_rows == 0:
-                continue
-            name = f"part-{k:05d}.parquet"
-            digests.append(table_digest(table))
-            write_table(os.path.join(out, name), table)
-            result.shards.append(name)
-            result.written += table.num_rows
-            _count(counts, table, matches)
-    for stale in glob.glob(os.path.join(out, "part-*.parquet")):
-        if os.path.basename(stale) not in result.shards:
-            os.unlink(stale)
-    result.counts = counts
-    result.content_hash = hashlib.sha256("".join(digests).encode()).hexdigest()
+                    table = _append_labels(table, m, lo, hi)
+                if config.matched_only:
+                    keep = np.zeros(n, bool)
+                    for m in matches:
+                        keep |= m.index[lo:hi] >= 0
+                    table = table.filter(pa.array(keep))
+                lo = hi
+                advance()
+                if table.num_rows == 0:
+                    continue
+                name = f"part-{k:05d}.parquet"
+                digests.append(table_digest(table))
+                hashes[name] = write_table(os.path.join(staging, name), table)
+                result.shards.append(name)
+                result.written += table.num_rows
+                _count(counts, table, matches)
+        result.counts = counts
+        result.content_hash = hashlib.sha256("".join(digests).encode()).hexdigest()
 
-    csv, md = counts_table(counts)
-    atomic_write_text(os.path.join(out, COUNTS_CSV), csv)
-    atomic_write_text(os.path.join(out, COUNTS_MD), md + "\n")
-    atomic_write_json(os.path.join(out, STATS), {"config": dataclasses.asdict(config), "surveys": result.stats})
-    source_manifest = read_manifest(shards) or {}
-    schema = pq.read_schema(os.path.join(out, result.shards[0])) if result.shards else None
-    atomic_write_json(
-        os.path.join(out, MANIFEST),
-        {
-            **{k: source_manifest[k] for k in ("grid", "clean", "split", "balance", "catalog") if k in source_manifest},
-            "specllm": __version__,
-            "kind": "spectra",
-            "source": os.path.abspath(shards),
-            "source_content_hash": source_manifest.get("content_hash"),
-            "crossmatch": {
-                "config": dataclasses.asdict(config),
-                "catalogs": {k: os.path.abspath(v) for k, v in catalogs.items()},
-                "stage2_label_columns": stage2_label_columns() if "apogee" in catalogs else [],
-                "stats": STATS,
-                "label_counts": [COUNTS_CSV, COUNTS_MD],
+        csv, md = counts_table(counts)
+        atomic_write_text(os.path.join(staging, COUNTS_CSV), csv)
+        atomic_write_text(os.path.join(staging, COUNTS_MD), md + "\n")
+        atomic_write_json(os.path.join(staging, STATS), {"config": dataclasses.asdict(config), "surveys": result.stats})
+        source_manifest = read_manifest(shards) or {}
+        schema = pq.read_schema(os.path.join(staging, result.shards[0])) if result.shards else None
+        publish(
+            staging,
+            out,
+            {
+                **{
+                    k: source_manifest[k]
+                    for k in ("grid", "clean", "split", "balance", "catalog")
+                    if k in source_manifest
+                },
+                "specllm": __version__,
+                "kind": "spectra",
+                "source": os.path.abspath(shards),
+                "source_content_hash": source_manifest.get("content_hash"),
+                "crossmatch": {
+                    "config": dataclasses.asdict(config),
+                    "catalogs": {k: os.path.abspath(v) for k, v in catalogs.items()},
+                    "stage2_label_columns": stage2_label_columns() if "apogee" in catalogs else [],
+                    "stats": STATS,
+                    "label_counts": [COUNTS_CSV, COUNTS_MD],
+                },
+                "counts": {
+                    "spectra": result.spectra,
+                    "written": result.written,
+                    "matched": {k: st["matched"] for k, st in result.stats.items()},
+                },
+                **integrity_fields(staging, result.shards, hashes),
+                "content_hash": result.content_hash,
+                "schema": {f.name: str(f.type) for f in schema} if schema is not None else {},
             },
-            "counts": {
-                "spectra": result.spectra,
-                "written": result.written,
-                "matched": {k: st["matched"] for k, st in result.stats.items()},
-            },
-            "shards": result.shards,
-            "content_hash": result.content_hash,
-            "schema": {f.name: str(f.type) for f in schema} if schema is not None else {},
-        },
-    )
+        )
     say(md)
     say(
         f"crossmatch: wrote {result.written} spectra in {len(result.shards)} shard(s) to {out}, content hash {result.content_hash[:16]}"

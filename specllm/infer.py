@@ -12,6 +12,7 @@ inputs into rows and writes them.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import sys
@@ -22,18 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .config import CleanConfig, GridConfig, InferConfig
 from .device import pick_device
-from .errors import Interrupted, SpecllmError, SpectrumRejected
+from .errors import Interrupted, OutputError, SpecllmError, SpectrumRejected, one_line
 from .io import RawSpectrum, array_count, expand_inputs, is_array_source, iter_spectra
+from .io.base import check_identity
 from .io.lamost_catalog import file_key
 from .outputs import RowWriter, output_format, rows_to_arrow, run_metadata
 from .predict import Loaded, default_model_dir, load_for_inference, model_metadata, predict, questions_for
 from .preprocess import clean_spectrum
 from .progress import progress_bar, say
-from .shards import arrow_to_vectors, iter_batches, shard_paths
+from .shards import arrow_to_vectors, check_output, iter_batches, parquet_file, shard_paths, verified_shard_paths
 
 
 @dataclass
@@ -58,14 +59,15 @@ def edge_gap(mask: np.ndarray) -> float:
     return max(observed[0], mask.size - 1 - observed[-1]) / mask.size
 
 
-def iter_shard_items(path: str, split: str | None = None) -> Iterator[Item]:
+def iter_shard_items(path: str, split: str | None = None, verify: bool = True) -> Iterator[Item]:
     """The spectra of `ingest` or `serialize --format patch` shards (a directory or one .parquet file), optionally
-    only one split's. spec_id, flux and mask are required; obsid, file, position and coverage are read if present."""
+    only one split's, checked against their manifest first (`verify`). spec_id, flux and mask are required; obsid,
+    file, position and coverage are read if present."""
     optional = ["obsid", "file", "ra", "dec", "coverage"]
-    for shard in shard_paths(path):
-        names = pq.ParquetFile(shard).schema_arrow.names
+    for shard in verified_shard_paths(path, verify):
+        names = parquet_file(shard).schema_arrow.names
         present = [c for c in optional if c in names]
-        for rb in iter_batches(shard, columns=["spec_id", "flux", "mask", *present] + (["split"] if split else [])):
+        for rb in iter_batches([shard], columns=["spec_id", "flux", "mask", *present] + (["split"] if split else [])):
             keep = (
                 np.ones(rb.num_rows, bool)
                 if not split
@@ -104,11 +106,13 @@ Select = Callable[[int, str, str | None], bool]
 
 
 def iter_items(
-    inputs: Iterable[str], grid: GridConfig, clean: CleanConfig, select: Select | None = None
+    inputs: Iterable[str], grid: GridConfig, clean: CleanConfig, verify: bool = True, select: Select | None = None
 ) -> Iterator[Item]:
     """Input order preserved; FITS and array spectra through the same readers and cleaning as `ingest`; ingest
-    shards read as they are. `select(n, file, spec_id)` decides whether the n-th spectrum (counted over every
-    input) is wanted: for a FITS file before it is read (spec_id None), for array and shard spectra after."""
+    shards read as they are (checked against their manifest with `verify`). An input that cannot be used (a shard
+    folder that fails its check, a foreign Parquet file) gives one failed item and the run goes on.
+    `select(n, file, spec_id)` decides whether the n-th spectrum (counted over every input) is wanted: for a FITS
+    file before it is read (spec_id None), for array and shard spectra after."""
     n = 0
 
     def wanted(file: str, spec_id: str | None) -> bool:
@@ -118,7 +122,12 @@ def iter_items(
 
     for item in inputs:
         if is_shard_input(item):
-            yield from (it for it in iter_shard_items(item) if wanted(it.file, it.spec_id))
+            try:
+                yield from (it for it in iter_shard_items(item, verify=verify) if wanted(it.file, it.spec_id))
+            except SpecllmError as exc:
+                say(one_line(exc))
+                if wanted(item, None):
+                    yield Item(item, status=one_line(exc))
             continue
         for path in expand_inputs([item]):
             single = not is_array_source(path)
@@ -127,7 +136,7 @@ def iter_items(
             for raw in iter_spectra(path):
                 if isinstance(raw, SpectrumRejected):
                     if single or wanted(raw.path, None):
-                        say(f"{raw.path}: {raw}")
+                        say(one_line(f"{raw.path}: {raw}"))
                         yield Item(raw.path, status=str(raw))
                     continue
                 if single or wanted(raw.path, spec_id_of(raw)):
@@ -147,10 +156,11 @@ def raw_item(raw: RawSpectrum, grid: GridConfig, clean: CleanConfig) -> Item:
     obsid = meta.get("obsid")
     sid = spec_id_of(raw)
     try:
+        obsid = check_identity(meta)
         cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
     except SpectrumRejected as exc:
-        say(f"{raw.path}: {exc}")
-        return Item(raw.path, sid, obsid, meta.get("ra"), meta.get("dec"), status=str(exc))
+        say(one_line(f"{raw.path}: {exc}"))
+        return Item(raw.path, sid, None, None, None, status=one_line(exc))
     return Item(
         raw.path,
         sid,
@@ -167,12 +177,13 @@ def raw_item(raw: RawSpectrum, grid: GridConfig, clean: CleanConfig) -> Item:
 def count_spectra(inputs: Iterable[str]) -> int:
     """How many spectra `iter_items` will yield (the progress bar's total), without reading a spectrum: files are
     listed, array sources and shards counted from their headers."""
-    import pyarrow.parquet as pq
-
     total = 0
     for item in inputs:
         if is_shard_input(item):
-            total += sum(pq.ParquetFile(p).metadata.num_rows for p in shard_paths(item))
+            try:
+                total += sum(parquet_file(p).metadata.num_rows for p in shard_paths(item))
+            except (SpecllmError, OSError, pa.ArrowException):
+                total += 1  # iter_items reports it as one failed input
             continue
         for path in expand_inputs([item]):
             if is_array_source(path):
@@ -288,7 +299,7 @@ def predict_table(
     models = load_for_inference(Path(model_dir) if model_dir else default_model_dir(), device)
     rows = []
     with progress_bar("predict", total=None) as advance:
-        for _, row in label_rows(iter_shard_items(shards, split), models, device, config):
+        for _, row in label_rows(iter_shard_items(shards, split, config.verify), models, device, config):
             rows.append(row)
             advance(1)
     return rows_to_arrow(rows, output_columns([m.spec for m in models]))
@@ -310,6 +321,8 @@ def run_infer(
         stem, ext = os.path.splitext(output)
         output = f"{stem}.rank{rank:03d}-of-{world:03d}{ext}"
     output_format(output)  # an unknown extension is refused before any work
+    if output:
+        check_output(output, is_file=True)  # before the model is loaded and any spectrum read
     if resume and not output:
         raise SpecllmError("--resume needs --out FILE: rows on stdout cannot be continued")
     paths = PathList(inputs, from_file)
@@ -339,7 +352,7 @@ def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, 
     total_inputs = None if config.quiet else count_spectra(paths)
     todo = None if total_inputs is None else max(0, len(range(rank, total_inputs, world)) - writer.kept)
     failed = total = 0
-    items = iter_items(paths, GridConfig(), CleanConfig(), select)
+    items = iter_items(paths, GridConfig(), CleanConfig(), config.verify, select)
     try:
         with progress_bar("infer", total=todo, disable=config.quiet) as advance:
             for item, row in label_rows(items, models, device, config):
@@ -347,6 +360,12 @@ def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, 
                 total += 1
                 failed += item.status != "ok"
                 advance(1)
+    except OSError as exc:  # the system refused a write (disk full, ...): what is written stays for --resume
+        with contextlib.suppress(OSError):
+            writer.abort()
+        where = f"{one_line(exc.filename)}: " if exc.filename else ""
+        kept = f"{writer.written} row(s) kept in {writer.partial}; rerun with --resume" if output else "rerun"
+        raise OutputError(f"{where}{exc.strerror or one_line(exc)}; {kept} once the output can be written") from None
     except KeyboardInterrupt:
         kept = writer.abort()
         if kept is None:

@@ -9,6 +9,7 @@ ends with the same content hash as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import heapq
 import json
@@ -22,8 +23,9 @@ import pyarrow as pa
 
 from . import __version__
 from .config import IngestConfig, SplitConfig
-from .errors import SpecllmError, SpectrumRejected
+from .errors import SpecllmError, SpectrumRejected, one_line
 from .io import LAYOUT_ARRAY, expand_inputs, expand_spectra, load_spectrum
+from .io.base import check_identity
 from .io.lamost_catalog import LabelCatalog, file_key
 from .labels import reduce_class
 from .preprocess import clean_spectrum
@@ -31,6 +33,10 @@ from .progress import progress_bar, say
 from .shards import (
     MANIFEST,
     atomic_write_json,
+    begin_output,
+    check_output,
+    file_sha256,
+    integrity_fields,
     remove_stale_temporaries,
     table_digest,
     vector_type,
@@ -41,6 +47,7 @@ from .shards import (
 RUN_FILE = "run.json"
 REJECTS = "rejects.parquet"
 SNR_BANDS = ("u", "g", "r", "i", "z")
+BYTES_PER_SPECTRUM = 8_000  # for the free-space check before a run: 6.9 KB per DR10 spectrum in zstd shards
 
 CORE_FIELDS = [
     pa.field("spec_id", pa.string(), nullable=False),
@@ -139,6 +146,7 @@ def process_one(path: str):
     try:
         raw = load_spectrum(path)  # a survey FITS file, or spectrum i of an array source (`FILE#i`)
         row = describe(path, raw.meta)
+        row["obsid"] = check_identity(row)
         check_snr(row, config, required=raw.layout != LAYOUT_ARRAY)
         cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, config.grid, config.clean)
     except SpectrumRejected as exc:
@@ -232,10 +240,15 @@ def run_ingest(
     config: IngestConfig = IngestConfig(),
     overwrite: bool = False,
 ) -> IngestResult:
-    catalog = LabelCatalog(catalog_path) if catalog_path else None  # fails at once on a missing column
+    # fails at once on a missing column (and, with --strict, on a value that does not parse)
+    catalog = LabelCatalog(catalog_path, strict=config.strict) if catalog_path else None
+    if catalog is not None and catalog.problem_summary():
+        say(catalog.problem_summary())
     paths = list(expand_spectra(expand_inputs(inputs)))  # an array source -> FILE#0 ... FILE#N-1
     if not paths:
         raise SpecllmError("no input files")
+    done = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out, "part-*.parquet")))  # kept on resume
+    check_output(out, max(0, len(paths) * BYTES_PER_SPECTRUM - done))
     os.makedirs(out, exist_ok=True)
     remove_stale_temporaries(out)
     fingerprint = _options_fingerprint(config, catalog)
@@ -248,6 +261,7 @@ def run_ingest(
         for name in os.listdir(out):
             if name.startswith("part-") or name in (MANIFEST, REJECTS, RUN_FILE):
                 os.unlink(os.path.join(out, name))
+    begin_output(out)  # no manifest until this run is complete: consumers refuse the folder meanwhile
     atomic_write_json(run_file, fingerprint)
 
     grid_size = config.grid.size
@@ -268,7 +282,7 @@ def run_ingest(
         if config.balance:
             paths = _select_balanced(paths, config.balance, pool_map)
         seen: dict[str, str] = {}
-        shard_names, digests, rejects = [], [], []
+        shard_names, digests, rejects, hashes = [], [], [], {}
         n_chunks = (len(paths) + config.shard_size - 1) // config.shard_size
         with progress_bar("ingest", total=len(paths)) as advance:
             for k, chunk, record, results in _prefetched(out, paths, config.shard_size, pool_map):
@@ -279,10 +293,16 @@ def run_ingest(
                     for sid in record["ids"]:
                         seen.setdefault(sid, "earlier shard")
                 for rej in record["rejects"]:
-                    say(f"{rej['file']}: rejected: {rej['reason']}" + (f" ({rej['detail']})" if rej["detail"] else ""))
+                    say(
+                        one_line(
+                            f"{rej['file']}: rejected: {rej['reason']}"
+                            + (f" ({rej['detail']})" if rej["detail"] else "")
+                        )
+                    )
                 rejects.extend(record["rejects"])
                 if record["kept"]:
                     shard_names.append(record["shard"])
+                    hashes[record["shard"]] = record.get("sha256")
                 digests.append(record["digest"])
                 result.kept += record["kept"]
                 advance(len(chunk))
@@ -306,7 +326,7 @@ def run_ingest(
             "balance": config.balance,
             "catalog": os.path.abspath(catalog_path) if catalog_path else None,
             "counts": {"read": result.read, "kept": result.kept, "rejected": dict(result.rejected)},
-            "shards": shard_names,
+            **integrity_fields(out, shard_names, hashes),
             "rejects": REJECTS,
             "content_hash": result.content_hash,
             "schema": {f.name: str(f.type) for f in schema},
@@ -328,8 +348,10 @@ def _load_chunk_record(out: str, k: int, input_hash: str) -> dict | None:
         return None
     if record.get("input_hash") != input_hash:
         return None
-    if record["kept"] and not os.path.exists(os.path.join(out, record["shard"])):
-        return None
+    if record["kept"]:
+        shard = os.path.join(out, record["shard"])
+        if not os.path.exists(shard) or (record.get("sha256") and file_sha256(shard) != record["sha256"]):
+            return None  # missing or changed since written: made again
     return record
 
 
@@ -371,11 +393,11 @@ def _process_chunk(out, k, chunk, results, schema, grid_size, seen) -> dict:
         seen[row["spec_id"]] = row["file"]
         kept.append(res)
     shard = _part(k) + ".parquet"
-    digest = ""
+    digest = sha256 = ""
     if kept:
         table = _build_table(kept, schema, grid_size)
         digest = table_digest(table)
-        write_table(os.path.join(out, shard), table)
+        sha256 = write_table(os.path.join(out, shard), table)
     record = {
         "input_hash": _chunk_hash(chunk),
         "shard": shard,
@@ -383,6 +405,7 @@ def _process_chunk(out, k, chunk, results, schema, grid_size, seen) -> dict:
         "ids": [r[1]["spec_id"] for r in kept],
         "rejects": rejects,
         "digest": digest,
+        "sha256": sha256,
     }
     atomic_write_json(os.path.join(out, _part(k) + ".json"), record)
     return record

@@ -21,6 +21,7 @@ import torch
 from .config import CLASSES, GridConfig, InferConfig, PatchConfig
 from .device import autocast
 from .errors import SpecllmError
+from .metrics import OVERALL, per_class
 from .models import file_sha256
 from .progress import say
 from .prompting import PromptBuilder
@@ -253,26 +254,16 @@ def constrained_generate(model, builder, batch, out, spec, device, config: Infer
 
 
 def residual_table(values, errors, labels, classes, names) -> dict:
-    """mu +- sigma of (prediction - label) per class and overall, and the 1-sigma calibration (paper Table 2)."""
-    metrics: dict = {}
-    for j, name in enumerate(names):
-        entry = {}
-        for cls in [*CLASSES, "all"]:
-            sel = np.isfinite(labels[:, j]) & np.isfinite(values[:, j])
-            if cls != "all":
-                sel &= np.asarray([c == cls for c in classes])
-            if sel.sum() == 0:
-                continue
-            res = values[sel, j] - labels[sel, j]
-            within = np.abs(res) <= errors[sel, j]
-            entry[cls] = {
-                "n": int(sel.sum()),
-                "mu": float(res.mean()),
-                "sigma": float(res.std()),
-                "within_1sigma": float(within.mean()),
-            }
-        metrics[name] = entry
-    return metrics
+    """mu +- sigma of (prediction - label) per class and overall, and the 1-sigma calibration (paper Table 2), by
+    `metrics.per_class` (classes without a labelled row are left out)."""
+    return {
+        name: {
+            group: stat.as_dict(("n", "mu", "sigma", "sigma_mad", "within_1sigma"))
+            for group, stat in per_class(values[:, j], labels[:, j], classes, errors[:, j]).items()
+            if stat.n
+        }
+        for j, name in enumerate(names)
+    }
 
 
 def evaluate_split(model, spec, builder, data, device) -> dict:
@@ -286,7 +277,7 @@ def evaluate_split(model, spec, builder, data, device) -> dict:
         metrics["class_accuracy"] = float(acc)
     for name in spec.value_names:
         row = "  ".join(f"{c} {m['mu']:+.3g}±{m['sigma']:.3g}" for c, m in metrics[name].items())
-        say(f"test {name}: {row}  (within 1 sigma: {metrics[name]['all']['within_1sigma']:.0%})")
+        say(f"test {name}: {row}  (within 1 sigma: {metrics[name][OVERALL]['within_1sigma']:.0%})")
     if "class_accuracy" in metrics:
         say(f"test class accuracy: {metrics['class_accuracy']:.1%}")
     return metrics

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .config import LoraConfig
-from .errors import SpecllmError
+from .errors import SpecllmError, one_line
 from .labels import CLASSES
 from .metrics import OVERALL
 from .models import base_fingerprint, load_causal_lm, load_tokenizer, quiet_offline, resolve_base
@@ -50,8 +50,30 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, path: Path) -> ModelSpec:
-        data = json.loads(Path(path).read_text())
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise SpecllmError(f"{one_line(path)}: not a specllm model spec (a JSON object is expected)")
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file of a model or checkpoint; a missing, truncated or garbled one is one SpecllmError line."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SpecllmError(f"{one_line(path)}: unreadable ({one_line(exc)})") from None
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated or garbled one (or another format) is one SpecllmError line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise SpecllmError(f"{one_line(path)}: not a readable safetensors file ({one_line(reason)})") from None
 
 
 def bitsandbytes_available() -> bool:
@@ -187,9 +209,7 @@ def save_model_dir(
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(path) / WEIGHTS))
+    return read_safetensors(Path(path) / WEIGHTS)
 
 
 def model_dir(path: str | os.PathLike) -> Path:

@@ -37,12 +37,15 @@ from .qa import (
 from .shards import (
     MANIFEST,
     arrow_to_vectors,
-    atomic_write_json,
+    check_output,
+    integrity_fields,
     iter_batches,
+    parquet_file,
+    publish,
     read_manifest,
-    shard_paths,
     table_digest,
     temp_dir,
+    verified_shard_paths,
     write_table,
 )
 
@@ -175,17 +178,6 @@ def _prepare_out(out: str, shards: str) -> None:
         raise SpecllmError(f"{out}: exists and is not a directory")
 
 
-def _publish(staging: str, out: str, shard_names: list[str], manifest: dict) -> None:
-    """Move the finished shards into `out` (replacing an earlier serialize output), the manifest last."""
-    os.makedirs(out, exist_ok=True)
-    for name in os.listdir(out):
-        if (name.startswith("part-") and name.endswith(".parquet")) or name == MANIFEST:
-            os.unlink(os.path.join(out, name))
-    for name in shard_names:
-        os.replace(os.path.join(staging, name), os.path.join(out, name))
-    atomic_write_json(os.path.join(out, MANIFEST), manifest)
-
-
 def run_serialize(
     shards: str,
     stage: int,
@@ -205,15 +197,13 @@ def run_serialize(
     """
     check_format(fmt)
     check_stage(stage)
-    paths = shard_paths(shards)
+    paths = verified_shard_paths(shards, config.verify)
     columns, grid_size = _check_inputs(paths, fmt, stage, label_prefix)
     source = shards if os.path.isdir(shards) else os.path.dirname(os.path.abspath(shards))
-    try:
-        source_manifest = read_manifest(source) or {}
-    except ValueError as exc:
-        raise SpecllmError(f"{os.path.join(source, MANIFEST)}: not valid JSON ({exc})") from None
+    source_manifest = read_manifest(source) or {}
     grid = _grid_of(source_manifest, grid_size)
     _prepare_out(out, shards)
+    check_output(out, sum(os.path.getsize(p) for p in paths))  # patch copies the flux; text is about as large
     absent = [c for c in label_keys(stage) if columns.get(c) is None]
     if stage == 2 and absent:
         say(f"serialize: the shards have no column for {', '.join(label_prefix + k for k in absent)}; left out")
@@ -234,12 +224,13 @@ def run_serialize(
     read_cols += ["mask"] if fmt == "patch" else []
     schema = _out_schema(fmt, stage, grid_size, columns)
     result = SerializeResult(out=out, fmt=fmt, stage=stage)
-    total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    total = sum(parquet_file(p).metadata.num_rows for p in paths)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     staging = temp_dir(parent, prefix=".serialize-")
     token_counts: list[int] = []
     shard_names: list[str] = []
+    hashes: dict[str, str] = {}
     digests: list[str] = []
     pending: list[pa.Table] = []
     pending_rows = 0
@@ -251,13 +242,13 @@ def run_serialize(
         table = pa.concat_tables(pending).combine_chunks()
         name = f"part-{len(shard_names):05d}.parquet"
         digests.append(table_digest(table))
-        write_table(os.path.join(staging, name), table)
+        hashes[name] = write_table(os.path.join(staging, name), table)
         shard_names.append(name)
         pending, pending_rows = [], 0
 
     try:
         with progress_bar("serialize", total=total) as advance:
-            for batch in iter_batches(shards, columns=read_cols, batch_size=config.batch_size):
+            for batch in iter_batches(paths, columns=read_cols, batch_size=config.batch_size):
                 table = _serialize_batch(batch, fmt, stage, columns, schema, grid, result)
                 if tokenizer is not None:
                     for q, a in zip(
@@ -308,11 +299,11 @@ def run_serialize(
                 "labels": dict(result.labels),
             },
             "tokens": result.tokens,
-            "shards": shard_names,
+            **integrity_fields(staging, shard_names, hashes),
             "content_hash": result.content_hash,
             "schema": {f.name: str(f.type) for f in schema},
         }
-        _publish(staging, out, shard_names, manifest)
+        publish(staging, out, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result

@@ -21,11 +21,14 @@ Spectrum shards (written by `ingest`, extended by `crossmatch`) hold one row per
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import SpecllmError
+from .errors import OutputError, SpecllmError, one_line
 
 COMPRESSION = "zstd"
 MANIFEST = "manifest.json"
@@ -83,15 +86,17 @@ def allow_umask(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~umask())
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
+def atomic_write(path: str | os.PathLike, write, digest: bool = False) -> str | None:
     """Call `write(tmp_path)`, then rename the temporary file onto `path` (same directory, so rename is atomic).
-    The file ends with the permissions the umask allows, even if `write` replaced the temporary file."""
+    The file ends with the permissions the umask allows, even if `write` replaced the temporary file. With
+    `digest`, returns the SHA-256 of the bytes written (read back while syncing them to disk)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(path.parent, prefix=f".{path.name}.")
     try:
         write(tmp)
         allow_umask(tmp)
+        sha = file_sha256(tmp) if digest else None
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -99,6 +104,16 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return sha
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -109,13 +124,50 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def write_table(path: str | os.PathLike, table: pa.Table) -> None:
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=COMPRESSION))
+def write_table(path: str | os.PathLike, table: pa.Table) -> str:
+    """Write a zstd Parquet file atomically; returns the SHA-256 of its bytes (for the manifest's `shard_sha256`)."""
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=COMPRESSION), digest=True)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> None:
     for tmp in glob.glob(os.path.join(directory, ".*.tmp")):
         os.unlink(tmp)
+
+
+def check_output(path: str | os.PathLike, need_bytes: int = 0, is_file: bool = False) -> None:
+    """Before any work: `path` (an output folder, or a file with `is_file`) can be created and written, and its
+    disk has about `need_bytes` free. The test writes and removes a probe file in the folder that will hold the
+    output (or its nearest existing parent), so a read-only mount, a missing permission or a full disk is one
+    OutputError line (exit status 3) before anything was read or written."""
+    path = os.path.abspath(str(path))
+    folder = os.path.dirname(path) if is_file else path
+    if is_file and os.path.isdir(path):
+        raise OutputError(f"{one_line(path)}: is a directory; give a file name")
+    if not is_file and os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"{one_line(path)}: exists and is not a directory")
+    existing = folder
+    while not os.path.isdir(existing):
+        if os.path.lexists(existing):
+            raise OutputError(f"{one_line(path)}: cannot be created, {one_line(existing)} is not a directory")
+        existing = os.path.dirname(existing)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".specllm-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"{one_line(path)}: cannot write in {one_line(existing)} ({exc.strerror or exc}); nothing was written"
+        ) from None
+    free = shutil.disk_usage(existing).free
+    if need_bytes and free < need_bytes:
+        raise OutputError(
+            f"{one_line(path)}: this run needs about {_megabytes(need_bytes)} and its disk has {_megabytes(free)} "
+            "free; free some space or choose another place; nothing was written"
+        )
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
 
 
 def _canonical_type(t: pa.DataType) -> pa.DataType:
@@ -158,45 +210,233 @@ def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, dtype=np.float32) -> np
 
 
 def shard_paths(source: str | os.PathLike) -> list[str]:
-    """The Parquet shards of a directory (its manifest's order where present), or a single Parquet file."""
+    """The Parquet shards of a directory (its manifest's order where present), or a single Parquet file, WITHOUT any
+    check (`--no-verify`); consumers call `verified_shard_paths`."""
     source = str(source)
     if os.path.isfile(source):
         return [source]
     if not os.path.isdir(source):
-        raise SpecllmError(f"{source}: no such shard directory or Parquet file")
-    manifest = os.path.join(source, MANIFEST)
-    if os.path.exists(manifest):
-        with open(manifest) as fh:
-            names = json.load(fh).get("shards", [])
-        paths = [os.path.join(source, n) for n in names]
+        raise SpecllmError(f"{one_line(source)}: no such shard directory or Parquet file")
+    manifest = _load_manifest(source)
+    if manifest is not None and isinstance(manifest.get("shards"), list):
+        paths = [os.path.join(source, str(n)) for n in manifest["shards"]]
     else:
         paths = sorted(glob.glob(os.path.join(source, "part-*.parquet")))
     if not paths:
-        raise SpecllmError(f"{source}: holds no Parquet shards")
+        raise SpecllmError(f"{one_line(source)}: holds no Parquet shards")
     return paths
 
 
-def read_manifest(source: str | os.PathLike) -> dict | None:
-    path = os.path.join(str(source), MANIFEST)
-    if os.path.isdir(str(source)) and os.path.exists(path):
+# ---------------------------------------------------------------- integrity between stages
+#
+# Every producer (ingest, crossmatch, serialize) removes its folder's manifest.json before it writes a shard and
+# writes it again, last, when the run is complete: a folder without one is unfinished. The manifest lists the shards
+# (`shards`) and the SHA-256 of each shard file's bytes (`shard_sha256`, computed as the file is written). Every
+# consumer (serialize, crossmatch, train, infer on shards, benchmark) reads its input through
+# `verified_shard_paths`, which refuses a folder that is unfinished, incomplete or changed since it was written.
+
+SHARD_HASHES = "shard_sha256"
+SHARD_GLOB = "part-*.parquet"
+
+
+def integrity_fields(directory: str | os.PathLike, names: list[str], hashes: dict[str, str] | None = None) -> dict:
+    """The manifest's integrity fields for the shards `names` of `directory`: `shards` (in order) and
+    `shard_sha256` (name -> SHA-256 of the file's bytes; taken from `hashes` where known, else read from disk)."""
+    hashes = hashes or {}
+    return {
+        "shards": list(names),
+        SHARD_HASHES: {n: hashes.get(n) or file_sha256(os.path.join(directory, n)) for n in names},
+    }
+
+
+def seal_shards(directory: str | os.PathLike, fields: dict | None = None) -> dict:
+    """Write (atomically) a manifest.json for shards made outside specllm's producers: every part-*.parquet of
+    `directory`, in name order, with its SHA-256, merged with `fields` (e.g. kind, grid). Returns the manifest."""
+    directory = str(directory)
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(directory, SHARD_GLOB)))
+    manifest = {"kind": "spectra", **(fields or {}), **integrity_fields(directory, names)}
+    atomic_write_json(os.path.join(directory, MANIFEST), manifest)
+    return manifest
+
+
+def begin_output(directory: str | os.PathLike) -> None:
+    """Mark `directory` unfinished (its manifest removed) before a producer writes a shard into it."""
+    path = os.path.join(str(directory), MANIFEST)
+    if os.path.lexists(path):
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike, name: str) -> Iterator[str]:
+    """A hidden folder beside `out` where a producer writes its run (removed whatever happens); `publish` moves it
+    into `out` when complete, so a failed or refused run leaves `out` as it was."""
+    parent = os.path.dirname(os.path.abspath(str(out)))
+    os.makedirs(parent, exist_ok=True)
+    staging = temp_dir(parent, prefix=f".{name}-")
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: str, out: str | os.PathLike, manifest: dict) -> None:
+    """Move every file of `staging` into `out`, replacing an earlier output's shards and manifest (removed first),
+    and write `manifest` last."""
+    out = str(out)
+    os.makedirs(out, exist_ok=True)
+    begin_output(out)
+    for stale in glob.glob(os.path.join(out, SHARD_GLOB)):
+        os.unlink(stale)
+    for name in sorted(os.listdir(staging)):
+        os.replace(os.path.join(staging, name), os.path.join(out, name))
+    atomic_write_json(os.path.join(out, MANIFEST), manifest)
+
+
+def _producer(directory: str, manifest: dict | None) -> str:
+    """Which command wrote (or was writing) a shard folder, for the hint to rerun it."""
+    if manifest is not None:
+        if manifest.get("kind") == "qa":
+            return "specllm serialize"
+        return "specllm crossmatch" if "crossmatch" in manifest else "specllm ingest"
+    if os.path.exists(os.path.join(directory, "run.json")) or glob.glob(os.path.join(directory, "part-*.json")):
+        return "specllm ingest"
+    if os.path.exists(os.path.join(directory, "crossmatch.json")):
+        return "specllm crossmatch"
+    return "the stage that wrote it (ingest, crossmatch or serialize)"
+
+
+def _hint(directory: str, manifest: dict | None) -> str:
+    producer = _producer(directory, manifest)
+    resumes = " (it resumes)" if producer == "specllm ingest" else ""
+    return f"rerun {producer} with the same options{resumes}, or pass --no-verify to read it as it is"
+
+
+def _load_manifest(directory: str) -> dict | None:
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
         with open(path) as fh:
-            return json.load(fh)
-    return None
+            manifest = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise SpecllmError(f"{one_line(path)}: unreadable ({one_line(exc)})") from None
+    if not isinstance(manifest, dict):
+        raise SpecllmError(f"{one_line(path)}: not a specllm manifest (a JSON object is expected)")
+    return manifest
+
+
+def verified_shard_paths(source: str | os.PathLike, verify: bool = True) -> list[str]:
+    """The shards of `source`, checked against its manifest.json: the manifest is present (the producer finished),
+    every shard it lists exists and no other part-*.parquet lies beside them, and each shard's SHA-256 equals the
+    one recorded when it was written. Any failure is one SpecllmError line naming the folder or file, what is
+    wrong and the producer to rerun. A single .parquet file is verified against its folder's manifest, which
+    must list it. `verify=False` (`--no-verify`) lists the shards without any check."""
+    if not verify:
+        return shard_paths(source)
+    source = str(source)
+    if os.path.isfile(source):
+        folder, name = os.path.split(os.path.abspath(source))
+        manifest = _load_manifest(folder)
+        if manifest is None or name not in (manifest.get("shards") or []):
+            why = (
+                "its folder has no manifest.json" if manifest is None else "its folder's manifest.json does not list it"
+            )
+            raise SpecllmError(
+                f"{one_line(source)}: a single Parquet file is verified against its folder's manifest, and {why}; "
+                "give the shard folder, or --no-verify to read the file as it is"
+            )
+        _check_hash(source, name, manifest, folder)
+        return [source]
+    if not os.path.isdir(source):
+        raise SpecllmError(f"{one_line(source)}: no such shard directory or Parquet file")
+    manifest = _load_manifest(source)
+    where = one_line(source)
+    if manifest is None:
+        parts = len(glob.glob(os.path.join(source, SHARD_GLOB)))
+        what = f"{parts} shard(s) but no {MANIFEST}" if parts else f"no {MANIFEST} and no shard"
+        raise SpecllmError(f"{where}: unfinished or not a shard folder ({what}); {_hint(source, None)}")
+    names = manifest.get("shards")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SpecllmError(f"{where}: {MANIFEST} has no list of shards; {_hint(source, manifest)}")
+    if not names:
+        raise SpecllmError(f"{where}: holds no Parquet shards (its {MANIFEST} lists none)")
+    missing = [n for n in names if not os.path.isfile(os.path.join(source, n))]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise SpecllmError(
+            f"{where}: {MANIFEST} lists {one_line(missing[0])}{more}, which is missing; {_hint(source, manifest)}"
+        )
+    listed = set(names)
+    extra = sorted(os.path.basename(p) for p in glob.glob(os.path.join(source, SHARD_GLOB)))
+    extra = [n for n in extra if n not in listed]
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise SpecllmError(
+            f"{where}: {one_line(extra[0])}{more} is not listed in {MANIFEST} (left by another run?); "
+            f"{_hint(source, manifest)}"
+        )
+    for name in names:
+        _check_hash(os.path.join(source, name), name, manifest, source)
+    return [os.path.join(source, n) for n in names]
+
+
+def _check_hash(path: str, name: str, manifest: dict, folder: str) -> None:
+    hashes = manifest.get(SHARD_HASHES)
+    if not isinstance(hashes, dict) or not isinstance(hashes.get(name), str):
+        raise SpecllmError(
+            f"{one_line(folder)}: {MANIFEST} records no SHA-256 for {one_line(name)} (written by an older specllm?); "
+            f"{_hint(folder, manifest)}"
+        )
+    if file_sha256(path) != hashes[name]:
+        raise SpecllmError(
+            f"{one_line(path)}: content differs from the SHA-256 in {MANIFEST} (changed or damaged since it was "
+            f"written); {_hint(folder, manifest)}"
+        )
+
+
+def read_manifest(source: str | os.PathLike) -> dict | None:
+    """The manifest of a shard folder (None where it has none); an unreadable one is one SpecllmError line."""
+    return _load_manifest(str(source)) if os.path.isdir(str(source)) else None
+
+
+def parquet_file(path: str | os.PathLike) -> pq.ParquetFile:
+    """Open a Parquet shard; a file that is not one (corrupt, truncated, another format) is one SpecllmError line."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise SpecllmError(f"{one_line(path)}: not a readable Parquet file ({one_line(_first_line(exc))})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def iter_batches(
-    source: str | os.PathLike, columns: list[str] | None = None, batch_size: int = 256
+    source: str | os.PathLike | list[str], columns: list[str] | None = None, batch_size: int = 256
 ) -> Iterator[pa.RecordBatch]:
-    """Stream record batches from every shard of `source` (memory bounded by `batch_size`)."""
-    for path in shard_paths(source):
-        pf = pq.ParquetFile(path)
+    """Stream record batches from every shard of `source` (a folder, a file, or a list of shard paths from
+    `verified_shard_paths`; memory bounded by `batch_size`). A damaged shard is one SpecllmError line."""
+    for path in source if isinstance(source, list) else shard_paths(source):
+        pf = parquet_file(path)
         if columns is not None:
             missing = [c for c in columns if c not in pf.schema_arrow.names]
             if missing:
-                raise SpecllmError(f"{path}: missing column(s) {', '.join(missing)}")
-        yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+                raise SpecllmError(f"{one_line(path)}: missing column(s) {', '.join(missing)}")
+        try:
+            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise SpecllmError(f"{one_line(path)}: damaged Parquet data ({one_line(_first_line(exc))})") from None
 
 
-def read_table(source: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    tables = [pq.read_table(p, columns=columns) for p in shard_paths(source)]
+def read_table(source: str | os.PathLike | list[str], columns: list[str] | None = None) -> pa.Table:
+    """Every shard of `source` (a folder, a file, or a list of verified shard paths) as one table."""
+    tables = []
+    for path in source if isinstance(source, list) else shard_paths(source):
+        try:
+            tables.append(pq.read_table(path, columns=columns))
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise SpecllmError(
+                f"{one_line(path)}: not a readable Parquet file ({one_line(_first_line(exc))})"
+            ) from None
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]

@@ -35,11 +35,21 @@ from .runs import (
     build_model,
     load_trainable,
     model_dir,
+    read_json,
+    read_safetensors,
     read_weights,
     save_model_dir,
     trainable_state,
 )
-from .shards import arrow_to_vectors, atomic_write, atomic_write_json, read_manifest, read_table
+from .shards import (
+    arrow_to_vectors,
+    atomic_write,
+    atomic_write_json,
+    check_output,
+    read_manifest,
+    read_table,
+    verified_shard_paths,
+)
 
 QA_COLUMNS = ("spec_id", "split", "question", "answer", "format", "stage")
 CHECKPOINTS = "checkpoints"
@@ -79,8 +89,8 @@ def value_columns(table: pa.Table, stage: int) -> list[str]:
     return [c for c in table.column_names if c.endswith("_fe") and c != "fe_h"]
 
 
-def load_qa(source: str, stage: int) -> QAData:
-    table = read_table(source)
+def load_qa(source: str, stage: int, verify: bool = True) -> QAData:
+    table = read_table(verified_shard_paths(source, verify))
     missing = [c for c in QA_COLUMNS if c not in table.column_names]
     if missing:
         raise SpecllmError(f"{source}: not QA shards (missing column(s) {', '.join(missing)}); run `specllm serialize`")
@@ -165,15 +175,13 @@ def save_checkpoint(model, spec, optimizer, scheduler, step: int, out: Path, kee
 
 
 def restore_checkpoint(model, optimizer, scheduler, out: Path) -> int:
-    from safetensors.torch import load_file
-
     latest = out / CHECKPOINTS / LATEST
     if not latest.exists():
         raise SpecllmError(f"{out}: no checkpoint to resume from")
-    ckpt = out / CHECKPOINTS / json.loads(latest.read_text())["checkpoint"]
+    ckpt = latest_checkpoint(out)
     load_trainable(model, read_weights(ckpt))
-    meta = json.loads((ckpt / "trainer.json").read_text())
-    state = load_file(str(ckpt / "optimizer.safetensors"))
+    meta = read_json(ckpt / "trainer.json")
+    state = read_safetensors(ckpt / "optimizer.safetensors")
     for gi, group in enumerate(optimizer.param_groups):
         group.update(meta["param_groups"][gi])
         for pi, p in enumerate(group["params"]):
@@ -184,6 +192,16 @@ def restore_checkpoint(model, optimizer, scheduler, out: Path) -> int:
     scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(state["rng.torch"])
     return int(meta["step"])
+
+
+def latest_checkpoint(out: Path) -> Path:
+    """The checkpoint directory `OUT/checkpoints/latest` names; a garbled pointer is one SpecllmError line."""
+    latest = out / CHECKPOINTS / LATEST
+    record = read_json(latest)
+    name = record.get("checkpoint") if isinstance(record, dict) else None
+    if not isinstance(name, str) or not (out / CHECKPOINTS / name).is_dir():
+        raise SpecllmError(f"{latest}: names no checkpoint directory of {out / CHECKPOINTS}")
+    return out / CHECKPOINTS / name
 
 
 def _spec_for(opts: TrainOptions, data: QAData, grid_size: int | None) -> tuple[ModelSpec, dict | None]:
@@ -229,13 +247,12 @@ def run_train(opts: TrainOptions) -> dict:
 
     out = Path(opts.out)
     recipe = opts.recipe
-    data = load_qa(opts.data, opts.stage)
+    check_output(out)
+    data = load_qa(opts.data, opts.stage, opts.verify)
     grid_size = data.flux.shape[1] if data.flux is not None else None
     spec, init_state = _spec_for(opts, data, grid_size)
     if opts.resume and (out / CHECKPOINTS / LATEST).exists():
-        spec = ModelSpec.from_json(
-            out / CHECKPOINTS / json.loads((out / CHECKPOINTS / LATEST).read_text())["checkpoint"] / "spec.json"
-        )
+        spec = ModelSpec.from_json(latest_checkpoint(out) / "spec.json")
     elif (out / "model").exists() and not opts.resume:
         raise SpecllmError(f"{out}: already holds a trained model; use --resume or another --out")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from specllm.shards import vectors_to_arrow, write_table
+from specllm.shards import seal_shards, vectors_to_arrow, write_table
 
 TINY_GRID = 256
 
@@ -84,4 +84,5 @@ def write_qa(out: Path, fmt: str, n: int = 16, grid: int = TINY_GRID, test_every
         table = table.append_column("mask", vectors_to_arrow(mask, pa.bool_()))
     out.mkdir(parents=True, exist_ok=True)
     write_table(out / "part-00000.parquet", table)
+    seal_shards(out, {"kind": "qa"})
     return out

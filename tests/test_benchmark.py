@@ -25,7 +25,7 @@ from specllm.config import (
     SmallCNNConfig,
 )
 from specllm.errors import SpecllmError
-from specllm.shards import atomic_write_json, vectors_to_arrow, write_table
+from specllm.shards import seal_shards, vectors_to_arrow, write_table
 
 GRID = 64
 N = 60
@@ -60,10 +60,7 @@ def make_shards(
     half = n // 2
     write_table(directory / "part-00000.parquet", table.slice(0, half))
     write_table(directory / "part-00001.parquet", table.slice(half))
-    atomic_write_json(
-        directory / "manifest.json",
-        {"shards": ["part-00000.parquet", "part-00001.parquet"], "content_hash": "feedc0de" * 8},
-    )
+    seal_shards(directory, {"content_hash": "feedc0de" * 8})
     return directory
 
 
@@ -149,6 +146,7 @@ def test_missing_labels_and_placeholders_are_masked(tmp_path):
         t = pq.read_table(shards / part)
         rows = slice(0, N // 2) if part.endswith("0.parquet") else slice(N // 2, N)
         write_table(shards / part, t.set_column(t.schema.get_field_index("feh"), "feh", pa.array(feh[rows])))
+    seal_shards(shards)  # changed on purpose: a new manifest for the changed shards
     assert bench.resolve_labels(str(shards), ("auto",)) == ("teff", "logg", "feh", "apogee_mg_fe")
     test = bench.load_split(str(shards), "test", ("feh", "apogee_mg_fe"))
     assert np.isnan(test.labels[:, 0]).sum() == sum(1 for i in range(0, N, 4) if i % 5 == 0)

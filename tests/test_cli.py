@@ -460,13 +460,12 @@ def test_every_file_specllm_writes_is_world_readable_under_umask_022(tmp_path, t
     import os
     import stat
 
-    from tests.fitsfactory import make_shards
-
     from specllm.config import ExternalConfig
     from specllm.external import compare_external
     from specllm.outputs import FORMATS
     from specllm.runs import load_model_dir, save_model_dir
     from specllm.serialize import run_serialize
+    from tests.fitsfactory import make_shards
 
     work = tmp_path / "work"
     work.mkdir()

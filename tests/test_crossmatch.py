@@ -18,7 +18,7 @@ from specllm.config import STAGE2_ELEMENTS, CrossmatchConfig
 from specllm.crossmatch import label_columns, run_crossmatch, stage2_label_columns
 from specllm.errors import SpecllmError
 from specllm.ingest import shard_schema
-from specllm.shards import read_table, shard_paths, vectors_to_arrow
+from specllm.shards import read_table, seal_shards, shard_paths, vectors_to_arrow
 from specllm.skymatch import match_sky
 
 try:  # the table writers live in test_surveys.py (tests/ is on sys.path under pytest's default import mode)
@@ -53,6 +53,7 @@ def write_spectra(path: Path, rows: list[dict], start: int = 0) -> pa.Table:
     table = table.append_column(schema.field("mask"), vectors_to_arrow(mask, pa.bool_()))
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
+    seal_shards(path.parent)
     return table
 
 
@@ -258,6 +259,7 @@ def test_usage_errors(setup):
     nopos = tmp_path / "nopos" / "part-00000.parquet"
     write_spectra(nopos, [{"ra": 1.0}])
     pq.write_table(pq.read_table(nopos).drop_columns(["dec"]), nopos)
+    seal_shards(nopos.parent)
     with pytest.raises(SpecllmError, match=r"part-00000.parquet: missing column\(s\) dec"):
         run_crossmatch(str(tmp_path / "nopos"), str(tmp_path / "o"), {"apogee": allstar})
 

@@ -73,7 +73,7 @@ def test_residual_table_per_class_and_overall():
     errors = np.array([[150.0], [50.0], [400.0], [10.0]])
     table = residual_table(values, errors, labels, ["G", "G", "K", "K"], ["teff"])["teff"]
     assert set(table) == {"G", "K", "all"}
-    assert table["G"] == {"n": 2, "mu": 0.0, "sigma": 100.0, "within_1sigma": 0.5}
+    assert table["G"] == {"n": 2, "mu": 0.0, "sigma": 100.0, "sigma_mad": pytest.approx(148.26), "within_1sigma": 0.5}
     assert table["K"]["n"] == 1 and table["K"]["mu"] == 300.0
     assert table["all"]["n"] == 3 and table["all"]["mu"] == pytest.approx(100.0)
     assert table["all"]["within_1sigma"] == pytest.approx(2 / 3)

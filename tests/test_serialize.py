@@ -15,7 +15,7 @@ from specllm import serialize as ser
 from specllm.config import FORMATS, PatchConfig, SerializeConfig
 from specllm.errors import SpecllmError
 from specllm.qa import asked_labels, flux_from_question, parse_answer
-from specllm.shards import read_table
+from specllm.shards import read_table, seal_shards
 
 SHARED = Path(__file__).parents[1] / ".." / "shared" / "data"
 
@@ -48,16 +48,7 @@ def write_spectra(
     pq.write_table(table.slice(half), directory / "part-00001.parquet")
     if manifest:
         grid = {"start": 3800.0, "stop": 3800.0 + grid_size - 1, "step": 1.0, "size": grid_size}
-        (directory / "manifest.json").write_text(
-            json.dumps(
-                {
-                    "kind": "spectra",
-                    "grid": grid,
-                    "shards": ["part-00000.parquet", "part-00001.parquet"],
-                    "content_hash": "abc",
-                }
-            )
-        )
+        seal_shards(directory, {"kind": "spectra", "grid": grid, "content_hash": "abc"})
     return directory
 
 
@@ -174,6 +165,7 @@ def test_bad_input_one_clear_error_nothing_written(spectra, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     pq.write_table(pq.read_table(spectra / "part-00000.parquet").drop_columns(["teff"]), broken / "part-00000.parquet")
+    seal_shards(broken)
     with pytest.raises(SpecllmError, match=r"part-00000.parquet: missing column\(s\) teff"):
         ser.run_serialize(str(broken), 1, "paper", str(out), count=False)
     unlabelled = write_spectra(tmp_path / "unlabelled", [{"spec_id": str(i)} for i in range(4)])

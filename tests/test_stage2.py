@@ -16,7 +16,7 @@ from specllm.config import CrossmatchConfig, GridConfig, LoraConfig, TrainConfig
 from specllm.crossmatch import run_crossmatch, stage2_label_columns
 from specllm.ingest import shard_schema
 from specllm.serialize import run_serialize
-from specllm.shards import vectors_to_arrow
+from specllm.shards import seal_shards, vectors_to_arrow
 from specllm.train import TrainOptions, run_train
 
 from .llmfactory import synthetic_spectra, tiny_llama_dir
@@ -43,6 +43,7 @@ def spectrum_shards(path: Path) -> Path:
     table = table.append_column(schema.field("mask"), vectors_to_arrow(mask, pa.bool_()))
     path.mkdir(parents=True)
     pq.write_table(table, path / "part-00000.parquet")
+    seal_shards(path)
     return path
 
 

@@ -125,7 +125,7 @@ def _stage2_qa(out: Path, stage1: Path) -> Path:
     import pyarrow.parquet as pq
 
     from specllm.qa import answer, question
-    from specllm.shards import write_table
+    from specllm.shards import seal_shards, write_table
 
     t = pq.read_table(stage1 / "part-00000.parquet")
     rng = np.random.default_rng(1)
@@ -145,6 +145,7 @@ def _stage2_qa(out: Path, stage1: Path) -> Path:
     })  # fmt: skip
     out.mkdir()
     write_table(out / "part-00000.parquet", t2)
+    seal_shards(out, {"kind": "qa"})
     return out
 
 
@@ -158,11 +159,12 @@ def test_stage_two_needs_init(tmp_path, tiny):
 def test_bad_qa_input_is_one_clear_line(tmp_path, tiny):
     import pyarrow as pa
 
-    from specllm.shards import write_table
+    from specllm.shards import seal_shards, write_table
 
     bad = tmp_path / "bad"
     bad.mkdir()
     write_table(bad / "part-00000.parquet", pa.table({"spec_id": ["a"], "teff": [5000.0]}))
+    seal_shards(bad, {"kind": "qa"})
     proc = subprocess.run(
         [sys.executable, "-m", "specllm", "train", "--stage", "1", "--data", str(bad), "--out", str(tmp_path / "r"), "--base-model", str(tiny)],
         capture_output=True, text=True, timeout=120,

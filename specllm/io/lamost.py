@@ -14,7 +14,7 @@ from astropy.io import fits
 
 from ..errors import SpectrumRejected
 from ..labels import clean_number
-from .base import RawSpectrum
+from .base import RawSpectrum, as_obsid, clean_position
 from .fitsfile import Hdu
 
 LAYOUT_DR1 = "lamost-dr1-image"
@@ -55,11 +55,16 @@ def header_meta(header: fits.Header, layout: str) -> dict:
         meta[f"snr{b}"] = get(f"SNR{b.upper()}", f"SN_{b.upper()}")
     if meta["obsid"] is not None:
         try:
-            meta["obsid"] = int(meta["obsid"])
-        except (TypeError, ValueError):
-            meta["obsid"] = None
-    for k in ("ra", "dec", "z", *(f"snr{b}" for b in _BANDS)):
+            meta["obsid"] = as_obsid(meta["obsid"])
+        except ValueError as exc:  # 1.5, 1e30: kept aside, the spectrum is rejected (ingest) or failed (infer)
+            meta["obsid"], meta["obsid_invalid"] = None, f"header OBSID {exc}"
+    for k in ("z", *(f"snr{b}" for b in _BANDS)):
         meta[k] = clean_number(meta[k])  # None for text, NaN and -9999 (the pipeline's "not measured")
+    for k in ("ra", "dec"):  # only the placeholder reads as missing: 1e308 or -1e308 is a bad position
+        try:
+            meta[k] = clean_position(meta[k])
+        except ValueError:
+            meta[k] = None
     for k in ("objclass", "subclass", "data_release", "fits_filename"):
         if meta[k] is not None:
             meta[k] = str(meta[k]).strip()
