@@ -47,7 +47,9 @@ def progress_bar(label: str, total: int | None = None, disable: bool = False, **
                 shown = " ".join(f"{k} {v}" for k, v in values.items() if v != "")
                 elapsed = now - state["start"]
                 of = f"/{total}" if total else ""
-                eta = f", about {(total - state['done']) * elapsed / state['done']:.0f} s left" if total else ""
+                eta = ""
+                if total and state["done"] >= max(10, total // 100):  # a rate from a few items only misleads
+                    eta = f", about {(total - state['done']) * elapsed / state['done']:.0f} s left"
                 say(f"{label}: {state['done']}{of} after {elapsed:.0f} s{eta} {shown}".rstrip())
 
         yield advance

@@ -337,7 +337,7 @@ def test_old_names_are_hidden_aliases(monkeypatch, tmp_path):
     import specllm.infer
 
     calls = []
-    monkeypatch.setattr(specllm.infer, "run_infer", lambda *a: calls.append(a) or (0, 1))
+    monkeypatch.setattr(specllm.infer, "run_infer", lambda *a, **k: calls.append(a) or (0, 1))
     assert invoke("infer", "x.fits", "--output", "a.csv").exit_code == 0
     assert invoke("infer", "x.fits", "-o", "b.csv", "--batch-size", "3").exit_code == 0
     assert [c[2] for c in calls] == ["a.csv", "b.csv"] and calls[1][3] == InferConfig(batch_size=3)
