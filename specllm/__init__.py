@@ -8,7 +8,7 @@
 Importing specllm is cheap: torch and the model load inside `load_model` (`specllm.api`).
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def load_model(path=None, device=None):

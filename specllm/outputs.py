@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from . import __version__
+from ._version import __version__
 from .errors import SpecllmError
 
 # ---------------------------------------------------------------- the columns
@@ -349,7 +349,7 @@ class RowWriter:
         meta: dict,
         resume: bool = False,
         batch_rows: int = 256,
-        flush_seconds: float = 1.0,
+        flush_seconds: float = 0.2,
     ):
         self.path = path
         self.flush_seconds = flush_seconds

@@ -55,7 +55,7 @@ def version_lines() -> list[str]:
     """`specllm --version`: specllm, torch and transformers versions, and the shipped model's weights hash."""
     from importlib.metadata import version
 
-    from . import __version__
+    from ._version import __version__
 
     weights = default_model_dir() / WEIGHTS
     sha = file_sha256(weights) if weights.exists() else "not installed"

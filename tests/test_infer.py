@@ -204,7 +204,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_run):
 
     from specllm.outputs import partial_path, read_partial_batches
 
-    files = real_files(30)
+    files = real_files(60)
     listing = tmp_path / "files.txt"
     listing.write_text("\n".join(files) + "\n")
     base = [sys.executable, "-m", "specllm", "infer", "--from-file", str(listing), "--model", str(tiny_run), "-q"]
