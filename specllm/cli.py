@@ -247,7 +247,7 @@ def serialize(
     Opt("lora.r", "--lora-r"),
     Opt("lora.alpha", "--lora-alpha"),
     Opt("lora.dropout", "--lora-dropout"),
-    Opt("lora.quantize_4bit", "--quantize"),
+    Opt("lora.quantize", "--quantize"),
     "text_weight",
     "value_weight",
     "class_weight",
@@ -274,7 +274,9 @@ def train(*, options: TrainOptions):
 
 @app.command(cls=Command)
 @user_errors
-@config_options(InferConfig, "batch_size", "decode", "verify", Opt("quiet", "--quiet", "-q"))
+@config_options(
+    InferConfig, "batch_size", "decode", "verify", "clean.snr_min_r", "clean.snr_min_i", Opt("quiet", "--quiet", "-q")
+)
 def infer(
     inputs: Annotated[
         list[str] | None,
@@ -301,7 +303,8 @@ def infer(
     *,
     config: InferConfig,
 ):
-    """Labels for spectra: one row per input, in input order, as CSV on stdout or --out FILE.
+    """Labels for spectra: one row per input, in input order, each with `flag` and `flag_reason`, as CSV on stdout
+    or --out FILE.
 
     Example: find spectra/ -name '*.fits.gz' | specllm infer - -o predictions.fits
     """

@@ -23,6 +23,10 @@ SerializeFormat = Literal["paper", "compact", "patch"]
 DecodeMethod = Literal["head", "text"]
 SaveDtype = Literal["float32", "bfloat16", "float16"]
 Stage = Literal[1, 2]
+# Base-model weights while training (QLoRA): 'nf4' 4-bit NormalFloat through bitsandbytes (CUDA or its CPU backend),
+# 'none' as stored; 'auto' is nf4 on CUDA where bitsandbytes is installed and none elsewhere.
+QuantizeMethod = Literal["auto", "nf4", "none"]
+QUANTIZE_METHODS: tuple[str, ...] = get_args(QuantizeMethod)
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,9 @@ class CleanConfig:
     """Spectrum cleaning (paper section III.1) plus the guards a survey pipeline needs."""
 
     snr_min_r: float = 2.0
-    """Keep spectra with SNR_r >= this (paper: 2)."""
+    """Keep spectra with SNR_r >= this (paper: 2); infer flags those below it `low SNR`."""
     snr_min_i: float = 2.0
-    """Keep spectra with SNR_i >= this (paper: 2)."""
+    """Keep spectra with SNR_i >= this (paper: 2); infer flags those below it `low SNR`."""
     mask_ormask: bool = True
     """Exclude pixels whose ormask is non-zero (paper)."""
     require_ivar: bool = True
@@ -111,7 +115,11 @@ class PatchConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """LoRA / QLoRA adapter (paper: rank 64, alpha 128, dropout 0.1, all linear layers; 4-bit NF4 on CUDA)."""
+    """LoRA / QLoRA adapter (paper: rank 64, alpha 128, dropout 0.1, all linear layers; 4-bit NF4 base).
+
+    quantize: the base model's weights, see QuantizeMethod ('auto': nf4 on CUDA with bitsandbytes, else none); the
+        method used is recorded in the model's spec.json (`quantize`) and infer loads the base the same way.
+    """
 
     r: int = 64
     """LoRA rank (paper: 64)."""
@@ -121,8 +129,8 @@ class LoraConfig:
     """LoRA dropout (paper: 0.1)."""
     target_modules: str = "all-linear"
     """The layers that get adapters (peft's name)."""
-    quantize_4bit: bool = True
-    """4-bit NF4 base (QLoRA) where CUDA + bitsandbytes are available."""
+    quantize: QuantizeMethod = "auto"
+    """Base weights: nf4 (4-bit QLoRA through bitsandbytes, CUDA or CPU), none, or auto (nf4 on CUDA, else none)."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,7 @@ class TrainConfig:
     epochs: float = 3.0
     """Passes over the train split."""
     batch_size: int = 4
-    """Micro-batch size."""
+    """Micro-batch size per device (the global batch is batch_size x grad_accum x ranks, as in DeepSpeed)."""
     grad_accum: int = 4
     """Micro-batches per optimizer step."""
     bf16: bool = True
@@ -183,7 +191,8 @@ class TrainOptions:
     stage: Stage = 1
     """1: class + Teff, log g, [Fe/H]; 2: [X/Fe] abundances (a stage-2 model continues from a stage-1 run)."""
     base_model: str | None = None
-    """'embedded' (SmolLM2-135M-Instruct, the default), a .gguf file or a local HF model directory."""
+    """'embedded' (SmolLM2-135M-Instruct, the default), a .gguf file or a local HF model directory; for serialize also
+    'llama3' (the paper's Llama-3 tokenizer and 128k context, no weights)."""
     init: str | None = None
     """Start from this run's adapter and projector (required for stage 2)."""
     layers: int | None = None
@@ -231,6 +240,39 @@ class InferConfig:
     """Check the input shards against their manifest.json (present, complete, unchanged) before reading them."""
     quiet: bool = False
     """No progress bar and no summary on stderr (a bad input is still one line)."""
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    """Ingest's cleaning, its SNR cut included: a spectrum below the cut is labelled and flagged `low SNR`."""
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """The model's own domain check (`flag` bit `domain`), fitted by `python -m specllm.fitdomain` into the model
+    directory (`domain.safetensors` + `domain.json`) from the train split of the shards the model was trained on."""
+
+    features: Literal["patches", "hidden"] = "patches"
+    """'patches': the patch embeddings, the model's own view of the spectrum (its patch projector's output, all
+    patches concatenated); 'hidden': the read-out hidden state the numeric heads read (it maps K and M stars close
+    to cool G stars: 3 of 129 non-A/F/G spectra flagged, see docs/BENCHMARKS.md)."""
+    components: int = 32
+    """Leading principal components of the features kept, each scaled to unit variance."""
+    neighbours: int = 10
+    """A spectrum's score is its mean distance, in that space, to this many nearest training spectra."""
+    quantile: float = 0.98
+    """The threshold is this quantile of the scores of held-out training spectra (never the test split)."""
+    val_fraction: float = 0.2
+    """Share of the train split held out for the threshold, drawn by the split's hash rule (salt
+    `SplitConfig.salt + ":domain"`), so it never moves."""
+    partial_fraction: float = 0.5
+    """This share of the training spectra (at random) is used with one end of the grid cut, so that partial
+    coverage alone is not out of domain; the others as observed."""
+    partial_span: tuple[float, float] = (0.05, 0.3)
+    """The cut end's fraction of the grid, drawn uniformly from this range and filled as the preprocessing fills it."""
+    class_prob_quantile: float = 0.0
+    """A class-head probability below this quantile of the held-out training spectra's (stored as
+    `class_prob_min`) flags the row `class`; 0: `class_prob` is written but flags nothing (the model was trained
+    on those spectra, so their probabilities are optimistic: a 1% quantile flagged 3.3% of the DR10 test split)."""
+    seed: int = 0
+    """Seed of the random cuts."""
 
 
 # ---------------------------------------------------------------- external spectra and comparison (issue 7)

@@ -68,6 +68,7 @@ COLUMNS: dict[str, Column] = {
     "status": Column("str", description="ok, or why the spectrum got no labels"),
     "flag": Column("int", description="bitmask: why a label cannot be trusted (0: none)"),
     "flag_reason": Column("str", description="the flag bits in words"),
+    "domain_score": Column("float", None, 3, "distance to the training spectra (> 1: outside the model's domain)"),
     "objclass": Column("str", description="LAMOST CLASS (header)"),
     "subclass": Column("str", description="LAMOST SUBCLASS (header)"),
     "z": Column("float", None, 6, "LAMOST pipeline redshift (header)"),
