@@ -242,7 +242,7 @@ class PathList:
             else:
                 self.parts.append(("arg", item))
         if from_file is not None:
-            if not os.path.isfile(from_file):
+            if not os.path.exists(from_file) or os.path.isdir(from_file):  # a named pipe is fine (with -q)
                 raise SpecllmError(f"{from_file}: no such file (--from-file)")
             self.parts.append(("list", from_file))
 
@@ -379,6 +379,19 @@ def predict_table(
     return rows_to_arrow(rows, output_columns([m.spec for m in models]))
 
 
+def flushing(items: Iterable[Item], writer: RowWriter) -> Iterator[Item]:
+    """`items`, with the writer's rows flushed before each is read: the rows of a batch reach the output before the
+    run waits for (or reads) the next input."""
+    items = iter(items)
+    while True:
+        writer.flush()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        yield item
+
+
 def run_infer(
     inputs: Iterable[str],
     model_dir: str | None,
@@ -428,7 +441,7 @@ def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, 
     total_inputs = None if config.quiet else count_spectra(paths)
     todo = None if total_inputs is None else max(0, len(range(rank, total_inputs, world)) - writer.kept)
     failed = total = 0
-    items = iter_items(paths, GridConfig(), config.clean, config.verify, select)
+    items = flushing(iter_items(paths, GridConfig(), config.clean, config.verify, select), writer)
     try:
         with progress_bar("infer", total=todo, disable=config.quiet) as advance:
             for item, row in label_rows(items, models, device, config):

@@ -453,6 +453,11 @@ class RowWriter:
             self._flush()
             self._last = now
 
+    def flush(self) -> None:
+        """Every row written so far reaches the file (call it before waiting for more input)."""
+        self._flush()
+        self._last = time.monotonic()
+
     def _close_streams(self) -> None:
         self._flush()
         if self._ipc is not None:
