@@ -49,7 +49,8 @@ def test_paths_give_the_table_infer_writes(model, tiny_run):
     assert result.exit_code == 0, result.output
     cli_rows = read_rows(str(out))
     api_rows = [{c: (None if np.ma.is_masked(r[c]) else r[c].item()) for c in t.colnames} for r in t]
-    assert api_rows == cli_rows
+    blank = lambda rows: [{k: (None if v == "" else v) for k, v in r.items()} for r in rows]  # noqa: E731
+    assert blank(api_rows) == blank(cli_rows)  # a CSV cell cannot tell an empty text (flag_reason) from a null
 
 
 def test_arrays_and_spectrum1d_give_the_same_labels_as_the_file(model):
