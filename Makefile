@@ -41,9 +41,9 @@ DEMO_INPUTS := $(SHARED)/lamost/dr1/spectra/spec-55862-B6212_sp06-00*.fits.gz $(
 	$(SHARED)/lamost/misc
 
 demo: $(STAMP)
-	$(BIN)/specllm infer $(DEMO_INPUTS) > labels.csv
-	@echo "labels.csv: $$(($$(wc -l < labels.csv) - 1)) rows; some of their columns (flag: see specllm/flags.py):"
-	@$(BIN)/python -c "import csv; rows = list(csv.DictReader(open('labels.csv'))); \
+	$(BIN)/specllm infer $(DEMO_INPUTS) > predictions.csv
+	@echo "predictions.csv: $$(($$(wc -l < predictions.csv) - 1)) rows; some of their columns (flag: see specllm/flags.py):"
+	@$(BIN)/python -c "import csv; rows = list(csv.DictReader(open('predictions.csv'))); \
 	cols = ['spec_id', 'class', 'class_prob', 'teff', 'logg', 'feh', 'status', 'flag', 'flag_reason', 'objclass', 'subclass']; \
 	print(','.join(cols)); [print(','.join(r[c] for c in cols)) for r in rows[:12]]; \
 	print(sum(r['flag'] not in ('', '0') for r in rows), 'of', len(rows), 'rows flagged')"

@@ -37,8 +37,27 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .predict import version_lines
+
+        for line in version_lines():
+            print(line)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the versions of specllm, torch and transformers and the shipped model's weights hash.",
+        ),
+    ] = False,
+) -> None:
     """specllm: ingest -> crossmatch -> serialize -> train -> infer, with benchmark and compare-external."""
 
 
@@ -49,7 +68,7 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .errors import EXIT_OUTPUT, SpecllmError, one_line
+        from .errors import EXIT_INTERRUPTED, EXIT_OUTPUT, Interrupted, SpecllmError, one_line
         from .progress import say
 
         try:
@@ -64,6 +83,9 @@ def user_errors(fn):
                 "(finished shards are kept), rerun the same command once the output can be written"
             )
             raise typer.Exit(EXIT_OUTPUT) from None
+        except Interrupted as exc:
+            say(f"specllm: {exc}")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except KeyboardInterrupt:
             say("specllm: interrupted; completed shards are kept, rerun the same command to resume")
             raise typer.Exit(130) from None
@@ -252,25 +274,46 @@ def train(*, options: TrainOptions):
 
 @app.command(cls=Command)
 @user_errors
-@config_options(InferConfig, "batch_size", "decode", "verify", "clean.snr_min_r", "clean.snr_min_i")
+@config_options(
+    InferConfig, "batch_size", "decode", "verify", "clean.snr_min_r", "clean.snr_min_i", Opt("quiet", "--quiet", "-q")
+)
 def infer(
-    inputs: Annotated[list[str], typer.Argument(help="FITS files, directories, quoted globs, or ingest shards.")],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(help="FITS files, directories, quoted globs, ingest shards, or - (paths on stdin, one a line)."),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model or run directory (default: the shipped model).")] = None,
     out: Annotated[
-        str | None, typer.Option("--out", "-o", help="Write here (.csv or .parquet) instead of CSV on stdout.")
+        str | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write here instead of CSV on stdout; the extension picks the format: "
+            ".csv, .ecsv, .parquet, .fits, .vot or .xml (VOTable).",
+        ),
     ] = None,
     output: Annotated[str | None, typer.Option("--output", hidden=True, help="Old name of --out.")] = None,
+    from_file: Annotated[
+        str | None, typer.Option("--from-file", help="Read input paths from this file, one a line.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Skip the inputs already in --out (or in its partial file from a killed run).")
+    ] = False,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any input failed.")] = False,
     *,
     config: InferConfig,
 ):
-    """Labels for spectra: one CSV row per input, in input order, on stdout, each with `flag` and `flag_reason`.
+    """Labels for spectra: one row per input, in input order, each with `flag` and `flag_reason`, as CSV on stdout
+    or --out FILE.
 
-    Example: specllm infer spectra/*.fits > labels.csv
+    Example: find spectra/ -name '*.fits.gz' | specllm infer - -o predictions.fits
     """
+    from .errors import SpecllmError
     from .infer import run_infer
 
-    failed, total = run_infer(inputs, model, out or output, config)
+    if not inputs and not from_file:
+        raise SpecllmError("no inputs: give files, directories, globs, - (paths on stdin) or --from-file LIST")
+    failed, total = run_infer(inputs or [], model, out or output, config, resume=resume, from_file=from_file)
     if failed and (strict or failed == total):
         raise typer.Exit(1)
 

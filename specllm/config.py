@@ -238,6 +238,8 @@ class InferConfig:
     """A spectrum missing more than this fraction of the grid at one end is `partial`."""
     verify: bool = True
     """Check the input shards against their manifest.json (present, complete, unchanged) before reading them."""
+    quiet: bool = False
+    """No progress bar and no summary on stderr (a bad input is still one line)."""
     clean: CleanConfig = field(default_factory=CleanConfig)
     """Ingest's cleaning, its SNR cut included: a spectrum below the cut is labelled and flagged `low SNR`."""
 

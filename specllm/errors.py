@@ -8,7 +8,7 @@ Exit codes of every subcommand (also in the README):
 | 1 | nothing usable came out (every input rejected or failed), or `--strict` and something was rejected |
 | 2 | usage or input error: bad option, unreadable or unverifiable input, refused before or without output |
 | 3 | output error: the system refused a write (disk full, read-only, permission); the output is left as it was |
-| 130 | interrupted (Ctrl-C); completed shards are kept and the same command resumes |
+| 130 | interrupted (Ctrl-C); completed shards are kept and the same command resumes (`infer`: says how many rows were kept; `--resume` continues) |
 """
 
 from __future__ import annotations
@@ -47,3 +47,7 @@ class SpectrumRejected(SpecllmError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C (or SIGTERM); `str()` says truthfully what was kept and how to continue."""

@@ -1,7 +1,9 @@
-"""`specllm infer INPUTS... > labels.csv`: labels for spectra from a trained (or the shipped) model.
+"""`specllm infer INPUTS... > predictions.csv`: labels for spectra from a trained (or the shipped) model.
 
-INPUTS are FITS files, directories, globs (read and cleaned by exactly the code `ingest` uses) or `ingest` shards.
-One CSV row per input, in input order, on stdout (or Parquet with `--output x.parquet`); messages go to stderr.
+INPUTS are FITS files, directories, globs (read and cleaned by exactly the code `ingest` uses) or `ingest` shards;
+`-` reads paths from stdin, `--from-file LIST` from a file. One row per input, in input order, as CSV on stdout or
+written by `specllm.outputs` in the format of `--out`'s extension, row by row as they are computed (`--resume`
+continues an interrupted run); messages go to stderr.
 Decoding: `head` (default) writes the model's numeric read-out as its answer text in one forward pass, with a
 Gaussian uncertainty per label; `text` generates the answer greedily, constrained so that only well-formed answers
 can come out, and parses it with the same parser as everything else (both in `specllm.predict`). This module turns
@@ -10,12 +12,12 @@ inputs into rows and writes them.
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import glob
-import io
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,23 +28,16 @@ from . import flags
 from .config import CleanConfig, GridConfig, InferConfig
 from .device import pick_device
 from .domain import patch_features
-from .errors import SpecllmError, SpectrumRejected, one_line
-from .io import LAYOUT_ARRAY, expand_inputs, is_array_source, iter_spectra
+from .errors import Interrupted, OutputError, SpecllmError, SpectrumRejected, one_line
+from .io import LAYOUT_ARRAY, RawSpectrum, array_count, expand_inputs, is_array_source, iter_spectra
 from .io.base import check_identity
 from .io.lamost_catalog import file_key
 from .labels import reduce_class
-from .predict import Loaded, default_model_dir, load_for_inference, predict, questions_for
+from .outputs import RowWriter, output_format, rows_to_arrow, run_metadata
+from .predict import Loaded, default_model_dir, load_for_inference, model_metadata, predict, questions_for
 from .preprocess import check_snr, clean_spectrum
 from .progress import progress_bar, say
-from .shards import (
-    arrow_to_vectors,
-    atomic_write_text,
-    check_output,
-    iter_batches,
-    parquet_file,
-    verified_shard_paths,
-    write_table,
-)
+from .shards import arrow_to_vectors, check_output, iter_batches, parquet_file, shard_paths, verified_shard_paths
 
 
 @dataclass
@@ -130,50 +125,141 @@ def is_shard_input(item: str) -> bool:
     return item.endswith(".parquet") and not is_array_source(item)
 
 
-def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig, verify: bool = True) -> Iterator[Item]:
+Select = Callable[[int, str, str | None], bool]
+
+
+def iter_items(
+    inputs: Iterable[str], grid: GridConfig, clean: CleanConfig, verify: bool = True, select: Select | None = None
+) -> Iterator[Item]:
     """Input order preserved; FITS and array spectra through the same readers and cleaning as `ingest`; ingest
     shards read as they are (checked against their manifest with `verify`). An input that cannot be used (a shard
-    folder that fails its check, a foreign Parquet file) gives one failed item and the run goes on."""
+    folder that fails its check, a foreign Parquet file) gives one failed item and the run goes on.
+    `select(n, file, spec_id)` decides whether the n-th spectrum (counted over every input) is wanted: for a FITS
+    file before it is read (spec_id None), for array and shard spectra after."""
+    n = 0
+
+    def wanted(file: str, spec_id: str | None) -> bool:
+        nonlocal n
+        n += 1
+        return select is None or select(n - 1, file, spec_id)
+
     for item in inputs:
         if is_shard_input(item):
             try:
-                yield from iter_shard_items(item, verify=verify, clean=clean)
+                yield from (
+                    it for it in iter_shard_items(item, verify=verify, clean=clean) if wanted(it.file, it.spec_id)
+                )
             except SpecllmError as exc:
                 say(one_line(exc))
-                yield Item(item, status=one_line(exc))
+                if wanted(item, None):
+                    yield Item(item, status=one_line(exc))
             continue
         for path in expand_inputs([item]):
+            single = not is_array_source(path)
+            if single and not wanted(path, None):
+                continue
             for raw in iter_spectra(path):
                 if isinstance(raw, SpectrumRejected):
-                    say(one_line(f"{raw.path}: {raw}"))
-                    yield Item(raw.path, status=str(raw))
+                    if single or wanted(raw.path, None):
+                        say(one_line(f"{raw.path}: {raw}"))
+                        yield Item(raw.path, status=str(raw))
                     continue
-                meta = raw.meta
-                obsid = meta.get("obsid")
-                sid = meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
-                base = {
-                    "file": raw.path,
-                    "spec_id": sid,
-                    "obsid": obsid,
-                    "ra": meta.get("ra"),
-                    "dec": meta.get("dec"),
-                    "header": {c: meta[c] for c in HEADER_COLUMNS if meta.get(c) is not None},
-                    "snr_reason": snr_reason(meta, clean, required=raw.layout != LAYOUT_ARRAY),
-                }
+                if single or wanted(raw.path, spec_id_of(raw)):
+                    yield raw_item(raw, grid, clean)
+
+
+def spec_id_of(raw: RawSpectrum) -> str:
+    """The spectrum's spec_id: the reader's, else its obsid as text, else the file's stem."""
+    obsid = raw.meta.get("obsid")
+    return raw.meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
+
+
+def raw_item(raw: RawSpectrum, grid: GridConfig, clean: CleanConfig) -> Item:
+    """A spectrum as read, cleaned as `ingest` cleans it; a spectrum that cannot be used is a failed item (and one
+    line on stderr)."""
+    meta = raw.meta
+    base = {
+        "file": raw.path,
+        "spec_id": spec_id_of(raw),
+        "obsid": meta.get("obsid"),
+        "ra": meta.get("ra"),
+        "dec": meta.get("dec"),
+        "header": {c: meta[c] for c in HEADER_COLUMNS if meta.get(c) is not None},
+        "snr_reason": snr_reason(meta, clean, required=raw.layout != LAYOUT_ARRAY),
+    }
+    try:
+        obsid = check_identity(meta)
+        cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
+    except SpectrumRejected as exc:
+        say(one_line(f"{raw.path}: {exc}"))
+        return Item(**(base | {"obsid": None, "ra": None, "dec": None}), status=one_line(exc))
+    return Item(
+        **(base | {"obsid": obsid}),
+        flux=cleaned.flux,
+        mask=cleaned.mask,
+        coverage=cleaned.coverage,
+        edge_gap=edge_gap(cleaned.mask),
+    )
+
+
+def count_spectra(inputs: Iterable[str]) -> int:
+    """How many spectra `iter_items` will yield (the progress bar's total), without reading a spectrum: files are
+    listed, array sources and shards counted from their headers."""
+    total = 0
+    for item in inputs:
+        if is_shard_input(item):
+            try:
+                total += sum(parquet_file(p).metadata.num_rows for p in shard_paths(item))
+            except (SpecllmError, OSError, pa.ArrowException):
+                total += 1  # iter_items reports it as one failed input
+            continue
+        for path in expand_inputs([item]):
+            if is_array_source(path):
                 try:
-                    obsid = check_identity(meta)
-                    cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
-                except SpectrumRejected as exc:
-                    say(one_line(f"{raw.path}: {exc}"))
-                    yield Item(**(base | {"obsid": None, "ra": None, "dec": None}), status=one_line(exc))
-                    continue
-                yield Item(
-                    **base,
-                    flux=cleaned.flux,
-                    mask=cleaned.mask,
-                    coverage=cleaned.coverage,
-                    edge_gap=edge_gap(cleaned.mask),
-                )
+                    total += array_count(path)
+                except SpectrumRejected:
+                    total += 1
+            else:
+                total += 1
+    return total
+
+
+class PathList:
+    """The inputs of a run: arguments, `-` (paths on stdin, one a line) and `--from-file LIST`, iterable more than
+    once (stdin is spooled to a temporary file), so that they can be counted before they are read."""
+
+    def __init__(self, inputs: Iterable[str], from_file: str | None = None, stdin=None):
+        self.parts: list[tuple[str, str]] = []  # ("arg", path) or ("list", file of paths)
+        self._spool = None
+        for item in inputs:
+            if item == "-":
+                if self._spool is None:
+                    self._spool = tempfile.NamedTemporaryFile("w+", encoding="utf-8", prefix="specllm-stdin-")
+                    for line in stdin or sys.stdin:
+                        self._spool.write(line if line.endswith("\n") else line + "\n")
+                    self._spool.flush()
+                self.parts.append(("list", self._spool.name))
+            else:
+                self.parts.append(("arg", item))
+        if from_file is not None:
+            if not os.path.exists(from_file) or os.path.isdir(from_file):  # a named pipe is fine (with -q)
+                raise SpecllmError(f"{from_file}: no such file (--from-file)")
+            self.parts.append(("list", from_file))
+
+    def __iter__(self) -> Iterator[str]:
+        for kind, value in self.parts:
+            if kind == "arg":
+                yield value
+                continue
+            with open(value, encoding="utf-8") as fh:
+                for line in fh:
+                    path = line.rstrip("\r\n")
+                    if path.strip():
+                        yield path
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
 
 
 def label_columns(spec) -> list[str]:
@@ -239,7 +325,7 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
             row.update(
                 coverage=it.coverage,
                 status=it.status,
-                partial=bool(it.edge_gap is not None and it.edge_gap > config.partial_edge),
+                partial=None if it.edge_gap is None else bool(it.edge_gap > config.partial_edge),
                 **it.header,
             )
             in_domain = True
@@ -278,11 +364,6 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
     yield from flush()
 
 
-def rows_to_table(rows: list[dict], columns: list[str]) -> pa.Table:
-    schema = pa.schema([(c, _arrow_type(c)) for c in columns])
-    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema)
-
-
 def predict_table(
     model_dir: str | None, shards: str, split: str | None = "test", config: InferConfig = InferConfig()
 ) -> pa.Table:
@@ -295,71 +376,103 @@ def predict_table(
         for _, row in label_rows(iter_shard_items(shards, split, config.verify), models, device, config):
             rows.append(row)
             advance(1)
-    return rows_to_table(rows, output_columns([m.spec for m in models]))
+    return rows_to_arrow(rows, output_columns([m.spec for m in models]))
+
+
+def flushing(items: Iterable[Item], writer: RowWriter) -> Iterator[Item]:
+    """`items`, with the writer's rows flushed before each is read: the rows of a batch reach the output before the
+    run waits for (or reads) the next input."""
+    items = iter(items)
+    while True:
+        writer.flush()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        yield item
 
 
 def run_infer(
-    inputs: list[str], model_dir: str | None, output: str | None, config: InferConfig = InferConfig()
+    inputs: Iterable[str],
+    model_dir: str | None,
+    output: str | None,
+    config: InferConfig = InferConfig(),
+    resume: bool = False,
+    from_file: str | None = None,
 ) -> tuple[int, int]:
-    """Writes the predictions; returns (failed, total) input counts. `config.clean` is ingest's cleaning, SNR cut
-    included: a spectrum below the cut is labelled and flagged (`flag_reason` 'low SNR'), where ingest rejects it."""
+    """Writes the predictions (streamed, `--resume` continues); returns (failed, total) counts of this run.
+    `config.clean` is ingest's cleaning, SNR cut included: a spectrum below the cut is labelled and flagged
+    (`flag_reason` 'low SNR'), where ingest rejects it."""
     rank, world = _rank_slice()
     if world > 1 and not output:
-        raise SpecllmError("under a multi-process launcher give --output; each rank writes its own part")
+        raise SpecllmError("under a multi-process launcher give --out; each rank writes its own part")
     if world > 1:
         stem, ext = os.path.splitext(output)
         output = f"{stem}.rank{rank:03d}-of-{world:03d}{ext}"
+    output_format(output)  # an unknown extension is refused before any work
     if output:
         check_output(output, is_file=True)  # before the model is loaded and any spectrum read
+    if resume and not output:
+        raise SpecllmError("--resume needs --out FILE: rows on stdout cannot be continued")
+    paths = PathList(inputs, from_file)
+    try:
+        return _run(paths, model_dir, output, config, resume, rank, world)
+    finally:
+        paths.close()
+
+
+def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, rank: int, world: int):
     model_path = Path(model_dir) if model_dir else default_model_dir()
     device = pick_device()
     models = load_for_inference(model_path, device)
     columns = output_columns([m.spec for m in models])
-    parquet = bool(output and output.endswith(".parquet"))
-    text_out = io.StringIO() if output and not parquet else None
-    sink = text_out if text_out is not None else sys.stdout
-    writer = None if parquet else csv.writer(sink, lineterminator="\n")
-    if writer:
-        writer.writerow(columns)
-    rows_all: list[dict] = []
+    meta = run_metadata(model_metadata(model_path, name=model_dir or "default"))
+    writer = RowWriter(output, columns, meta, resume=resume)
+    if writer.kept:
+        say(f"infer: resuming {output}: {writer.kept} row(s) already there")
+
+    def select(n: int, file: str, spec_id: str | None) -> bool:
+        if n % world != rank:
+            return False
+        if spec_id is None:
+            return file not in writer.done_files
+        return (file, spec_id) not in writer.done
+
+    total_inputs = None if config.quiet else count_spectra(paths)
+    todo = None if total_inputs is None else max(0, len(range(rank, total_inputs, world)) - writer.kept)
     failed = total = 0
-    items = (
-        it for n, it in enumerate(iter_items(inputs, GridConfig(), config.clean, config.verify)) if n % world == rank
-    )
-    with progress_bar("infer", total=None) as advance:
-        for item, row in label_rows(items, models, device, config):
-            total += 1
-            failed += item.status != "ok"
-            if writer:
-                writer.writerow([_fmt(row.get(c)) for c in columns])
-                if sink is sys.stdout:
-                    sys.stdout.flush()
-            else:
-                rows_all.append(row)
-            advance(1)
-    if parquet:
-        write_table(output, rows_to_table(rows_all, columns))
-    elif text_out is not None:
-        atomic_write_text(output, text_out.getvalue())
-    say(f"infer: {total} input(s), {total - failed} labelled, {failed} failed" + (f" -> {output}" if output else ""))
-    if total == 0:
+    items = flushing(iter_items(paths, GridConfig(), config.clean, config.verify, select), writer)
+    try:
+        with progress_bar("infer", total=todo, disable=config.quiet) as advance:
+            for item, row in label_rows(items, models, device, config):
+                writer.write(row)
+                total += 1
+                failed += item.status != "ok"
+                advance(1)
+    except OSError as exc:  # the system refused a write (disk full, ...): what is written stays for --resume
+        with contextlib.suppress(OSError):
+            writer.abort()
+        where = f"{one_line(exc.filename)}: " if exc.filename else ""
+        kept = f"{writer.written} row(s) kept in {writer.partial}; rerun with --resume" if output else "rerun"
+        raise OutputError(f"{where}{exc.strerror or one_line(exc)}; {kept} once the output can be written") from None
+    except KeyboardInterrupt:
+        kept = writer.abort()
+        if kept is None:
+            raise Interrupted(
+                f"infer: interrupted after {total} row(s) on stdout; nothing is kept to resume from "
+                "(write to a file with --out to be able to --resume)"
+            ) from None
+        raise Interrupted(
+            f"infer: interrupted; {writer.written} row(s) kept in {kept} (rows in progress are lost); "
+            f"rerun the same command with --resume to continue {output}"
+        ) from None
+    writer.close()
+    if not config.quiet:
+        say(
+            f"infer: {total} input(s), {total - failed} labelled, {failed} failed"
+            + (f", {writer.kept} kept from before" if writer.kept else "")
+            + (f" -> {output}" if output else "")
+        )
+    if total + writer.kept == 0:
         raise SpecllmError("no input spectra")
     return failed, total
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if not np.isfinite(value) else f"{value:.6g}"
-    return str(value)
-
-
-def _arrow_type(column: str) -> pa.DataType:
-    if column in ("file", "spec_id", "class", "status", "flag_reason", "objclass", "subclass"):
-        return pa.string()
-    if column in ("obsid", "flag"):
-        return pa.int64()
-    if column == "partial":
-        return pa.bool_()
-    return pa.float64()

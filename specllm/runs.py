@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from .labels import CLASSES
 from .metrics import OVERALL
 from .models import base_fingerprint, load_causal_lm, load_tokenizer, quiet_offline, resolve_base
 from .progress import say
+from .shards import atomic_write, temp_dir
 from .spectral import PatchEmbedder, SpectralLM
 
 SPEC = "spec.json"
@@ -227,17 +227,17 @@ def save_model_dir(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(temp_dir(path.parent, prefix=f".{path.name}."))
     try:
         state = trainable_state(model) if state is None else state
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "specllm": "model"})
+        atomic_write(tmp / WEIGHTS, lambda t: save_file(state, t, metadata={"format": "pt", "specllm": "model"}))
         (tmp / SPEC).write_text(json.dumps(asdict(spec), indent=2, default=str) + "\n")
         if parent is not None:
             (tmp / PARENT).mkdir()
             for name in (SPEC, WEIGHTS):
-                shutil.copy(parent / name, tmp / PARENT / name)
+                shutil.copyfile(parent / name, tmp / PARENT / name)  # created as the umask allows
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from .shards import (
     publish,
     read_manifest,
     table_digest,
+    temp_dir,
     verified_shard_paths,
     write_table,
 )
@@ -227,7 +227,7 @@ def run_serialize(
     total = sum(parquet_file(p).metadata.num_rows for p in paths)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".serialize-", dir=parent)
+    staging = temp_dir(parent, prefix=".serialize-")
     token_counts: list[int] = []
     shard_names: list[str] = []
     hashes: dict[str, str] = {}

@@ -26,6 +26,7 @@ import glob
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -41,15 +42,60 @@ COMPRESSION = "zstd"
 MANIFEST = "manifest.json"
 
 
+def _unique_name(directory: str | os.PathLike, prefix: str, suffix: str, create) -> str:
+    for _ in range(1000):
+        name = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            create(name)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(f"{directory}: no unique temporary name")
+
+
+def temp_file(directory: str | os.PathLike, prefix: str = ".", suffix: str = ".tmp") -> str:
+    """A new empty file in `directory`, created with the permissions the umask allows (0666 & ~umask), where
+    `tempfile.mkstemp` would make it 0600: files renamed into place from it stay readable to collaborators."""
+    return _unique_name(
+        directory, prefix, suffix, lambda n: os.close(os.open(n, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    )
+
+
+def temp_dir(directory: str | os.PathLike, prefix: str = ".") -> str:
+    """A new directory in `directory`, 0777 & ~umask (`tempfile.mkdtemp` makes it 0700)."""
+    return _unique_name(directory, prefix, "", lambda n: os.mkdir(n, 0o777))
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc/self/status)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def allow_umask(path: str | os.PathLike) -> None:
+    """Give a file the permissions the umask allows (0666 & ~umask): for files a library created itself with
+    tighter ones (safetensors writes 0600)."""
+    os.chmod(path, 0o666 & ~umask())
+
+
 def atomic_write(path: str | os.PathLike, write, digest: bool = False) -> str | None:
     """Call `write(tmp_path)`, then rename the temporary file onto `path` (same directory, so rename is atomic).
-    With `digest`, returns the SHA-256 of the bytes written (read back while syncing them to disk)."""
+    The file ends with the permissions the umask allows, even if `write` replaced the temporary file. With
+    `digest`, returns the SHA-256 of the bytes written (read back while syncing them to disk)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_file(path.parent, prefix=f".{path.name}.")
     try:
         write(tmp)
+        allow_umask(tmp)
         sha = file_sha256(tmp) if digest else None
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -226,7 +272,7 @@ def staged_output(out: str | os.PathLike, name: str) -> Iterator[str]:
     into `out` when complete, so a failed or refused run leaves `out` as it was."""
     parent = os.path.dirname(os.path.abspath(str(out)))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{name}-", dir=parent)
+    staging = temp_dir(parent, prefix=f".{name}-")
     try:
         yield staging
     finally:

@@ -53,6 +53,7 @@ from .runs import (
 )
 from .shards import (
     arrow_to_vectors,
+    atomic_write,
     atomic_write_json,
     check_output,
     read_manifest,
@@ -243,10 +244,11 @@ def save_checkpoint(
                     for key, value in optimizer.state.get(p, {}).items():
                         v = value.detach().cpu() if torch.is_tensor(value) else torch.tensor(value)
                         opt_state[f"{gi}.{pi}.{key}"] = v
-            save_file(opt_state, str(ckpt / "optimizer.safetensors"))
+            atomic_write(ckpt / "optimizer.safetensors", lambda tmp: save_file(opt_state, tmp))
             atomic_write_json(ckpt / "trainer.json", meta)
     ranks.barrier()
-    save_file({"torch": torch.get_rng_state()}, str(ckpt / f"rng-rank{ranks.rank:05d}.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    atomic_write(ckpt / f"rng-rank{ranks.rank:05d}.safetensors", lambda tmp: save_file(rng, tmp))
     ranks.barrier()
     if ranks.main:
         atomic_write_json(out / CHECKPOINTS / LATEST, {"checkpoint": ckpt.name, "step": step})

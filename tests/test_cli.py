@@ -337,7 +337,7 @@ def test_old_names_are_hidden_aliases(monkeypatch, tmp_path):
     import specllm.infer
 
     calls = []
-    monkeypatch.setattr(specllm.infer, "run_infer", lambda *a: calls.append(a) or (0, 1))
+    monkeypatch.setattr(specllm.infer, "run_infer", lambda *a, **k: calls.append(a) or (0, 1))
     assert invoke("infer", "x.fits", "--output", "a.csv").exit_code == 0
     assert invoke("infer", "x.fits", "-o", "b.csv", "--batch-size", "3").exit_code == 0
     assert [c[2] for c in calls] == ["a.csv", "b.csv"] and calls[1][3] == InferConfig(batch_size=3)
@@ -452,3 +452,47 @@ def test_kill_9_then_rerun_gives_the_same_content_hash(tmp_path):
     assert resumed["content_hash"] == uninterrupted["content_hash"]
     assert resumed["counts"] == uninterrupted["counts"] == {"read": 24, "kept": 24, "rejected": {}}
     assert resumed["shards"] == [p.name for p in sorted(out.glob("part-*.parquet"))] == uninterrupted["shards"]
+
+
+def test_every_file_specllm_writes_is_world_readable_under_umask_022(tmp_path, tiny_run):
+    """Shards, manifests, rejects, QA shards, predictions in every format, reports, PNGs and a saved model: 0644
+    files and 0755 folders with umask 022 (mkstemp/mkdtemp would have made them 0600/0700)."""
+    import os
+    import stat
+
+    from specllm.config import ExternalConfig
+    from specllm.external import compare_external
+    from specllm.outputs import FORMATS
+    from specllm.runs import load_model_dir, save_model_dir
+    from specllm.serialize import run_serialize
+    from tests.fitsfactory import make_shards
+
+    work = tmp_path / "work"
+    work.mkdir()
+    old = os.umask(0o022)
+    try:
+        shards = make_shards(work, n=10)
+        run_serialize(str(shards), 1, "patch", str(work / "qa"), count=False)
+        for ext in sorted(FORMATS):
+            result = invoke("infer", shards, "--model", tiny_run, "-o", work / f"predictions{ext}", "-q")
+            assert result.exit_code == 0, result.output
+        compare_external(
+            str(work / "predictions.parquet"),
+            str(work / "shards-catalog.csv"),
+            str(work / "external"),
+            ExternalConfig(survey="lamost", min_n=1),
+        )
+        model, spec, _ = load_model_dir(tiny_run)
+        save_model_dir(model, spec, work / "model")
+    finally:
+        os.umask(old)
+    seen = set()
+    for root, dirs, files in os.walk(work):
+        for d in dirs:
+            mode = stat.S_IMODE(os.stat(os.path.join(root, d)).st_mode)
+            assert mode & 0o755 == 0o755, (d, oct(mode))
+        for f in files:
+            mode = stat.S_IMODE(os.stat(os.path.join(root, f)).st_mode)
+            assert mode & 0o644 == 0o644, (os.path.join(root, f), oct(mode))
+            seen.add(os.path.splitext(f)[1])
+    assert {".parquet", ".json", ".csv", ".ecsv", ".fits", ".vot", ".xml", ".png", ".md", ".safetensors"} <= seen

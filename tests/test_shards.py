@@ -123,3 +123,19 @@ def test_iter_batches_and_read_table(tmp_path):
     assert table.num_rows == 15 and arrow_to_vectors(table.column("flux")).shape == (15, 7)
     with pytest.raises(SpecllmError, match="missing column"):
         list(iter_batches(tmp_path, columns=["spec_id", "teff"]))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask(tmp_path, umask):
+    from specllm.shards import temp_dir
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        write_table(tmp_path / "b.parquet", _table())
+        d = temp_dir(tmp_path, prefix=".d.")
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "b.parquet"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name
+    assert os.stat(d).st_mode & 0o777 == 0o777 & ~umask
