@@ -88,6 +88,9 @@ def user_errors(fn):
     "split.test_fraction",
     "shard_size",
     "strict",
+    "engine.engine",
+    "engine.ray_address",
+    "engine.ray_cpus",
 )
 def ingest(
     spectra: Annotated[
@@ -252,7 +255,16 @@ def train(*, options: TrainOptions):
 
 @app.command(cls=Command)
 @user_errors
-@config_options(InferConfig, "batch_size", "decode", "verify")
+@config_options(
+    InferConfig,
+    "batch_size",
+    "decode",
+    "verify",
+    "engine.engine",
+    "engine.ray_address",
+    "engine.ray_cpus",
+    "engine.actors",
+)
 def infer(
     inputs: Annotated[list[str], typer.Argument(help="FITS files, directories, quoted globs, or ingest shards.")],
     model: Annotated[str | None, typer.Option(help="Model or run directory (default: the shipped model).")] = None,

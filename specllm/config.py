@@ -76,6 +76,24 @@ class SplitConfig:
     """Mixed into the hash of the spectrum id that decides the split."""
 
 
+EngineName = Literal["local", "ray"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where `ingest` and `infer` run: this machine's processes, or a Ray cluster (`pip install 'specllm[ray]'`)."""
+
+    engine: EngineName = "local"
+    """local: this machine (a process pool); ray: Ray Data tasks read and clean, model actors label (the same
+    results, in the same order)."""
+    ray_address: str | None = None
+    """Ray cluster to join ('auto': the one this node belongs to; ray://host:10001); default: start a local Ray."""
+    ray_cpus: int | None = None
+    """CPUs of the local Ray started without --ray-address (default: all of this machine's)."""
+    actors: int | None = None
+    """Model actors of --engine ray (default: one per GPU of the cluster, else 1 on CPU)."""
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """`specllm ingest`: grid, cleaning, split and sharding."""
@@ -91,6 +109,7 @@ class IngestConfig:
     """Draw at most N spectra per class A/F/G/K/M."""
     strict: bool = False
     """Exit non-zero if any spectrum was rejected."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 # ---------------------------------------------------------------- serialisation, model and training
@@ -229,6 +248,7 @@ class InferConfig:
     """A spectrum missing more than this fraction of the grid at one end is `partial`."""
     verify: bool = True
     """Check the input shards against their manifest.json (present, complete, unchanged) before reading them."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 # ---------------------------------------------------------------- external spectra and comparison (issue 7)

@@ -11,6 +11,7 @@ inputs into rows and writes them.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import io
 import os
@@ -28,7 +29,7 @@ from .errors import SpecllmError, SpectrumRejected, one_line
 from .io import expand_inputs, is_array_source, iter_spectra
 from .io.base import check_identity
 from .io.lamost_catalog import file_key
-from .predict import Loaded, default_model_dir, load_for_inference, predict, questions_for
+from .predict import Loaded, default_model_dir, load_for_inference, model_specs, predict, questions_for
 from .preprocess import clean_spectrum
 from .progress import progress_bar, say
 from .shards import (
@@ -110,42 +111,76 @@ def is_shard_input(item: str) -> bool:
 def iter_items(inputs: list[str], grid: GridConfig, clean: CleanConfig, verify: bool = True) -> Iterator[Item]:
     """Input order preserved; FITS and array spectra through the same readers and cleaning as `ingest`; ingest
     shards read as they are (checked against their manifest with `verify`). An input that cannot be used (a shard
-    folder that fails its check, a foreign Parquet file) gives one failed item and the run goes on."""
+    folder that fails its check, a foreign Parquet file) gives one failed item (and one line on stderr) and the run
+    goes on. The local engine; `--engine ray` reads the same `input_units` with the same `unit_items` in Ray tasks."""
+    for unit in input_units(inputs, verify):
+        for item in unit_items(unit, grid, clean):
+            report(item)
+            yield item
+
+
+def input_units(inputs: list[str], verify: bool = True) -> Iterator[tuple[str, str, str]]:
+    """The inputs, listed in order as units of reading: ("file", path) a FITS file or an array source,
+    ("shard", path) one shard of a verified shard folder, ("failed", input, reason) an input that cannot be used."""
     for item in inputs:
         if is_shard_input(item):
             try:
-                yield from iter_shard_items(item, verify=verify)
+                shards = verified_shard_paths(item, verify)
             except SpecllmError as exc:
-                say(one_line(exc))
-                yield Item(item, status=one_line(exc))
+                yield ("failed", item, one_line(exc))
+                continue
+            yield from (("shard", shard, "") for shard in shards)
             continue
-        for path in expand_inputs([item]):
-            for raw in iter_spectra(path):
-                if isinstance(raw, SpectrumRejected):
-                    say(one_line(f"{raw.path}: {raw}"))
-                    yield Item(raw.path, status=str(raw))
-                    continue
-                meta = raw.meta
-                obsid = meta.get("obsid")
-                sid = meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
-                try:
-                    obsid = check_identity(meta)
-                    cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
-                except SpectrumRejected as exc:
-                    say(one_line(f"{raw.path}: {exc}"))
-                    yield Item(raw.path, sid, None, None, None, status=one_line(exc))
-                    continue
-                yield Item(
-                    raw.path,
-                    sid,
-                    obsid,
-                    meta.get("ra"),
-                    meta.get("dec"),
-                    cleaned.flux,
-                    cleaned.mask,
-                    cleaned.coverage,
-                    edge_gap(cleaned.mask),
-                )
+        yield from (("file", path, "") for path in expand_inputs([item]))
+
+
+def unit_items(unit: tuple[str, str, str], grid: GridConfig, clean: CleanConfig) -> Iterator[Item]:
+    """The spectra of one unit of `input_units` (checked already), read and cleaned; failed items for what cannot
+    be used. Prints nothing: the caller reports failed items (`report`), in order."""
+    kind, path, reason = unit
+    if kind == "failed":
+        yield Item(path, status=reason)
+    elif kind == "shard":
+        try:
+            yield from iter_shard_items(path, verify=False)
+        except SpecllmError as exc:
+            yield Item(path, status=one_line(exc))
+    else:
+        for raw in iter_spectra(path):
+            if isinstance(raw, SpectrumRejected):
+                yield Item(raw.path, status=str(raw))
+            else:
+                yield raw_item(raw, grid, clean)
+
+
+def raw_item(raw, grid: GridConfig, clean: CleanConfig) -> Item:
+    """A spectrum as read, cleaned as `ingest` cleans it (the per-spectrum work of both engines); one that cannot
+    be used is a failed item."""
+    meta = raw.meta
+    obsid = meta.get("obsid")
+    sid = meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
+    try:
+        obsid = check_identity(meta)
+        cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
+    except SpectrumRejected as exc:
+        return Item(raw.path, sid, None, None, None, status=one_line(exc))
+    return Item(
+        raw.path,
+        sid,
+        obsid,
+        meta.get("ra"),
+        meta.get("dec"),
+        cleaned.flux,
+        cleaned.mask,
+        cleaned.coverage,
+        edge_gap(cleaned.mask),
+    )
+
+
+def report(item: Item) -> None:
+    """One line on stderr for an item that failed (naming its file and the reason)."""
+    if item.status != "ok":
+        say(one_line(item.status if item.status.startswith(item.file) else f"{item.file}: {item.status}"))
 
 
 def label_columns(spec) -> list[str]:
@@ -204,6 +239,40 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
     yield from flush()
 
 
+def labeller(model_path: str, config: InferConfig):
+    """`--engine ray`: built once in each model actor (the model on the actor's device); returns a function that
+    labels a batch of items -> [(item without its flux, row)], in order."""
+    device = pick_device()
+    models = load_for_inference(Path(model_path), device)
+
+    def label(items: list[Item]) -> list[tuple[Item, dict]]:
+        pairs = label_rows(items, models, device, config)
+        return [(dataclasses.replace(item, flux=None, mask=None), row) for item, row in pairs]
+
+    return label
+
+
+def ray_rows(inputs: list[str], model_path: Path, config: InferConfig) -> Iterator[tuple[Item, dict]]:
+    """`--engine ray`: (item, row) in input order, as `label_rows` gives them; reading and cleaning in Ray tasks,
+    labelling in a pool of model actors (`specllm.ray_engine`)."""
+    from . import ray_engine
+
+    with ray_engine.session(config.engine):
+        units = list(input_units(inputs, config.verify))
+        pairs = ray_engine.ordered_actor_map(
+            units,
+            unit_items,
+            (GridConfig(), CleanConfig()),
+            labeller,
+            (str(model_path), config),
+            batch_size=config.batch_size * 4,
+            actors=config.engine.actors,
+        )
+        for item, row in pairs:
+            report(item)
+            yield item, row
+
+
 def rows_to_table(rows: list[dict], columns: list[str]) -> pa.Table:
     schema = pa.schema([(c, _arrow_type(c)) for c in columns])
     return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema)
@@ -237,9 +306,15 @@ def run_infer(
     if output:
         check_output(output, is_file=True)  # before the model is loaded and any spectrum read
     model_path = Path(model_dir) if model_dir else default_model_dir()
-    device = pick_device()
-    models = load_for_inference(model_path, device)
-    columns = output_columns([m.spec for m in models])
+    if config.engine.engine == "ray":
+        if world > 1:
+            raise SpecllmError("--engine ray spreads the work itself: run it once, not under a multi-process launcher")
+        labelled = ray_rows(inputs, model_path, config)
+        columns = output_columns(model_specs(model_path))
+    else:
+        device = pick_device()
+        models = load_for_inference(model_path, device)
+        columns = output_columns([m.spec for m in models])
     parquet = bool(output and output.endswith(".parquet"))
     text_out = io.StringIO() if output and not parquet else None
     sink = text_out if text_out is not None else sys.stdout
@@ -248,11 +323,15 @@ def run_infer(
         writer.writerow(columns)
     rows_all: list[dict] = []
     failed = total = 0
-    items = (
-        it for n, it in enumerate(iter_items(inputs, GridConfig(), CleanConfig(), config.verify)) if n % world == rank
-    )
+    if config.engine.engine != "ray":
+        items = (
+            it
+            for n, it in enumerate(iter_items(inputs, GridConfig(), CleanConfig(), config.verify))
+            if n % world == rank
+        )
+        labelled = label_rows(items, models, device, config)
     with progress_bar("infer", total=None) as advance:
-        for item, row in label_rows(items, models, device, config):
+        for item, row in labelled:
             total += 1
             failed += item.status != "ok"
             if writer:
