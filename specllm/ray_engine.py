@@ -72,6 +72,7 @@ def session(config: EngineConfig):
             raise SpecllmError(
                 f"ray: cannot start or join a cluster at {config.ray_address or 'local'}: {one_line(exc)}"
             ) from None
+    _errors_to_stderr()
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # not its notes on how columns are stored
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
@@ -81,6 +82,24 @@ def session(config: EngineConfig):
     finally:
         if started:
             ray.shutdown()
+
+
+def _errors_to_stderr() -> None:
+    """Ray prints its raylet's messages (e.g. that a worker died and its task is retried) on stdout, where specllm
+    writes data: they are sent to stderr (a wrapper around Ray's printer; without it, Ray is left as it is)."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "specllm", False):
+        return
+
+    def to_stderr(data, ignore_prefix):
+        return original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.specllm = True
+    worker.print_to_stdstream = to_stderr
 
 
 @contextmanager
