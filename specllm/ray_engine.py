@@ -29,6 +29,10 @@ from .errors import SpecllmError, one_line
 
 RETRIES = 3
 """Times a task (or an actor and its batch) is run again after its worker process died."""
+IN_FLIGHT_BYTES = 2**30
+"""Object-store memory a run may hold between its stages (Ray Data's backpressure: the readers wait when the model
+actors fall behind), so that memory stays flat instead of filling the object store (30% of RAM) on long inputs.
+At ~25 KB per cleaned spectrum that is ~40,000 spectra, tens of seconds of work for a GPU."""
 UNITS_PER_TASK = 16
 """Inputs per read task of `ordered_actor_map` (a DR10 file takes ~3 ms to read and clean)."""
 
@@ -76,6 +80,13 @@ def session(config: EngineConfig):
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # not its notes on how columns are stored
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
+    limits = context.execution_options.resource_limits
+    for_limits = getattr(type(limits), "for_limits", None)  # older Ray: the constructor (None: no limit)
+    context.execution_options.resource_limits = (
+        for_limits(object_store_memory=IN_FLIGHT_BYTES)
+        if for_limits
+        else type(limits)(object_store_memory=IN_FLIGHT_BYTES)
+    )
     context.enable_progress_bars = False  # specllm shows its own bar
     try:
         yield ray
