@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench model completions clean external
+.PHONY: install test demo lint bench model completions clean external flags
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,11 @@ DEMO_INPUTS := $(SHARED)/lamost/dr1/spectra/spec-55862-B6212_sp06-00*.fits.gz $(
 
 demo: $(STAMP)
 	$(BIN)/specllm infer $(DEMO_INPUTS) > labels.csv
-	@echo "labels.csv: $$(($$(wc -l < labels.csv) - 1)) rows; the first ones:"
-	@head -6 labels.csv | cut -c1-200
+	@echo "labels.csv: $$(($$(wc -l < labels.csv) - 1)) rows; some of their columns (flag: see specllm/flags.py):"
+	@$(BIN)/python -c "import csv; rows = list(csv.DictReader(open('labels.csv'))); \
+	cols = ['spec_id', 'class', 'class_prob', 'teff', 'logg', 'feh', 'status', 'flag', 'flag_reason', 'objclass', 'subclass']; \
+	print(','.join(cols)); [print(','.join(r[c] for c in cols)) for r in rows[:12]]; \
+	print(sum(r['flag'] not in ('', '0') for r in rows), 'of', len(rows), 'rows flagged')"
 
 # Retrain the shipped model (specllm/models/default) from ../shared, reproducibly (fixed seed), in under an hour here.
 # Its training options are the recipe file specllm/recipes/shipped-stage1.json (options given here override it).
@@ -42,10 +45,15 @@ model: $(STAMP)
 	$(BIN)/specllm serialize out/model-shards --stage 1 --format patch --out out/model-qa
 	$(BIN)/specllm train --stage 1 --data out/model-qa --out out/model-run --recipe $(MODEL_RECIPE)
 	rm -rf specllm/models/default && mkdir -p specllm/models && cp -r out/model-run/model specllm/models/default
+	$(BIN)/python -m specllm.fitdomain out/model-shards specllm/models/default
 	$(BIN)/python -c "from specllm.runs import write_model_card as w; w('specllm/models/default', 'make model')"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py --shared $(SHARED)
+
+# Flags (issue 15): the share of flagged rows per bit on the shared data, as in docs/BENCHMARKS.md.
+flags: $(STAMP)
+	$(BIN)/python benchmarks/measure_flags.py --shared $(SHARED) --out out/flags $(if $(MODEL),--model $(MODEL))
 
 # External comparison (issue 7): the shipped model (or MODEL=dir) on LAMOST DR1 and MILES, reports in docs/external/.
 MODEL ?=

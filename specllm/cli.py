@@ -260,6 +260,8 @@ def train(*, options: TrainOptions):
     "batch_size",
     "decode",
     "verify",
+    "clean.snr_min_r",
+    "clean.snr_min_i",
     "engine.engine",
     "engine.ray_address",
     "engine.ray_cpus",
@@ -276,7 +278,7 @@ def infer(
     *,
     config: InferConfig,
 ):
-    """Labels for spectra: one CSV row per input, in input order, on stdout.
+    """Labels for spectra: one CSV row per input, in input order, on stdout, each with `flag` and `flag_reason`.
 
     Example: specllm infer spectra/*.fits > labels.csv
     """

@@ -46,9 +46,9 @@ class CleanConfig:
     """Spectrum cleaning (paper section III.1) plus the guards a survey pipeline needs."""
 
     snr_min_r: float = 2.0
-    """Keep spectra with SNR_r >= this (paper: 2)."""
+    """Keep spectra with SNR_r >= this (paper: 2); infer flags those below it `low SNR`."""
     snr_min_i: float = 2.0
-    """Keep spectra with SNR_i >= this (paper: 2)."""
+    """Keep spectra with SNR_i >= this (paper: 2); infer flags those below it `low SNR`."""
     mask_ormask: bool = True
     """Exclude pixels whose ormask is non-zero (paper)."""
     require_ivar: bool = True
@@ -248,7 +248,40 @@ class InferConfig:
     """A spectrum missing more than this fraction of the grid at one end is `partial`."""
     verify: bool = True
     """Check the input shards against their manifest.json (present, complete, unchanged) before reading them."""
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    """Ingest's cleaning, its SNR cut included: a spectrum below the cut is labelled and flagged `low SNR`."""
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """The model's own domain check (`flag` bit `domain`), fitted by `python -m specllm.fitdomain` into the model
+    directory (`domain.safetensors` + `domain.json`) from the train split of the shards the model was trained on."""
+
+    features: Literal["patches", "hidden"] = "patches"
+    """'patches': the patch embeddings, the model's own view of the spectrum (its patch projector's output, all
+    patches concatenated); 'hidden': the read-out hidden state the numeric heads read (it maps K and M stars close
+    to cool G stars: 3 of 129 non-A/F/G spectra flagged, see docs/BENCHMARKS.md)."""
+    components: int = 32
+    """Leading principal components of the features kept, each scaled to unit variance."""
+    neighbours: int = 10
+    """A spectrum's score is its mean distance, in that space, to this many nearest training spectra."""
+    quantile: float = 0.98
+    """The threshold is this quantile of the scores of held-out training spectra (never the test split)."""
+    val_fraction: float = 0.2
+    """Share of the train split held out for the threshold, drawn by the split's hash rule (salt
+    `SplitConfig.salt + ":domain"`), so it never moves."""
+    partial_fraction: float = 0.5
+    """This share of the training spectra (at random) is used with one end of the grid cut, so that partial
+    coverage alone is not out of domain; the others as observed."""
+    partial_span: tuple[float, float] = (0.05, 0.3)
+    """The cut end's fraction of the grid, drawn uniformly from this range and filled as the preprocessing fills it."""
+    class_prob_quantile: float = 0.0
+    """A class-head probability below this quantile of the held-out training spectra's (stored as
+    `class_prob_min`) flags the row `class`; 0: `class_prob` is written but flags nothing (the model was trained
+    on those spectra, so their probabilities are optimistic: a 1% quantile flagged 3.3% of the DR10 test split)."""
+    seed: int = 0
+    """Seed of the random cuts."""
 
 
 # ---------------------------------------------------------------- external spectra and comparison (issue 7)

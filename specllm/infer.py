@@ -17,20 +17,23 @@ import io
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from . import flags
 from .config import CleanConfig, GridConfig, InferConfig
 from .device import pick_device
+from .domain import patch_features
 from .errors import SpecllmError, SpectrumRejected, one_line
-from .io import expand_inputs, is_array_source, iter_spectra
+from .io import LAYOUT_ARRAY, expand_inputs, is_array_source, iter_spectra
 from .io.base import check_identity
 from .io.lamost_catalog import file_key
+from .labels import reduce_class
 from .predict import Loaded, default_model_dir, load_for_inference, model_specs, predict, questions_for
-from .preprocess import clean_spectrum
+from .preprocess import check_snr, clean_spectrum
 from .progress import progress_bar, say
 from .shards import (
     arrow_to_vectors,
@@ -55,6 +58,21 @@ class Item:
     coverage: float | None = None
     edge_gap: float | None = None
     status: str = "ok"
+    header: dict = field(default_factory=dict)  # HEADER_COLUMNS where the file (or shard) states them
+    snr_reason: str | None = None  # why `ingest` would reject it for SNR ('low SNR', 'no SNR'), else None
+
+
+# Header facts carried into every row (LAMOST CLASS, SUBCLASS, Z, SNR per band), where present.
+HEADER_COLUMNS = ("objclass", "subclass", "z", "snrg", "snrr", "snri")
+
+
+def snr_reason(meta: dict, clean: CleanConfig, required: bool) -> str | None:
+    """The reason `ingest` would give for rejecting this spectrum for its SNR (same function, same options)."""
+    try:
+        check_snr(meta, clean, required=required)
+    except SpectrumRejected as exc:
+        return exc.reason
+    return None
 
 
 def edge_gap(mask: np.ndarray) -> float:
@@ -65,11 +83,13 @@ def edge_gap(mask: np.ndarray) -> float:
     return max(observed[0], mask.size - 1 - observed[-1]) / mask.size
 
 
-def iter_shard_items(path: str, split: str | None = None, verify: bool = True) -> Iterator[Item]:
+def iter_shard_items(
+    path: str, split: str | None = None, verify: bool = True, clean: CleanConfig = CleanConfig()
+) -> Iterator[Item]:
     """The spectra of `ingest` or `serialize --format patch` shards (a directory or one .parquet file), optionally
     only one split's, checked against their manifest first (`verify`). spec_id, flux and mask are required; obsid,
-    file, position and coverage are read if present."""
-    optional = ["obsid", "file", "ra", "dec", "coverage"]
+    file, position, coverage and the header columns are read if present."""
+    optional = ["obsid", "file", "ra", "dec", "coverage", *HEADER_COLUMNS]
     for shard in verified_shard_paths(path, verify):
         names = parquet_file(shard).schema_arrow.names
         present = [c for c in optional if c in names]
@@ -87,6 +107,7 @@ def iter_shard_items(path: str, split: str | None = None, verify: bool = True) -
             for i, sid in enumerate(rb.column("spec_id").to_pylist()):
                 if keep[i]:
                     f = meta["file"][i] if meta["file"][i] is not None else str(shard)
+                    header = {c: meta[c][i] for c in HEADER_COLUMNS if meta[c][i] is not None}
                     yield Item(
                         f,
                         sid,
@@ -97,6 +118,8 @@ def iter_shard_items(path: str, split: str | None = None, verify: bool = True) -
                         mask[i],
                         meta["coverage"][i],
                         edge_gap(mask[i]),
+                        header=header,
+                        snr_reason=snr_reason(header, clean, required=False),  # shards passed ingest's own check
                     )
 
 
@@ -142,7 +165,7 @@ def unit_items(unit: tuple[str, str, str], grid: GridConfig, clean: CleanConfig)
         yield Item(path, status=reason)
     elif kind == "shard":
         try:
-            yield from iter_shard_items(path, verify=False)
+            yield from iter_shard_items(path, verify=False, clean=clean)
         except SpecllmError as exc:
             yield Item(path, status=one_line(exc))
     else:
@@ -159,21 +182,26 @@ def raw_item(raw, grid: GridConfig, clean: CleanConfig) -> Item:
     meta = raw.meta
     obsid = meta.get("obsid")
     sid = meta.get("spec_id") or (str(obsid) if obsid is not None else file_key(raw.path))
+    base = {
+        "file": raw.path,
+        "spec_id": sid,
+        "obsid": obsid,
+        "ra": meta.get("ra"),
+        "dec": meta.get("dec"),
+        "header": {c: meta[c] for c in HEADER_COLUMNS if meta.get(c) is not None},
+        "snr_reason": snr_reason(meta, clean, required=raw.layout != LAYOUT_ARRAY),
+    }
     try:
         obsid = check_identity(meta)
         cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
     except SpectrumRejected as exc:
-        return Item(raw.path, sid, None, None, None, status=one_line(exc))
+        return Item(**(base | {"obsid": None, "ra": None, "dec": None}), status=one_line(exc))
     return Item(
-        raw.path,
-        sid,
-        obsid,
-        meta.get("ra"),
-        meta.get("dec"),
-        cleaned.flux,
-        cleaned.mask,
-        cleaned.coverage,
-        edge_gap(cleaned.mask),
+        **base,
+        flux=cleaned.flux,
+        mask=cleaned.mask,
+        coverage=cleaned.coverage,
+        edge_gap=edge_gap(cleaned.mask),
     )
 
 
@@ -184,13 +212,27 @@ def report(item: Item) -> None:
 
 
 def label_columns(spec) -> list[str]:
-    cols = ["class"] if spec.stage == 1 else []
+    cols = ["class", "class_prob"] if spec.stage == 1 else []
     return cols + list(spec.value_names) + [f"{n}_err" for n in spec.value_names]
 
 
 def output_columns(specs) -> list[str]:
     labels = [c for spec in specs for c in label_columns(spec)]
-    return ["file", "spec_id", "obsid", "ra", "dec", *labels, "coverage", "partial", "status"]
+    return [
+        "file",
+        "spec_id",
+        "obsid",
+        "ra",
+        "dec",
+        *labels,
+        "coverage",
+        "partial",
+        "status",
+        "flag",
+        "flag_reason",
+        "domain_score",
+        *HEADER_COLUMNS,
+    ]
 
 
 def _rank_slice() -> tuple[int, int]:
@@ -198,8 +240,12 @@ def _rank_slice() -> tuple[int, int]:
 
 
 def label_rows(items: Iterable[Item], models: list[Loaded], device, config: InferConfig) -> Iterator[tuple[Item, dict]]:
-    """(item, output row) per item, in order; spectra are batched through every model in the chain."""
+    """(item, output row) per item, in order; spectra are batched through every model in the chain. Each row
+    carries its header facts, `flag` and `flag_reason` (`specllm.flags`) and the domain check's `domain_score`."""
     chunk: list[Item] = []
+    checker = next((m for m in models if m.domain is not None), None)
+    trained = tuple(checker.domain.trained_classes) if checker else None
+    prob_min = checker.domain.class_prob_min if checker else 0.0
 
     def flush():
         good = [it for it in chunk if it.status == "ok"]
@@ -210,7 +256,18 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
             for m in models:
                 questions = questions_for(m.spec, flux)
                 f, k = (flux, mask) if m.spec.patch_width else (None, None)  # text formats: flux is in the question
-                results.append((m.spec, predict(m.model, m.spec, m.builder, questions, f, k, device, config)))
+                hidden = m is checker and checker.domain.features == "hidden"
+                results.append(
+                    (m.spec, predict(m.model, m.spec, m.builder, questions, f, k, device, config, return_hidden=hidden))
+                )
+        outside = score = None
+        if good and checker is not None:
+            preds = results[models.index(checker)][1]
+            feats = preds.hidden if checker.domain.features == "hidden" else None
+            if feats is None:
+                feats = patch_features(checker.model.patcher, flux, mask)
+            outside, score = checker.domain.check(feats, preds.values, checker.spec.value_names)
+            score = score / checker.domain.threshold
         k = 0
         for it in chunk:
             row = {"file": it.file, "spec_id": it.spec_id, "obsid": it.obsid, "ra": it.ra, "dec": it.dec}
@@ -218,7 +275,9 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
                 coverage=it.coverage,
                 status=it.status,
                 partial=bool(it.edge_gap is not None and it.edge_gap > config.partial_edge),
+                **it.header,
             )
+            in_domain = True
             if it.status == "ok":
                 for spec, preds in results:
                     if not preds.ok[k]:
@@ -228,7 +287,22 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
                         row[f"{name}_err"] = float(preds.errors[k, j])
                     if spec.stage == 1:
                         row["class"] = preds.classes[k]
+                        if preds.class_prob is not None and np.isfinite(preds.class_prob[k]):
+                            row["class_prob"] = float(preds.class_prob[k])
+                if outside is not None:
+                    in_domain = not outside[k]
+                    row["domain_score"] = float(score[k])
                 k += 1
+            untrained = flags.untrained_class(
+                reduce_class(it.header.get("subclass")), row.get("class"), row.get("class_prob"), trained, prob_min
+            )
+            row["flag"], row["flag_reason"] = flags.combine(
+                objclass=it.header.get("objclass"),
+                snr_reason=it.snr_reason,
+                partial=row["partial"],
+                untrained=untrained,
+                domain=not in_domain,
+            )
             yield it, row
         chunk.clear()
 
@@ -262,7 +336,7 @@ def ray_rows(inputs: list[str], model_path: Path, config: InferConfig) -> Iterat
         pairs = ray_engine.ordered_actor_map(
             units,
             unit_items,
-            (GridConfig(), CleanConfig()),
+            (GridConfig(), config.clean),
             labeller,
             (str(model_path), config),
             batch_size=config.batch_size * 4,
@@ -296,7 +370,8 @@ def predict_table(
 def run_infer(
     inputs: list[str], model_dir: str | None, output: str | None, config: InferConfig = InferConfig()
 ) -> tuple[int, int]:
-    """Writes the predictions; returns (failed, total) input counts."""
+    """Writes the predictions; returns (failed, total) input counts. `config.clean` is ingest's cleaning, SNR cut
+    included: a spectrum below the cut is labelled and flagged (`flag_reason` 'low SNR'), where ingest rejects it."""
     rank, world = _rank_slice()
     if world > 1 and not output:
         raise SpecllmError("under a multi-process launcher give --output; each rank writes its own part")
@@ -326,7 +401,7 @@ def run_infer(
     if config.engine.engine != "ray":
         items = (
             it
-            for n, it in enumerate(iter_items(inputs, GridConfig(), CleanConfig(), config.verify))
+            for n, it in enumerate(iter_items(inputs, GridConfig(), config.clean, config.verify))
             if n % world == rank
         )
         labelled = label_rows(items, models, device, config)
@@ -360,9 +435,9 @@ def _fmt(value) -> str:
 
 
 def _arrow_type(column: str) -> pa.DataType:
-    if column in ("file", "spec_id", "class", "status"):
+    if column in ("file", "spec_id", "class", "status", "flag_reason", "objclass", "subclass"):
         return pa.string()
-    if column == "obsid":
+    if column in ("obsid", "flag"):
         return pa.int64()
     if column == "partial":
         return pa.bool_()

@@ -29,7 +29,7 @@ from .io import LAYOUT_ARRAY, expand_inputs, expand_spectra, load_spectrum
 from .io.base import check_identity
 from .io.lamost_catalog import LabelCatalog, file_key
 from .labels import reduce_class
-from .preprocess import clean_spectrum
+from .preprocess import check_snr, clean_spectrum
 from .progress import progress_bar, say
 from .shards import (
     MANIFEST,
@@ -131,17 +131,6 @@ def describe(path: str, meta: dict) -> dict:
     return row
 
 
-def check_snr(row: dict, config: IngestConfig, required: bool = True) -> None:
-    """`required=False` (array sources, which rarely state an SNR): a missing SNR passes, a stated one is cut."""
-    for band, minimum in (("r", config.clean.snr_min_r), ("i", config.clean.snr_min_i)):
-        snr = row.get(f"snr{band}")
-        if snr is None:
-            if minimum > 0 and required:
-                raise SpectrumRejected("no SNR", f"snr{band} is not measured (absent or -9999 in catalogue and header)")
-        elif snr < minimum:
-            raise SpectrumRejected("low SNR", f"snr{band} = {snr:.2f} < {minimum:g}")
-
-
 def process_one(path: str):
     """Read, join, cut and clean one file -> ('ok', row, flux, mask) or ('rejected', path, reason, detail)."""
     config: IngestConfig = _STATE["config"]
@@ -149,7 +138,7 @@ def process_one(path: str):
         raw = load_spectrum(path)  # a survey FITS file, or spectrum i of an array source (`FILE#i`)
         row = describe(path, raw.meta)
         row["obsid"] = check_identity(row)
-        check_snr(row, config, required=raw.layout != LAYOUT_ARRAY)
+        check_snr(row, config.clean, required=raw.layout != LAYOUT_ARRAY)
         cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, config.grid, config.clean)
     except SpectrumRejected as exc:
         return ("rejected", path, exc.reason, exc.detail)
@@ -175,7 +164,7 @@ def balance_candidate(path: str):
     try:
         header = fits.getheader(path)
         row = describe(path, header_meta(header, ""))
-        check_snr(row, _STATE["config"])
+        check_snr(row, _STATE["config"].clean)
     except Exception:
         return None  # the main pass reports the reason
     if row["class"] is None:

@@ -20,6 +20,7 @@ import torch
 
 from .config import CLASSES, GridConfig, InferConfig, PatchConfig
 from .device import autocast
+from .domain import load_domain
 from .errors import SpecllmError
 from .metrics import OVERALL, per_class
 from .progress import say
@@ -41,6 +42,7 @@ class Loaded:
     model: object
     spec: object
     builder: PromptBuilder
+    domain: object = None  # domain.Domain, where the model directory has one (flag bit `domain`)
 
 
 def _chain(path: Path) -> list[Path]:
@@ -67,7 +69,7 @@ def load_for_inference(path: Path, device: torch.device) -> list[Loaded]:
         if spec.grid_size and spec.grid_size != grid.size:
             raise SpecllmError(f"{p}: model grid has {spec.grid_size} pixels, specllm's grid {grid.size}")
         count = PatchConfig(spec.patch_width).count(spec.grid_size) if spec.patch_width else None
-        loaded.append(Loaded(model.to(device), spec, PromptBuilder(tokenizer, count)))
+        loaded.append(Loaded(model.to(device), spec, PromptBuilder(tokenizer, count), load_domain(p)))
     return loaded
 
 
@@ -79,6 +81,7 @@ class Predictions:
     texts: list[str]
     ok: np.ndarray  # (N,) bool: the answer text parsed
     hidden: np.ndarray | None = None  # (N, H) float32: the hidden state the read-out saw (only when asked for)
+    class_prob: np.ndarray | None = None  # (N,) the class head's probability of its answer (stage 1)
 
 
 def questions_for(spec, flux: np.ndarray) -> list[str]:
@@ -110,6 +113,7 @@ def predict(
     classes: list[str | None] = [None] * n
     texts = [""] * n
     ok = np.zeros(n, dtype=bool)
+    class_prob = np.full(n, np.nan)
     hidden = [] if return_hidden else None
     for start in range(0, n, config.batch_size):
         sl = slice(start, min(n, start + config.batch_size))
@@ -126,6 +130,7 @@ def predict(
         values[sl] = mu.float().cpu().numpy() * std + mean
         errors[sl] = np.exp(0.5 * log_var.float().cpu().numpy()) * std
         if logits is not None:
+            class_prob[sl] = torch.softmax(logits.float(), -1).max(-1).values.cpu().numpy()
             for i, k in enumerate(logits.argmax(-1).tolist()):
                 classes[start + i] = spec.classes[k]
         if config.decode == "text":
@@ -151,7 +156,7 @@ def predict(
                     ok[start + i] = False
     if hidden is not None:
         hidden = np.concatenate(hidden) if hidden else np.zeros((0, 0), np.float32)
-    return Predictions(values, errors, classes, texts, ok, hidden)
+    return Predictions(values, errors, classes, texts, ok, hidden, class_prob)
 
 
 # ---------------------------------------------------------------- constrained decoding

@@ -30,6 +30,20 @@ class Cleaned:
         return float(1.0 - self.mask.mean())
 
 
+def check_snr(row: dict, clean: CleanConfig, required: bool = True) -> None:
+    """SNR_r and SNR_i against the cut (`snr_min_r`, `snr_min_i`): raises `SpectrumRejected` ('low SNR', or 'no SNR'
+    when a band is unmeasured). `ingest` rejects such a spectrum; `infer` labels it and flags it with the same reason.
+    `row` holds `snrr`/`snri` (None where not measured). `required=False` (array sources, which rarely state an SNR):
+    a missing SNR passes, a stated one is cut."""
+    for band, minimum in (("r", clean.snr_min_r), ("i", clean.snr_min_i)):
+        snr = row.get(f"snr{band}")
+        if snr is None:
+            if minimum > 0 and required:
+                raise SpectrumRejected("no SNR", f"snr{band} is not measured (absent or -9999 in catalogue and header)")
+        elif snr < minimum:
+            raise SpectrumRejected("low SNR", f"snr{band} = {snr:.2f} < {minimum:g}")
+
+
 def good_pixels(flux: np.ndarray, ivar: np.ndarray | None, ormask: np.ndarray | None, clean: CleanConfig) -> np.ndarray:
     good = np.ones(flux.shape, dtype=bool)
     if clean.mask_ormask and ormask is not None:

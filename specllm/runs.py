@@ -240,8 +240,21 @@ def write_model_card(path: str | os.PathLike, command: str) -> Path:
     spec = ModelSpec.from_json(path / SPEC)
     m = spec.manifest
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    from .domain import load_domain
+    from .flags import markdown_table
+
+    domain = load_domain(path)
+    covers = ", ".join(domain.trained_classes) if domain else "the classes of its training data"
     lines = [
         f"# specllm model: stage {spec.stage}, format `{spec.format}`",
+        "",
+        f"**What it covers:** {covers} stars like those of its training set (below), stage {spec.stage}: "
+        + (
+            "Teff, log g, [Fe/H] and the class, no [X/Fe] abundances."
+            if spec.stage == 1
+            else f"[X/Fe] for {', '.join(spec.value_names)}."
+        )
+        + " Anything else still gets numbers, but `specllm infer` flags its row (`flag`, `flag_reason`; table below).",
         "",
         f"- Base model: `{spec.base_model}` (fingerprint `{spec.base_fingerprint[:16]}`), first {spec.layers or 'all'} decoder layers",
         f"- Trainable: LoRA r={spec.lora['r']}, alpha={spec.lora['alpha']}, dropout={spec.lora['dropout']} on {spec.lora['target_modules']}"
@@ -269,8 +282,31 @@ def write_model_card(path: str | os.PathLike, command: str) -> Path:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {within:.0%} |" if within is not None else " |")
     if "class_accuracy" in metrics:
         lines += ["", f"Class accuracy on the test split: {metrics['class_accuracy']:.1%}"]
+    lines += ["", "## Flags written by `specllm infer`", "", markdown_table(), ""]
+    if domain is not None:
+        info = domain.info
+        lines += [
+            "### The domain check (`domain.safetensors`, `domain.json`)",
+            "",
+            f"- Features: {info.get('features')}, projected on its {domain.components.shape[0]} leading principal "
+            f"components ({info.get('explained_variance', float('nan')):.0%} of its variance), each scaled to unit variance.",
+            f"- Score: mean distance to the {domain.neighbours} nearest of {domain.reference.shape[0]} training spectra "
+            "in that space, written as `domain_score` = score / threshold (above 1: flagged `domain`).",
+            f"- Fitted on the train split of `{Path(str(info.get('shards'))).name}` ({info.get('train_spectra')} spectra, "
+            f"{info.get('partial_spectra')} of them with one end of the grid cut so that partial coverage alone passes); "
+            f"threshold = the {info.get('config', {}).get('quantile')} quantile of the scores of {info.get('held_out_spectra')} "
+            "held-out train spectra (the split's hash rule); the test split is never used.",
+            "- Also flagged `domain`: a predicted label outside the training labels' range ("
+            + ", ".join(
+                f"{n} {lo:.5g}..{hi:.5g}" for n, lo, hi in zip(domain.label_names, domain.label_min, domain.label_max)
+            )
+            + ").",
+            f"- `class`: header SUBCLASS or predicted class outside {', '.join(domain.trained_classes)}, or `class_prob` "
+            f"below {domain.class_prob_min:.3f} (the {info.get('config', {}).get('class_prob_quantile')} quantile on held-out train spectra).",
+            "- Reproduce: `python -m specllm.fitdomain SHARDS MODEL_DIR` (run by `make model`); measured in docs/BENCHMARKS.md.",
+            "",
+        ]
     lines += [
-        "",
         "## Known limits",
         "",
         "- Trained on LAMOST DR10 A, F and G stars only (the shared sample): K and M stars and giants are outside its",

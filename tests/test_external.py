@@ -442,3 +442,39 @@ def test_real_miles_spectra_join_back_to_their_labels(tmp_path):
     assert result.counts["matched_by_id"] == 40 and result.counts["partial_matched"] == 40
     teff = next(r for r in result.table7 if r["class"] == "all" and r["label"] == "teff")
     assert teff["mu"] == pytest.approx(30.0) and teff["n"] >= 35
+
+
+def test_groups_by_the_catalogue_class_and_reports_flagged_rows_apart(tmp_path):
+    """A K star the model called G is grouped as K (the catalogue's SUBCLASS); flagged rows are counted and shown
+    apart; `partial` alone does not count as flagged."""
+    preds, refs = [], []
+    for i in range(12):
+        true = "K" if i < 4 else "G"
+        flag, reason = (8, "class") if i < 4 else ((4, "partial") if i == 4 else (0, ""))
+        preds.append(
+            _prediction(i, "G", 5000.0 + (300 if true == "K" else 10), 4.0, 0.0, flag=flag, flag_reason=reason)
+        )
+        refs.append(
+            {"obsid": 1000 + i, "teff": 5000.0, "logg": 4.0, "feh": 0.0, "subclass": f"{true}5" if i != 11 else ""}
+        )
+    result = compare_external(
+        _write(tmp_path / "p.parquet", preds), _write(tmp_path / "c.csv", refs), str(tmp_path / "o"),
+        ExternalConfig(survey="lamost"),
+    )  # fmt: skip
+    t7 = {(r["subset"], r["class"], r["label"]): r for r in result.table7}
+    assert t7["all", "K", "teff"]["n"] == 4 and t7["all", "K", "teff"]["mu"] == pytest.approx(300.0)
+    assert t7["all", "G", "teff"]["n"] == 8  # row 11 has no catalogue class: its predicted class (G)
+    assert t7["unflagged", "all", "teff"]["n"] == 8 and t7["unflagged", "all", "teff"]["mu"] == pytest.approx(10.0)
+    assert t7["flagged", "K", "teff"]["n"] == 4 and t7["flagged", "G", "teff"]["n"] == 0
+    assert result.counts["flagged_matched"] == 4 and result.counts["flagged_by_keyword"] == {"class": 4}
+    assert "11 of 12 matched rows" in result.class_note and "`subclass`" in result.class_note
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "flagged by infer (other than `partial`): 4 of 12" in report and "### Flagged rows" in report
+    assert pq.read_table(tmp_path / "o" / "matched.parquet").column("flagged").to_pylist().count(True) == 4
+
+
+def test_predictions_without_flags_say_so(tmp_path):
+    pred, cat = _pair(tmp_path, n=6)
+    result = compare_external(pred, cat, str(tmp_path / "out"), ExternalConfig(survey="lamost"))
+    assert result.counts["flagged_matched"] is None and {r["subset"] for r in result.table7} == {"all"}
+    assert "no `flag` column" in (tmp_path / "out" / "report.md").read_text()

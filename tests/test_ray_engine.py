@@ -4,6 +4,8 @@ across engines. Skipped where Ray (the `ray` extra) is not installed."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -79,8 +81,8 @@ def test_ingest_engines_give_the_same_shards(local_ray, dr10_inputs, shared_data
     assert resumed["content_hash"] == local["content_hash"]
 
 
-def _rows(output: str) -> list[str]:
-    return output.splitlines()
+def _rows(output: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(output)))
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +107,9 @@ def test_infer_engines_give_the_same_rows(local_ray, infer_inputs, tiny_run, loc
     assert result.exit_code == 0, result.output
     assert result.stdout == local_rows
     rows = _rows(result.stdout)
-    assert len(rows) == 1 + N_FILES + 1 + 2  # header, the subset with its duplicate, the two bad inputs
-    assert rows[-2].split(",")[-1].startswith("unreadable") and rows[-1].split(",")[-1].startswith("unreadable")
+    assert len(rows) == N_FILES + 1 + 2  # the subset with its duplicate, the two bad inputs
+    assert rows[-2]["status"].startswith("unreadable") and rows[-1]["status"].startswith("unreadable")
+    assert all(r["status"] == "ok" for r in rows[:-2])
     assert "broken.fits.gz: unreadable" in result.stderr and "missing.fits: unreadable" in result.stderr
 
 
@@ -139,7 +142,7 @@ def test_infer_survives_a_killed_model_actor(local_ray, infer_inputs, tiny_run, 
 
     assert not psutil.pid_exists(int(marker.read_text()))
     assert result.stdout == local_rows
-    files = [r.split(",")[0] for r in _rows(result.stdout)[1:]]
+    files = [r["file"] for r in _rows(result.stdout)]
     assert len(files) == len(set(files)) == N_FILES + 3
 
 

@@ -3,7 +3,9 @@
 predictions (the table `infer` writes: CSV or Parquet) + a reference catalogue -> rows joined by id or by sky
 position -> the survey's quality cuts -> per-class mu +- sigma of (prediction - reference) for Teff, log g, [Fe/H]
 (Table 7), per-element N, mu, sigma of [X/Fe] (Table 8), a one-to-one density plot per label, and a Markdown report.
-Rows whose spectrum covered only part of the grid (`partial`, e.g. MILES beyond 7410 A) are reported separately.
+Rows whose spectrum covered only part of the grid (`partial`, e.g. MILES beyond 7410 A) are reported separately, and
+so are rows `infer` flagged for anything else (`flag`, see `specllm.flags`): the report says how many. Table 7 groups
+by the reference catalogue's own class where it has one (LAMOST SUBCLASS), else by the predicted class.
 
 This module runs the comparison; the work is split by role: `reference` (reading the catalogue, joining),
 `stats` (the tables, through `specllm.metrics`), `figures` and `report` (both built from `stats`' results).
@@ -20,6 +22,8 @@ import pyarrow as pa
 from .. import __version__
 from ..config import ExternalConfig
 from ..errors import SpecllmError
+from ..flags import FLAGS
+from ..flags import PARTIAL as PARTIAL_FLAG
 from ..io.tables import Table, read_table
 from ..labels import STAGE1_NAMES, element_label, element_title, split_element_column
 from ..metrics import OVERALL
@@ -47,6 +51,17 @@ def _partial_flags(pred: Table, config: ExternalConfig) -> tuple[np.ndarray, str
         cov = pred.floats("coverage")
         return np.isfinite(cov) & (cov < config.partial_coverage), f"coverage < {config.partial_coverage:g}"
     return np.zeros(pred.n, dtype=bool), "unknown (no `partial` or `coverage` column): every row counted as full"
+
+
+def _flag_counts(pred: Table, j: Join) -> dict:
+    """How many matched rows `infer` flagged (a bit other than `partial`), and per keyword: these rows are left out
+    of the `unflagged` tables and shown apart as `flagged`."""
+    if not pred.has("flag"):
+        return {"flagged_matched": None}
+    flag = np.array([int(f) if f not in (None, "") else 0 for f in pred.values("flag")], dtype=np.int64)[j.pred_index]
+    flagged = (flag & ~PARTIAL_FLAG.value) != 0
+    by_keyword = {f.keyword: int(np.sum(flagged & ((flag & f.value) != 0))) for f in FLAGS if f is not PARTIAL_FLAG}
+    return {"flagged_matched": int(flagged.sum()), "flagged_by_keyword": {k: v for k, v in by_keyword.items() if v}}
 
 
 def _truthy(v) -> bool:
@@ -118,6 +133,7 @@ def compare_external(
 
     comp, partial_rule = _comparison(pred, ref, j, compared, config)
     counts["partial_matched"] = int(comp.partial.sum())
+    counts.update(_flag_counts(pred, j))
     absent = [x for x in predicted_elements if element_label(x) not in ref.labels]
     if absent:
         j.notes.append(f"predicted elements absent from the catalogue: {', '.join(element_title(x) for x in absent)}")
@@ -167,12 +183,24 @@ def compare_external(
 
 
 def _comparison(pred: Table, ref: Reference, j: Join, compared: list[str], config: ExternalConfig):
-    """The matched values of every compared label, each matched row's class (the predicted one) and coverage."""
+    """The matched values of every compared label, each matched row's class (the reference catalogue's where it has
+    one, else the predicted one), coverage and flag."""
     comp = Comparison()
     raw_class = pred.values("class") if pred.has("class") else [OVERALL] * pred.n
     comp.classes = np.array([str(c) if c not in (None, "") else "?" for c in raw_class], dtype=object)[j.pred_index]
+    if ref.classes is not None:
+        own = ref.classes[j.ref_index]
+        has = np.array([c is not None for c in own], dtype=bool)
+        comp.classes[has] = own[has]
+        comp.class_note = (
+            f"Class: the reference catalogue's own class (`{ref.class_column}`, reduced to A/F/G/K/M) for "
+            f"{int(has.sum())} of {has.size} matched rows, the class specllm predicted for the other {int((~has).sum())}."
+        )
     partial_all, partial_rule = _partial_flags(pred, config)
     comp.partial = partial_all[j.pred_index]
+    if pred.has("flag"):
+        flag = np.array([int(f) if f not in (None, "") else 0 for f in pred.values("flag")], dtype=np.int64)
+        comp.flagged = (flag[j.pred_index] & ~PARTIAL_FLAG.value) != 0
     for name in compared:
         p = pred.floats(name)[j.pred_index]
         r = ref.labels[name][j.ref_index]
@@ -196,6 +224,8 @@ def _write_outputs(out, pred: Table, j: Join, comp: Comparison, t7, t8) -> None:
             )
     cols["class"] = pa.array(comp.classes.astype(str))
     cols["partial"] = pa.array(comp.partial)
+    if comp.flagged is not None:
+        cols["flagged"] = pa.array(comp.flagged)
     cols["match"] = pa.array(j.method.astype(str))
     cols["sep_arcsec"] = pa.array(j.sep_arcsec)
     for name, (p, r, ok) in {**comp.labels, **{element_label(e): v for e, v in comp.elements.items()}}.items():

@@ -19,7 +19,7 @@ from ..io.arrays import FLUX_KEYS, WAVE_KEYS, miles_spec_id
 from ..io.lamost_catalog import file_key
 from ..io.surveys import get_survey, read_survey
 from ..io.tables import Table, read_table
-from ..labels import clean_number, element_columns, split_element_column
+from ..labels import clean_number, element_columns, reduce_class, split_element_column
 from ..skymatch import SkyIndex
 
 NPZ_SPECTRUM_KEYS = (*WAVE_KEYS, *FLUX_KEYS, "ivar", "error")  # npz members that are spectra, not columns
@@ -33,7 +33,8 @@ class PlainTable:
 
     ids: id columns tried in order; values of `filename`-like columns are compared by file stem, of `miles_id` as
         `miles-NNNN`. labels: Teff, log g, [Fe/H] columns; [X/Fe] is read from `<x>_fe`, valid only where the
-        first of `element_flag` present is 0.
+        first of `element_flag` present is 0. classes: the catalogue's own spectral class (first present; LAMOST
+        SUBCLASS reduced to A/F/G/K/M), by which compare-external groups where it has one.
     """
 
     name: str
@@ -41,6 +42,7 @@ class PlainTable:
     ids: tuple[str, ...]
     labels: dict = field(default_factory=dict)
     element_flag: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
     ra: tuple[str, ...] = ("ra", "ra_deg", "raj2000")
     dec: tuple[str, ...] = ("dec", "dec_deg", "dej2000")
 
@@ -54,7 +56,9 @@ PLAIN_TABLES: dict[str, PlainTable] = {
         labels=_STD_LABELS,
         element_flag=("flag_{x}_fe", "{x}_fe_flag"),
     ),
-    "lamost": PlainTable("lamost", "LAMOST", ids=("obsid", "filename", "spec_id"), labels=_STD_LABELS),
+    "lamost": PlainTable(
+        "lamost", "LAMOST", ids=("obsid", "filename", "spec_id"), labels=_STD_LABELS, classes=("subclass", "class")
+    ),
     "miles": PlainTable("miles", "MILES", ids=("miles_id", "spec_id"), labels=_STD_LABELS),
 }
 # The other names of config.SURVEYS (galah, apogee, gaia-eso) are surveys of `specllm.io.surveys`, read (columns,
@@ -83,6 +87,8 @@ class Reference:
     labels: dict[str, np.ndarray]
     cuts: dict[str, np.ndarray | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    classes: np.ndarray | None = None  # the catalogue's own class per row (A/F/G/K/M, None where it has none)
+    class_column: str | None = None
 
 
 def check_survey(name: str) -> None:
@@ -118,6 +124,8 @@ def read_reference(path: str, name: str) -> Reference:
     ra_col, dec_col = ref.first(table.ra), ref.first(table.dec)
     no_position = np.full(ref.n, np.nan)
     labels = {n: ref.floats(c) for n in table.labels if (c := ref.first(table.labels[n]))}
+    class_col = ref.first(table.classes) if table.classes else None
+    classes = np.array([reduce_class(v) for v in ref.values(class_col)], dtype=object) if class_col else None
     for x in elements(ref):
         values = ref.floats(f"{x}_fe")
         flag = ref.first(tuple(f.format(x=x) for f in table.element_flag))
@@ -134,6 +142,8 @@ def read_reference(path: str, name: str) -> Reference:
         dec=ref.floats(dec_col) if ra_col and dec_col else no_position,
         joinable=np.ones(ref.n, dtype=bool),
         labels=labels,
+        classes=classes,
+        class_column=class_col,
     )
 
 

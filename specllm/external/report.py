@@ -7,7 +7,18 @@ import os
 from ..labels import element_title
 from ..metrics import OVERALL
 from ..shards import atomic_write_text
-from .stats import ALL, ELEMENT_FORMAT, FULL, LABEL_FORMAT, LABELS, PARTIAL, STAT_FIELDS, ExternalResult
+from .stats import (
+    ALL,
+    ELEMENT_FORMAT,
+    FLAGGED,
+    FULL,
+    LABEL_FORMAT,
+    LABELS,
+    PARTIAL,
+    STAT_FIELDS,
+    UNFLAGGED,
+    ExternalResult,
+)
 
 
 def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
@@ -57,6 +68,14 @@ def table8_markdown(rows: list[dict], subset: str) -> str:
     return "\n".join(lines)
 
 
+def _two_tables(title: str, intro: str, table7: list[dict], *parts: tuple[str, str]) -> list[str]:
+    """A report section: a title, a sentence, then one Table 7 per (heading, subset)."""
+    lines = [f"## {title}", "", intro, ""]
+    for heading, subset in parts:
+        lines += [f"### {heading}", "", table7_markdown(table7, subset), ""]
+    return lines
+
+
 def render_report(result: ExternalResult, meta: dict) -> str:
     c = result.counts
     subsets = list(dict.fromkeys(r["subset"] for r in result.table7))
@@ -85,6 +104,15 @@ def render_report(result: ExternalResult, meta: dict) -> str:
         lines.append(f"- **quality cuts NOT applied (column absent)**: {', '.join(result.cuts_missing)}")
     lines += [f"- note: {n}" for n in result.notes]
     lines.append(f"- partial coverage ({meta['partial_rule']}): {c['partial_matched']} of {c['matched']} matched rows")
+    if c.get("flagged_matched") is None:
+        lines.append("- flags: the predictions have no `flag` column (made before infer wrote flags): none left out")
+    else:
+        kinds = ", ".join(f"{k} {v}" for k, v in c.get("flagged_by_keyword", {}).items())
+        lines.append(
+            f"- flagged by infer (other than `partial`): {c['flagged_matched']} of {c['matched']} matched rows"
+            + (f" ({kinds})" if kinds else "")
+            + "; left out of the 'Unflagged rows' table and shown apart"
+        )
     if c["matched"] and c["partial_matched"] == c["matched"]:
         lines.append(
             "- every matched spectrum covered only part of the grid: the tables below are all partial-coverage"
@@ -101,23 +129,25 @@ def render_report(result: ExternalResult, meta: dict) -> str:
     if result.table8:
         lines += ["## Table 8: [X/Fe] per element", "", table8_markdown(result.table8, ALL), ""]
     if PARTIAL in subsets:
-        lines += [
-            "## Partial-coverage spectra",
-            "",
+        lines += _two_tables(
+            "Partial-coverage spectra",
             "Spectra that covered only part of the grid (the missing wavelengths are masked, not observed) "
             "are compared separately:",
-            "",
-            "### Full coverage",
-            "",
-            table7_markdown(result.table7, FULL),
-            "",
-            "### Partial coverage",
-            "",
-            table7_markdown(result.table7, PARTIAL),
-            "",
-        ]
+            result.table7,
+            ("Full coverage", FULL),
+            ("Partial coverage", PARTIAL),
+        )
         if result.table8:
             lines += ["### Partial coverage, [X/Fe]", "", table8_markdown(result.table8, PARTIAL), ""]
+    if UNFLAGGED in subsets:
+        lines += _two_tables(
+            "Unflagged and flagged rows",
+            "The tables above include every matched row. Rows infer flagged (not a star, low SNR, a class or domain "
+            f"the model was not trained on) are left out here ({c['flagged_matched']} rows) and shown apart:",
+            result.table7,
+            ("Unflagged rows", UNFLAGGED),
+            ("Flagged rows", FLAGGED),
+        )
     if result.figures:
         lines += ["## One-to-one plots", ""] + [f"![{f}]({f})" for f in result.figures] + [""]
     lines += [

@@ -19,11 +19,12 @@ LABEL_FORMAT = {"teff": "{:.0f}", "logg": "{:.2f}", "feh": "{:.2f}"}  # how tabl
 ELEMENT_FORMAT = "{:.3f}"
 STAT_FIELDS = ("n", "mu", "sigma", "median", "sigma_mad")
 ALL, FULL, PARTIAL = "all", "full", "partial"  # coverage subsets
-SUBSETS = (ALL, FULL, PARTIAL)
+UNFLAGGED, FLAGGED = "unflagged", "flagged"  # rows without / with an infer flag other than `partial`
+SUBSETS = (ALL, FULL, PARTIAL, UNFLAGGED, FLAGGED)
 
 
-# The class column of Table 7 (the comparison's grouping; the reference catalogue's own class is not used yet).
-CLASS_NOTE = "Class: the class specllm predicted for the spectrum (the reference catalogue's own class is not used)."
+# The class column of Table 7 where the reference catalogue has no class of its own (else compare.py says so).
+CLASS_NOTE = "Class: the class specllm predicted for the spectrum (the reference catalogue has no class column)."
 
 
 def stats(diff: np.ndarray, min_n: int) -> dict:
@@ -47,14 +48,19 @@ class Comparison:
     elements: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     classes: np.ndarray | None = None
     partial: np.ndarray | None = None
+    flagged: np.ndarray | None = None  # infer flagged the row (a bit other than `partial`); None: no flag column
     class_note: str = CLASS_NOTE
 
 
-def _subset_masks(partial: np.ndarray) -> dict[str, np.ndarray]:
+def _subset_masks(comp: Comparison) -> dict[str, np.ndarray]:
+    partial = comp.partial
     masks = {ALL: np.ones(partial.shape, bool)}
     if partial.any() and not partial.all():
         masks[FULL] = ~partial
         masks[PARTIAL] = partial.copy()
+    if comp.flagged is not None and comp.flagged.any():
+        masks[UNFLAGGED] = ~comp.flagged
+        masks[FLAGGED] = comp.flagged.copy()
     return masks
 
 
@@ -66,7 +72,7 @@ def table7(comp: Comparison, min_n: int) -> list[dict]:
     others = sorted({str(c) for c in comp.classes if c not in CLASSES and c is not None and c != ""})
     groups = [*present, *others]
     names = [name for name, _, _ in LABELS if name in comp.labels]
-    for subset, smask in _subset_masks(comp.partial).items():
+    for subset, smask in _subset_masks(comp).items():
         by_label = {}
         for name in names:
             p, r, ok = comp.labels[name]
@@ -81,7 +87,7 @@ def table7(comp: Comparison, min_n: int) -> list[dict]:
 def table8(comp: Comparison, min_n: int) -> list[dict]:
     """Rows (subset, element, n, mu, sigma, median, sigma_mad) over every matched row, per subset."""
     rows = []
-    for subset, smask in _subset_masks(comp.partial).items():
+    for subset, smask in _subset_masks(comp).items():
         for element, (p, r, ok) in comp.elements.items():
             rows.append(
                 {"subset": subset, "element": element, **_fields(residual_stats(p[ok & smask], r[ok & smask]), min_n)}
