@@ -10,8 +10,8 @@ what it was: `ok`, or why the spectrum could not be read or cleaned at all.
 | 0 | 1 | `not_star` | the header's CLASS is not STAR (GALAXY, QSO, Unknown): the model knows only stars |
 | 1 | 2 | `low SNR` / `no SNR` | SNR_r or SNR_i below the cut `ingest` applies (`--snr-min-r`, `--snr-min-i`, paper: 2), or not measured: `ingest` rejects this spectrum with the same reason |
 | 2 | 4 | `partial` | the spectrum misses part of the 3800-8700 A grid at one end (`partial` column; e.g. MILES stops at 7410 A) |
-| 3 | 8 | `class` | a class the model was not trained on: the header's SUBCLASS (K, M, dM, gM, ...), or the class head's answer, is outside the trained classes, or the class head's probability `class_prob` is below the model's `class_prob_min` |
-| 4 | 16 | `domain` | the model's own check, no header needed: the read-out hidden state lies outside the training set's distribution (threshold set on held-out training spectra, `domain.json` in the model directory), or a predicted label lies outside the training labels' range |
+| 3 | 8 | `class` | a class the model was not trained on: the header's SUBCLASS (K, M, dM, gM, ...), or the class head's answer, is outside the trained classes, or the class head's probability `class_prob` is below the model's `class_prob_min` (0, i.e. off, for the shipped model) |
+| 4 | 16 | `domain` | the model's own check, no header needed: the spectrum's features (the patch embeddings, or the read-out hidden state: `features` in domain.json) lie outside the training set's distribution (threshold set on held-out training spectra, `domain.json` in the model directory), or a predicted label lies outside the training labels' range |
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ NOT_STAR = Flag(0, "not_star", "the header's CLASS is not STAR (GALAXY, QSO, Unk
 SNR = Flag(1, "low SNR", "SNR_r or SNR_i below ingest's cut, or not measured ('no SNR'): ingest rejects it")
 PARTIAL = Flag(2, "partial", "part of the wavelength grid is missing at one end")
 CLASS = Flag(3, "class", "a class the model was not trained on (header SUBCLASS, class head, or low class_prob)")
-DOMAIN = Flag(4, "domain", "outside the model's domain by its own check (hidden state or label range)")
+DOMAIN = Flag(4, "domain", "outside the model's domain by its own check (feature distance or label range)")
 FLAGS: tuple[Flag, ...] = (NOT_STAR, SNR, PARTIAL, CLASS, DOMAIN)
 # The SNR bit writes the reason `ingest` gives (preprocess.check_snr): 'low SNR', or 'no SNR' when unmeasured.
 SNR_REASONS: tuple[str, ...] = ("low SNR", "no SNR")
