@@ -112,9 +112,10 @@ def run_sampled(cmd: list[str]) -> dict:
     stop.set()
     thread.join()
     summary = [line for line in err.splitlines() if line.startswith(("ingest: read", "infer: "))]
+    hashes = [line.split("content hash ")[-1] for line in err.splitlines() if "content hash " in line]
     mb = {k: round(v / 2**20) for k, v in peaks.items()}
     return {"rc": proc.returncode, "wall_s": round(wall, 1), "load_1min": round(load, 2), "peak_rss_mb": mb,
-            "summary": summary[-1] if summary else err[-800:]}  # fmt: skip
+            "summary": summary[-1] if summary else err[-800:], "content_hash": hashes[-1] if hashes else None}  # fmt: skip
 
 
 def engine_args(engine: str, args) -> list[str]:
@@ -181,7 +182,7 @@ def main() -> int:
             if command == "ingest":
                 cmd = [*cli, "ingest", str(inputs), "-o", str(out), "--workers", str(args.workers)]
             else:
-                cmd = [*cli, "infer", str(inputs)]
+                cmd = [*cli, "infer", str(inputs)]  # CSV on stdout (discarded): streamed, row by row
             res = run_sampled(cmd + engine_args(engine, args))
             res.update(command=command, engine=engine, n=n, spectra_per_s=round(n / res["wall_s"], 1))
             results.append(res)
