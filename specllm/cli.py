@@ -228,7 +228,7 @@ def serialize(
     Opt("lora.r", "--lora-r"),
     Opt("lora.alpha", "--lora-alpha"),
     Opt("lora.dropout", "--lora-dropout"),
-    Opt("lora.quantize_4bit", "--quantize"),
+    Opt("lora.quantize", "--quantize"),
     "text_weight",
     "value_weight",
     "class_weight",

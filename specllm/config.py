@@ -23,6 +23,10 @@ SerializeFormat = Literal["paper", "compact", "patch"]
 DecodeMethod = Literal["head", "text"]
 SaveDtype = Literal["float32", "bfloat16", "float16"]
 Stage = Literal[1, 2]
+# Base-model weights while training (QLoRA): 'nf4' 4-bit NormalFloat through bitsandbytes (CUDA or its CPU backend),
+# 'none' as stored; 'auto' is nf4 on CUDA where bitsandbytes is installed and none elsewhere.
+QuantizeMethod = Literal["auto", "nf4", "none"]
+QUANTIZE_METHODS: tuple[str, ...] = get_args(QuantizeMethod)
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,11 @@ class PatchConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """LoRA / QLoRA adapter (paper: rank 64, alpha 128, dropout 0.1, all linear layers; 4-bit NF4 on CUDA)."""
+    """LoRA / QLoRA adapter (paper: rank 64, alpha 128, dropout 0.1, all linear layers; 4-bit NF4 base).
+
+    quantize: the base model's weights, see QuantizeMethod ('auto': nf4 on CUDA with bitsandbytes, else none); the
+        method used is recorded in the model's spec.json (`quantize`) and infer loads the base the same way.
+    """
 
     r: int = 64
     """LoRA rank (paper: 64)."""
@@ -140,8 +148,8 @@ class LoraConfig:
     """LoRA dropout (paper: 0.1)."""
     target_modules: str = "all-linear"
     """The layers that get adapters (peft's name)."""
-    quantize_4bit: bool = True
-    """4-bit NF4 base (QLoRA) where CUDA + bitsandbytes are available."""
+    quantize: QuantizeMethod = "auto"
+    """Base weights: nf4 (4-bit QLoRA through bitsandbytes, CUDA or CPU), none, or auto (nf4 on CUDA, else none)."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,7 @@ class TrainConfig:
     epochs: float = 3.0
     """Passes over the train split."""
     batch_size: int = 4
-    """Micro-batch size."""
+    """Micro-batch size per device (the global batch is batch_size x grad_accum x ranks, as in DeepSpeed)."""
     grad_accum: int = 4
     """Micro-batches per optimizer step."""
     bf16: bool = True
@@ -202,7 +210,8 @@ class TrainOptions:
     stage: Stage = 1
     """1: class + Teff, log g, [Fe/H]; 2: [X/Fe] abundances (a stage-2 model continues from a stage-1 run)."""
     base_model: str | None = None
-    """'embedded' (SmolLM2-135M-Instruct, the default), a .gguf file or a local HF model directory."""
+    """'embedded' (SmolLM2-135M-Instruct, the default), a .gguf file or a local HF model directory; for serialize also
+    'llama3' (the paper's Llama-3 tokenizer and 128k context, no weights)."""
     init: str | None = None
     """Start from this run's adapter and projector (required for stage 2)."""
     layers: int | None = None

