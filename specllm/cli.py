@@ -110,6 +110,9 @@ def user_errors(fn):
     "split.test_fraction",
     "shard_size",
     "strict",
+    "engine.engine",
+    "engine.ray_address",
+    "engine.ray_cpus",
 )
 def ingest(
     spectra: Annotated[
@@ -275,7 +278,17 @@ def train(*, options: TrainOptions):
 @app.command(cls=Command)
 @user_errors
 @config_options(
-    InferConfig, "batch_size", "decode", "verify", "clean.snr_min_r", "clean.snr_min_i", Opt("quiet", "--quiet", "-q")
+    InferConfig,
+    "batch_size",
+    "decode",
+    "verify",
+    "clean.snr_min_r",
+    "clean.snr_min_i",
+    Opt("quiet", "--quiet", "-q"),
+    "engine.engine",
+    "engine.ray_address",
+    "engine.ray_cpus",
+    "engine.actors",
 )
 def infer(
     inputs: Annotated[

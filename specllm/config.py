@@ -80,6 +80,24 @@ class SplitConfig:
     """Mixed into the hash of the spectrum id that decides the split."""
 
 
+EngineName = Literal["local", "ray"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where `ingest` and `infer` run: this machine's processes, or a Ray cluster (`pip install 'specllm[ray]'`)."""
+
+    engine: EngineName = "local"
+    """local: this machine (a process pool); ray: Ray Data tasks read and clean, model actors label (the same
+    results, in the same order)."""
+    ray_address: str | None = None
+    """Ray cluster to join ('auto': the one this node belongs to; ray://host:10001); default: start a local Ray."""
+    ray_cpus: int | None = None
+    """CPUs of the local Ray started without --ray-address (default: all of this machine's)."""
+    actors: int | None = None
+    """Model actors of --engine ray (default: one per GPU of the cluster, else 1 on CPU)."""
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """`specllm ingest`: grid, cleaning, split and sharding."""
@@ -95,6 +113,7 @@ class IngestConfig:
     """Draw at most N spectra per class A/F/G/K/M."""
     strict: bool = False
     """Exit non-zero if any spectrum was rejected."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 # ---------------------------------------------------------------- serialisation, model and training
@@ -242,6 +261,7 @@ class InferConfig:
     """No progress bar and no summary on stderr (a bad input is still one line)."""
     clean: CleanConfig = field(default_factory=CleanConfig)
     """Ingest's cleaning, its SNR cut included: a spectrum below the cut is labelled and flagged `low SNR`."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 @dataclass(frozen=True)

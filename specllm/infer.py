@@ -13,6 +13,7 @@ inputs into rows and writes them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import sys
@@ -34,7 +35,15 @@ from .io.base import check_identity
 from .io.lamost_catalog import file_key
 from .labels import reduce_class
 from .outputs import RowWriter, output_format, rows_to_arrow, run_metadata
-from .predict import Loaded, default_model_dir, load_for_inference, model_metadata, predict, questions_for
+from .predict import (
+    Loaded,
+    default_model_dir,
+    load_for_inference,
+    model_metadata,
+    model_specs,
+    predict,
+    questions_for,
+)
 from .preprocess import check_snr, clean_spectrum
 from .progress import progress_bar, say
 from .shards import arrow_to_vectors, check_output, iter_batches, parquet_file, shard_paths, verified_shard_paths
@@ -133,9 +142,10 @@ def iter_items(
 ) -> Iterator[Item]:
     """Input order preserved; FITS and array spectra through the same readers and cleaning as `ingest`; ingest
     shards read as they are (checked against their manifest with `verify`). An input that cannot be used (a shard
-    folder that fails its check, a foreign Parquet file) gives one failed item and the run goes on.
-    `select(n, file, spec_id)` decides whether the n-th spectrum (counted over every input) is wanted: for a FITS
-    file before it is read (spec_id None), for array and shard spectra after."""
+    folder that fails its check, a foreign Parquet file) gives one failed item (and one line on stderr) and the run
+    goes on. `select(n, file, spec_id)` decides whether the n-th spectrum (counted over every input) is wanted: for a
+    FITS file before it is read (spec_id None), for array and shard spectra after. The local engine; `--engine ray`
+    reads the same `input_units` with the same `unit_items` in Ray tasks."""
     n = 0
 
     def wanted(file: str, spec_id: str | None) -> bool:
@@ -143,29 +153,52 @@ def iter_items(
         n += 1
         return select is None or select(n - 1, file, spec_id)
 
+    for unit in input_units(inputs, verify):
+        kind, path, _ = unit
+        single = kind == "file" and not is_array_source(path)
+        if kind == "failed":
+            if not wanted(path, None):
+                continue
+        elif single and not wanted(path, None):
+            continue
+        for item in unit_items(unit, grid, clean):
+            if kind == "failed" or single or wanted(item.file, item.spec_id):
+                report(item)
+                yield item
+
+
+def input_units(inputs: Iterable[str], verify: bool = True) -> Iterator[tuple[str, str, str]]:
+    """The inputs, listed in order as units of reading: ("file", path) a FITS file or an array source,
+    ("shard", path) one shard of a verified shard folder, ("failed", input, reason) an input that cannot be used."""
     for item in inputs:
         if is_shard_input(item):
             try:
-                yield from (
-                    it for it in iter_shard_items(item, verify=verify, clean=clean) if wanted(it.file, it.spec_id)
-                )
+                shards = verified_shard_paths(item, verify)
             except SpecllmError as exc:
-                say(one_line(exc))
-                if wanted(item, None):
-                    yield Item(item, status=one_line(exc))
-            continue
-        for path in expand_inputs([item]):
-            single = not is_array_source(path)
-            if single and not wanted(path, None):
+                yield ("failed", item, one_line(exc))
                 continue
-            for raw in iter_spectra(path):
-                if isinstance(raw, SpectrumRejected):
-                    if single or wanted(raw.path, None):
-                        say(one_line(f"{raw.path}: {raw}"))
-                        yield Item(raw.path, status=str(raw))
-                    continue
-                if single or wanted(raw.path, spec_id_of(raw)):
-                    yield raw_item(raw, grid, clean)
+            yield from (("shard", shard, "") for shard in shards)
+            continue
+        yield from (("file", path, "") for path in expand_inputs([item]))
+
+
+def unit_items(unit: tuple[str, str, str], grid: GridConfig, clean: CleanConfig) -> Iterator[Item]:
+    """The spectra of one unit of `input_units` (checked already), read and cleaned; failed items for what cannot
+    be used. Prints nothing: the caller reports failed items (`report`), in order."""
+    kind, path, reason = unit
+    if kind == "failed":
+        yield Item(path, status=reason)
+    elif kind == "shard":
+        try:
+            yield from iter_shard_items(path, verify=False, clean=clean)
+        except SpecllmError as exc:
+            yield Item(path, status=one_line(exc))
+    else:
+        for raw in iter_spectra(path):
+            if isinstance(raw, SpectrumRejected):
+                yield Item(raw.path, status=str(raw))
+            else:
+                yield raw_item(raw, grid, clean)
 
 
 def spec_id_of(raw: RawSpectrum) -> str:
@@ -175,8 +208,8 @@ def spec_id_of(raw: RawSpectrum) -> str:
 
 
 def raw_item(raw: RawSpectrum, grid: GridConfig, clean: CleanConfig) -> Item:
-    """A spectrum as read, cleaned as `ingest` cleans it; a spectrum that cannot be used is a failed item (and one
-    line on stderr)."""
+    """A spectrum as read, cleaned as `ingest` cleans it (the per-spectrum work of both engines); one that cannot
+    be used is a failed item (reported by the caller)."""
     meta = raw.meta
     base = {
         "file": raw.path,
@@ -191,7 +224,6 @@ def raw_item(raw: RawSpectrum, grid: GridConfig, clean: CleanConfig) -> Item:
         obsid = check_identity(meta)
         cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
     except SpectrumRejected as exc:
-        say(one_line(f"{raw.path}: {exc}"))
         return Item(**(base | {"obsid": None, "ra": None, "dec": None}), status=one_line(exc))
     return Item(
         **(base | {"obsid": obsid}),
@@ -260,6 +292,12 @@ class PathList:
     def close(self) -> None:
         if self._spool is not None:
             self._spool.close()
+
+
+def report(item: Item) -> None:
+    """One line on stderr for an item that failed (naming its file and the reason)."""
+    if item.status != "ok":
+        say(one_line(item.status if item.status.startswith(item.file) else f"{item.file}: {item.status}"))
 
 
 def label_columns(spec) -> list[str]:
@@ -364,6 +402,51 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
     yield from flush()
 
 
+def labeller(model_path: str, config: InferConfig):
+    """`--engine ray`: built once in each model actor (the model on the actor's device); returns a function that
+    labels a batch of items -> [(item without its flux, row)], in order."""
+    device = pick_device()
+    models = load_for_inference(Path(model_path), device)
+
+    def label(items: list[Item]) -> list[tuple[Item, dict]]:
+        pairs = label_rows(items, models, device, config)
+        return [(dataclasses.replace(item, flux=None, mask=None), row) for item, row in pairs]
+
+    return label
+
+
+def ray_rows(
+    inputs: Iterable[str], model_path: Path, config: InferConfig, writer: RowWriter | None = None
+) -> Iterator[tuple[Item, dict]]:
+    """`--engine ray`: (item, row) in input order, as `label_rows` gives them; reading and cleaning in Ray tasks,
+    labelling in a pool of model actors (`specllm.ray_engine`). With a resumed `writer`, single FITS files already
+    written are not read again, and rows already written (array and shard spectra) are left out."""
+    from . import ray_engine
+
+    done_files = writer.done_files if writer is not None else frozenset()
+    done = writer.done if writer is not None else frozenset()
+    with ray_engine.session(config.engine):
+        units = [
+            u
+            for u in input_units(inputs, config.verify)
+            if not (u[0] == "file" and u[1] in done_files and not is_array_source(u[1]))
+        ]
+        pairs = ray_engine.ordered_actor_map(
+            units,
+            unit_items,
+            (GridConfig(), config.clean),
+            labeller,
+            (str(model_path), config),
+            batch_size=config.batch_size * 4,
+            actors=config.engine.actors,
+        )
+        for item, row in pairs:
+            if item.spec_id is not None and (item.file, item.spec_id) in done:
+                continue
+            report(item)
+            yield item, row
+
+
 def predict_table(
     model_dir: str | None, shards: str, split: str | None = "test", config: InferConfig = InferConfig()
 ) -> pa.Table:
@@ -423,9 +506,15 @@ def run_infer(
 
 def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, rank: int, world: int):
     model_path = Path(model_dir) if model_dir else default_model_dir()
-    device = pick_device()
-    models = load_for_inference(model_path, device)
-    columns = output_columns([m.spec for m in models])
+    ray = config.engine.engine == "ray"
+    if ray:
+        if world > 1:
+            raise SpecllmError("--engine ray spreads the work itself: run it once, not under a multi-process launcher")
+        columns = output_columns(model_specs(model_path))  # the weights load in the model actors
+    else:
+        device = pick_device()
+        models = load_for_inference(model_path, device)
+        columns = output_columns([m.spec for m in models])
     meta = run_metadata(model_metadata(model_path, name=model_dir or "default"))
     writer = RowWriter(output, columns, meta, resume=resume)
     if writer.kept:
@@ -441,10 +530,14 @@ def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, 
     total_inputs = None if config.quiet else count_spectra(paths)
     todo = None if total_inputs is None else max(0, len(range(rank, total_inputs, world)) - writer.kept)
     failed = total = 0
-    items = flushing(iter_items(paths, GridConfig(), config.clean, config.verify, select), writer)
+    if ray:
+        labelled = ray_rows(paths, model_path, config, writer)
+    else:
+        items = flushing(iter_items(paths, GridConfig(), config.clean, config.verify, select), writer)
+        labelled = label_rows(items, models, device, config)
     try:
         with progress_bar("infer", total=todo, disable=config.quiet) as advance:
-            for item, row in label_rows(items, models, device, config):
+            for item, row in labelled:
                 writer.write(row)
                 total += 1
                 failed += item.status != "ok"

@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,7 @@ from .shards import (
     check_output,
     file_sha256,
     integrity_fields,
+    read_table,
     remove_stale_temporaries,
     table_digest,
     vector_type,
@@ -176,7 +178,7 @@ def balance_candidate(path: str):
 
 def _options_fingerprint(config: IngestConfig, catalog: LabelCatalog | None) -> dict:
     return {
-        "config": dataclasses.asdict(config) | {"workers": None, "strict": None},
+        "config": dataclasses.asdict(config) | {"workers": None, "strict": None, "engine": None},
         "catalog": os.path.abspath(catalog.path) if catalog else None,
         "specllm": __version__,
     }
@@ -256,27 +258,16 @@ def run_ingest(
     grid_size = config.grid.size
     schema = shard_schema(catalog, grid_size)
     result = IngestResult(out=out)
-    workers = max(1, config.workers)
-    ctx = multiprocessing.get_context("fork")
-    pool = ctx.Pool(workers, _init_worker, (config, catalog)) if workers > 1 else None
-    _init_worker(config, catalog)
-    # Large task chunks (up to 64 files) keep the pool's dispatch threads off the GIL the main process needs for
-    # building shards: 1,650 DR10 files, 2 workers: ~650 spectra/s with chunks of 4, ~880 with 64.
-    pool_map = (
-        (lambda fn, items: pool.imap(fn, items, chunksize=max(1, min(64, len(items) // (4 * workers)))))
-        if pool
-        else map
-    )
-    try:
+    with _engine(config, catalog) as (pool_map, chunks_of):
         if config.balance:
             paths = _select_balanced(paths, config.balance, pool_map)
         seen: dict[str, str] = {}
         shard_names, digests, rejects, hashes = [], [], [], {}
         n_chunks = (len(paths) + config.shard_size - 1) // config.shard_size
         with progress_bar("ingest", total=len(paths)) as advance:
-            for k, chunk, record, results in _prefetched(out, paths, config.shard_size, pool_map):
+            for k, chunk, record, provisional in chunks_of(out, paths, schema):
                 if record is None:
-                    record = _process_chunk(out, k, chunk, results, schema, grid_size, seen)
+                    record = settle_chunk(out, k, provisional, seen)
                 else:
                     result.resumed_chunks += 1
                     for sid in record["ids"]:
@@ -296,10 +287,6 @@ def run_ingest(
                 result.kept += record["kept"]
                 advance(len(chunk))
         _remove_parts_beyond(out, n_chunks)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
     result.read = len(paths)
     result.rejected = Counter(r["reason"] for r in rejects)
     result.content_hash = hashlib.sha256("".join(digests).encode()).hexdigest()
@@ -324,6 +311,41 @@ def run_ingest(
     return result
 
 
+@contextmanager
+def _engine(config: IngestConfig, catalog: LabelCatalog | None):
+    """(pool_map for the --balance pass, chunks_of(out, paths, schema) -> (k, chunk, record, provisional)) of the
+    engine asked for: a process pool of `config.workers` (local), or Ray tasks (`specllm.ray_engine`)."""
+    if config.engine.engine == "ray":
+        from . import ray_engine
+
+        with ray_engine.session(config.engine):
+            yield (
+                lambda fn, items: ray_engine.ordered_map(items, balance_task, (config, catalog), per_task=256),
+                lambda out, paths, schema: _ray_chunks(out, paths, config, catalog, schema),
+            )
+        return
+    workers = max(1, config.workers)
+    ctx = multiprocessing.get_context("fork")
+    pool = ctx.Pool(workers, _init_worker, (config, catalog)) if workers > 1 else None
+    _init_worker(config, catalog)
+    # Large task chunks (up to 64 files) keep the pool's dispatch threads off the GIL the main process needs for
+    # building shards: 1,650 DR10 files, 2 workers: ~650 spectra/s with chunks of 4, ~880 with 64.
+    pool_map = (
+        (lambda fn, items: pool.imap(fn, items, chunksize=max(1, min(64, len(items) // (4 * workers)))))
+        if pool
+        else map
+    )
+    try:
+        yield (
+            pool_map,
+            lambda out, paths, schema: _local_chunks(out, paths, config.shard_size, pool_map, schema, config.grid.size),
+        )
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+
+
 def _part(k: int) -> str:
     return f"part-{k:05d}"
 
@@ -344,6 +366,26 @@ def _load_chunk_record(out: str, k: int, input_hash: str) -> dict | None:
     return record
 
 
+def _local_chunks(out: str, paths: list[str], size: int, pool_map, schema: pa.Schema, grid_size: int):
+    """Local engine: (k, chunk, record or None, provisional record or None) in order."""
+    for k, chunk, record, results in _prefetched(out, paths, size, pool_map):
+        yield k, chunk, record, (None if record else clean_chunk(out, k, chunk, results, schema, grid_size))
+
+
+def _ray_chunks(out: str, paths: list[str], config: IngestConfig, catalog, schema: pa.Schema):
+    """`--engine ray`: (k, chunk, record or None, provisional record or None) in order; the chunks without a
+    complete record are cleaned and written by Ray tasks (`ingest_chunk_task`), their records come back in order."""
+    from . import ray_engine
+
+    chunks = [
+        (k, chunk, _load_chunk_record(out, k, _chunk_hash(chunk))) for k, chunk in _chunks(paths, config.shard_size)
+    ]
+    todo = [(k, chunk) for k, chunk, record in chunks if record is None]
+    provisional = ray_engine.ordered_map(todo, ingest_chunk_task, (config, catalog, out, schema))
+    for k, chunk, record in chunks:
+        yield k, chunk, record, (next(provisional) if record is None else None)
+
+
 def _prefetched(out: str, paths: list[str], size: int, pool_map):
     """Yields (k, chunk, record or None, results) in order. A chunk without a complete record is submitted to the
     workers when the chunk before it is handed out, so they clean chunk k+1 while this process builds and writes
@@ -362,42 +404,86 @@ def _prefetched(out: str, paths: list[str], size: int, pool_map):
         yield k, chunk, record, results
 
 
-def _process_chunk(out, k, chunk, results, schema, grid_size, seen) -> dict:
-    kept, rejects = [], []
-    for res in results:
+def clean_chunk(out: str, k: int, chunk: list[str], results, schema: pa.Schema, grid_size: int) -> dict:
+    """Shard k from the per-file results of its chunk, every cleaned spectrum kept, written atomically; returns
+    the chunk's provisional record (`settle_chunk` drops the ids an earlier spectrum had). Runs where the chunk
+    was cleaned: this process (local engine) or a Ray worker (`--engine ray`)."""
+    kept, rejects, positions = [], [], []
+    for pos, res in enumerate(results):
         if res[0] == "rejected":
             _, path, reason, detail = res
-            rejects.append({"file": path, "reason": reason, "detail": detail})
-            continue
-        row = res[1]
-        if row["spec_id"] in seen:
-            rejects.append(
-                {
-                    "file": row["file"],
-                    "reason": "duplicate obsid",
-                    "detail": f"{row['spec_id']} already read from {seen[row['spec_id']]}",
-                }
-            )
-            continue
-        seen[row["spec_id"]] = row["file"]
-        kept.append(res)
+            rejects.append({"file": path, "reason": reason, "detail": detail, "pos": pos})
+        else:
+            kept.append(res)
+            positions.append(pos)
     shard = _part(k) + ".parquet"
     digest = sha256 = ""
     if kept:
         table = _build_table(kept, schema, grid_size)
         digest = table_digest(table)
         sha256 = write_table(os.path.join(out, shard), table)
-    record = {
+    return {
         "input_hash": _chunk_hash(chunk),
         "shard": shard,
         "kept": len(kept),
         "ids": [r[1]["spec_id"] for r in kept],
+        "files": [r[1]["file"] for r in kept],
+        "positions": positions,
         "rejects": rejects,
         "digest": digest,
         "sha256": sha256,
     }
+
+
+def settle_chunk(out: str, k: int, provisional: dict, seen: dict[str, str]) -> dict:
+    """In input order (this process): a spectrum whose id an earlier one had becomes the reject `duplicate obsid`
+    (its shard is rewritten without it; rare), the others are remembered in `seen`; the chunk's record is written,
+    last, so that a rerun skips the chunk."""
+    events = [(r.pop("pos"), r) for r in provisional["rejects"]]
+    events += [
+        (pos, (sid, f)) for pos, sid, f in zip(provisional["positions"], provisional["ids"], provisional["files"])
+    ]
+    rejects, keep = [], []
+    for _, event in sorted(events, key=lambda e: e[0]):
+        if isinstance(event, dict):
+            rejects.append(event)
+            continue
+        sid, f = event
+        if sid in seen:
+            rejects.append({"file": f, "reason": "duplicate obsid", "detail": f"{sid} already read from {seen[sid]}"})
+            keep.append(False)
+        else:
+            seen[sid] = f
+            keep.append(True)
+    record = {key: provisional[key] for key in ("input_hash", "shard", "kept", "ids", "digest", "sha256")}
+    record["rejects"] = rejects
+    if not all(keep):
+        path = os.path.join(out, provisional["shard"])
+        table = read_table(path).filter(pa.array(keep))
+        record["ids"] = [sid for sid, ok in zip(provisional["ids"], keep) if ok]
+        record["kept"] = table.num_rows
+        if table.num_rows:
+            record["digest"] = table_digest(table)
+            record["sha256"] = write_table(path, table)
+        else:
+            os.unlink(path)
+            record["digest"] = record["sha256"] = ""
     atomic_write_json(os.path.join(out, _part(k) + ".json"), record)
     return record
+
+
+def ingest_chunk_task(unit: tuple[int, list[str]], config, catalog, out: str, schema: pa.Schema) -> dict:
+    """`--engine ray`: one Ray task cleans the chunk k of files with the local engine's `process_one` and writes
+    its shard (`clean_chunk`)."""
+    k, chunk = unit
+    _init_worker(config, catalog)
+    return clean_chunk(out, k, chunk, [process_one(p) for p in chunk], schema, config.grid.size)
+
+
+def balance_task(path: str, config, catalog):
+    """`--engine ray`: `balance_candidate` in a Ray worker."""
+    _init_worker(config, catalog)
+    return balance_candidate(path)
 
 
 def _remove_parts_beyond(out: str, n_chunks: int) -> None:

@@ -76,10 +76,23 @@ class Loaded:
     domain: object = None  # domain.Domain, where the model directory has one (flag bit `domain`)
 
 
+def _chain(path: Path) -> list[Path]:
+    path = model_dir(path)
+    return [path / PARENT, path] if (path / PARENT / SPEC).exists() else [path]
+
+
+def model_specs(path: Path) -> list[ModelSpec]:
+    """The specs of the models `load_for_inference` loads, without their weights (for a process that only writes)."""
+    chain = _chain(path)
+    for p in chain:
+        if not (p / SPEC).exists():
+            raise SpecllmError(f"{p}: not a specllm model directory (needs {SPEC} and weights)")
+    return [ModelSpec.from_json(p / SPEC) for p in chain]
+
+
 def load_for_inference(path: Path, device: torch.device) -> list[Loaded]:
     """The model at `path`, preceded by its stage-1 parent when it is a stage-2 model (labels of both are written)."""
-    path = model_dir(path)
-    chain = [path / PARENT, path] if (path / PARENT / "spec.json").exists() else [path]
+    chain = _chain(path)
     loaded = []
     grid = GridConfig()
     for p in chain:

@@ -361,12 +361,12 @@ import specllm.ingest as ingest
 from specllm.shards import atomic_write
 mode = sys.argv.pop(1)
 if mode == "slow":
-    original = ingest._process_chunk
+    original = ingest.settle_chunk
     def slow(*args, **kwargs):
         record = original(*args, **kwargs)
         time.sleep(0.3)
         return record
-    ingest._process_chunk = slow
+    ingest.settle_chunk = slow
 elif mode == "hang":
     original_write = ingest.write_table
     def write_table(path, table):

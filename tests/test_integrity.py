@@ -127,7 +127,7 @@ def test_a_new_run_unseals_the_folder_until_it_finishes(pipeline, tmp_path, monk
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ingest, "_process_chunk", killed)
+    monkeypatch.setattr(ingest, "settle_chunk", killed)
     with pytest.raises(KeyboardInterrupt):
         run_ingest([str(pipeline["fits"])], str(out), str(pipeline["catalog"]), IngestConfig(shard_size=SHARD_SIZE))
     with pytest.raises(SpecllmError, match="no manifest.json"):
