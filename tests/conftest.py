@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from specllm.config import GridConfig, LoraConfig, TrainConfig
-from specllm.train import TrainOptions, run_train
+from specllm.config import GridConfig
+from specllm.train import run_train
 
 from . import fitsfactory
-from .llmfactory import tiny_llama_dir, write_qa
+from .llmfactory import tiny_llama_dir, tiny_train_options, write_qa
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -56,15 +56,5 @@ def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny-run")
     tiny = tiny_llama_dir(root)
     data = write_qa(root / "qa", "patch", n=8, grid=GridConfig().size, test_every=8)
-    recipe = TrainConfig(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False)
-    run_train(
-        TrainOptions(
-            data=str(data),
-            out=str(root / "run"),
-            base_model=str(tiny),
-            recipe=recipe,
-            lora=LoraConfig(r=4, alpha=8),
-            max_steps=2,
-        )
-    )
+    run_train(tiny_train_options(data, root / "run", tiny))
     return root / "run"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from specllm.config import LoraConfig, TrainConfig, TrainOptions
 from specllm.shards import seal_shards, vectors_to_arrow, write_table
 
 TINY_GRID = 256
@@ -117,3 +118,17 @@ def tiny_llama3_dir(root: Path) -> Path:
     LlamaForCausalLM(config).save_pretrained(target, safe_serialization=True)
     llama3_tokenizer_files(target)
     return target
+
+
+# The tests' tiny LoRA recipe: a high learning rate, fp32, no gradient checkpointing.
+TINY_RECIPE = TrainConfig(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False)
+
+
+def tiny_train_options(data: Path, out: Path, base_model: Path, **overrides) -> TrainOptions:
+    """Options of a tiny run of 2 optimizer steps (LoRA r=4) on `data`; `overrides` replace any field."""
+    fields = dict(
+        data=str(data), out=str(out), base_model=str(base_model), recipe=TINY_RECIPE, lora=LoraConfig(r=4, alpha=8),
+        max_steps=2,
+    )  # fmt: skip
+    fields.update(overrides)
+    return TrainOptions(**fields)

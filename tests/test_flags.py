@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from specllm import flags
-from specllm.config import CleanConfig, DomainConfig, GridConfig, InferConfig, IngestConfig, LoraConfig, TrainConfig
+from specllm.config import CleanConfig, DomainConfig, GridConfig, InferConfig, IngestConfig
 
-from .llmfactory import tiny_llama_dir, write_qa
+from .llmfactory import tiny_llama_dir, tiny_train_options, write_qa
 
 DR7 = "lamost/dr7/spectra/spec-58575-HD103621N361936B01_sp03-{}.fits.gz"
 
@@ -41,19 +41,11 @@ def test_untrained_class():
 def tiny_model(tmp_path_factory):
     """A tiny stage-1 patch model trained on synthetic A/F/G spectra, with its domain check fitted on its data."""
     from specllm.fitdomain import fit_model_domain
-    from specllm.train import TrainOptions, run_train
+    from specllm.train import run_train
 
     root = tmp_path_factory.mktemp("flags")
     data = write_qa(root / "qa", "patch", n=24, grid=GridConfig().size, test_every=8)
-    recipe = TrainConfig(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False)
-    options = TrainOptions(
-        data=str(data),
-        out=str(root / "run"),
-        base_model=str(tiny_llama_dir(root)),
-        recipe=recipe,
-        lora=LoraConfig(r=4, alpha=8),
-        max_steps=2,
-    )
+    options = tiny_train_options(data, root / "run", tiny_llama_dir(root))
     run_train(options)
     domain = fit_model_domain(str(data), str(root / "run"), DomainConfig(components=4, neighbours=2, val_fraction=0.3))
     assert (root / "run" / "model" / "domain.safetensors").exists() and (

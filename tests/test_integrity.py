@@ -248,21 +248,15 @@ def test_one_line_escapes_control_characters():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A tiny patch-format run of 2 steps with a checkpoint after step 1 (for --resume) and a final model."""
-    from specllm.config import GridConfig, LoraConfig, TrainConfig
-    from specllm.train import TrainOptions, run_train
+    from specllm.config import GridConfig
+    from specllm.train import run_train
 
-    from .llmfactory import tiny_llama_dir, write_qa
+    from .llmfactory import TINY_RECIPE, tiny_llama_dir, tiny_train_options, write_qa
 
     root = tmp_path_factory.mktemp("run")
     data = write_qa(root / "qa", "patch", n=8, grid=GridConfig().size, test_every=8)
-    recipe = TrainConfig(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False)
-    options = TrainOptions(
-        data=str(data),
-        out=str(root / "run"),
-        base_model=str(tiny_llama_dir(root)),
-        recipe=dataclass_replace(recipe, save_every=1),
-        lora=LoraConfig(r=4, alpha=8),
-        max_steps=2,
+    options = tiny_train_options(
+        data, root / "run", tiny_llama_dir(root), recipe=dataclass_replace(TINY_RECIPE, save_every=1)
     )
     run_train(options)
     return root / "run"

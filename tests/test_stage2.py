@@ -12,14 +12,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from specllm.config import CrossmatchConfig, GridConfig, LoraConfig, TrainConfig
+from specllm.config import CrossmatchConfig, GridConfig
 from specllm.crossmatch import run_crossmatch, stage2_label_columns
 from specllm.ingest import shard_schema
 from specllm.serialize import run_serialize
 from specllm.shards import seal_shards, vectors_to_arrow
-from specllm.train import TrainOptions, run_train
+from specllm.train import run_train
 
-from .llmfactory import synthetic_spectra, tiny_llama_dir
+from .llmfactory import synthetic_spectra, tiny_llama_dir, tiny_train_options
 from .test_surveys import allstar_table
 
 N = 12
@@ -66,12 +66,8 @@ def test_stage_two_from_crossmatch_to_infer(tmp_path):
 
     run_serialize(str(tmp_path / "xm"), 1, "patch", str(tmp_path / "qa1"), count=False)
     run_serialize(str(tmp_path / "xm"), 2, "patch", str(tmp_path / "qa2"), count=False)
-    recipe = TrainConfig(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False)
-    common = dict(base_model=str(tiny), recipe=recipe, lora=LoraConfig(r=4, alpha=8), max_steps=2)
-    run_train(TrainOptions(data=str(tmp_path / "qa1"), out=str(tmp_path / "s1"), **common))
-    run_train(
-        TrainOptions(data=str(tmp_path / "qa2"), out=str(tmp_path / "s2"), stage=2, init=str(tmp_path / "s1"), **common)
-    )
+    run_train(tiny_train_options(tmp_path / "qa1", tmp_path / "s1", tiny))
+    run_train(tiny_train_options(tmp_path / "qa2", tmp_path / "s2", tiny, stage=2, init=str(tmp_path / "s1")))
 
     proc = subprocess.run(
         [sys.executable, "-m", "specllm", "infer", str(shards), "--model", str(tmp_path / "s2")],
