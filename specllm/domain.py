@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from .config import DomainConfig
 from .errors import SpecllmError
+from .shards import atomic_write, atomic_write_text
 
 DOMAIN_WEIGHTS = "domain.safetensors"
 DOMAIN_JSON = "domain.json"
@@ -176,23 +176,11 @@ def save_domain(domain: Domain, model_dir: str | os.PathLike) -> None:
     tensors = {
         name: torch.from_numpy(np.ascontiguousarray(getattr(domain, name), dtype=t)) for name, t in dtypes.items()
     }
-    fd, tmp = tempfile.mkstemp(prefix=".domain.", suffix=".safetensors", dir=model_dir)
-    os.close(fd)
-    save_file(tensors, tmp, metadata={"format": "pt", "specllm": "domain"})
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, model_dir / DOMAIN_WEIGHTS)
+    atomic_write(
+        model_dir / DOMAIN_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "specllm": "domain"})
+    )
     meta = {k: v for k, v in asdict(domain).items() if k not in tensors}
-    fd, tmp = tempfile.mkstemp(prefix=".domain.", suffix=".json", dir=model_dir)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(meta, indent=2, default=str) + "\n")
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, model_dir / DOMAIN_JSON)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write_text(model_dir / DOMAIN_JSON, json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def load_domain(model_dir: str | os.PathLike) -> Domain | None:
