@@ -1,6 +1,10 @@
 """Throughput of `specllm infer` with the shipped model, FITS in -> CSV out, and the cost of the paper's text format.
 
-    python benchmarks/bench_infer.py [--n 300] [--paper 2]
+    python benchmarks/bench_infer.py [--n 300] [--paper 2] [--reference DIR] [--repeats 2]
+
+--reference DIR: also time another checkout of specllm (e.g. `git worktree add /tmp/ref <commit>`: its code and its
+    shipped model) on the same files in the same run, alternating reference and this tree `--repeats` times, so
+    that a speed-up is a ratio measured under the same machine load (the load average is recorded beside it).
 
 (a) end to end: `specllm infer` over the first N DR10 files (process start and model load included, and the rate
     once loaded, from the CLI's own timing); (b) the same base model (same layers kept) reading the paper's text
@@ -21,18 +25,31 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "lamost" / "dr10" / "spectra"
 
 
-def end_to_end(n: int) -> dict:
+def end_to_end(n: int, tree: Path | None = None) -> dict:
+    """`specllm infer` over the first `n` DR10 files, and over one file (start-up), with this tree's code or with
+    the checkout at `tree` (first on PYTHONPATH)."""
+    import os
+
     files = [str(p) for p in sorted(SHARED.glob("*.fits.gz"))[:n]]
+    # `python -m` puts the working directory first on sys.path: run from the tree whose code is to be timed
+    env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
+    cwd = str(tree or ROOT)
     t = time.time()
-    proc = subprocess.run([sys.executable, "-m", "specllm", "infer", *files], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "specllm", "infer", *files], capture_output=True, text=True, env=env, cwd=cwd
+    )
     wall = time.time() - t
     if proc.returncode:
         sys.exit(proc.stderr)
     rows = proc.stdout.count("\n") - 1
     t = time.time()
-    subprocess.run([sys.executable, "-m", "specllm", "infer", files[0]], capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "specllm", "infer", files[0]], capture_output=True, text=True, env=env, cwd=cwd
+    )
     startup = time.time() - t
     return {
+        "code": str(tree or ROOT),
+        "load_average": os.getloadavg(),
         "spectra": rows,
         "wall_s": wall,
         "per_s_wall": rows / wall,
@@ -45,7 +62,7 @@ def paper_format(k: int) -> dict:
     import numpy as np
     import torch
 
-    from specllm.config import CleanConfig, GridConfig
+    from specllm.config import CleanConfig, GridConfig, PatchConfig
     from specllm.device import autocast
     from specllm.infer import iter_items
     from specllm.predict import default_model_dir
@@ -68,7 +85,8 @@ def paper_format(k: int) -> dict:
             model.hidden_states(batch)
         seconds.append(time.time() - t)
     patch_q = question("patch", 1, None, ["class", "teff", "logg", "feh"])
-    patch_tokens = PromptBuilder(tokenizer, 77).length(PromptBuilder(tokenizer, 77).encode(patch_q, None))
+    patches = PatchConfig(spec.patch_width).count(spec.grid_size)
+    patch_tokens = PromptBuilder(tokenizer, patches).length(PromptBuilder(tokenizer, patches).encode(patch_q, None))
     return {
         "paper_tokens_mean": float(np.mean(tokens)),
         "paper_forward_s_mean": float(np.mean(seconds)),
@@ -81,7 +99,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--paper", type=int, default=2)
+    ap.add_argument("--reference", type=Path, help="another specllm checkout, timed alternately on the same files")
+    ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
+    if args.reference:
+        runs = {"reference": [], "this": []}
+        for _ in range(args.repeats):
+            runs["reference"].append(end_to_end(args.n, args.reference))
+            runs["this"].append(end_to_end(args.n))
+        best = {k: max(r["per_s_wall"] for r in v) for k, v in runs.items()}
+        print(
+            json.dumps({"runs": runs, "best_per_s_wall": best, "speedup": best["this"] / best["reference"]}, indent=2)
+        )
+        return
     result = {"end_to_end": end_to_end(args.n)}
     if args.paper:
         result["paper"] = paper_format(args.paper)

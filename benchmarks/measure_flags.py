@@ -28,7 +28,7 @@ from specllm.config import CleanConfig, InferConfig, SplitConfig
 from specllm.errors import SpectrumRejected
 from specllm.flags import FLAGS, SNR_REASONS
 from specllm.infer import run_infer
-from specllm.ingest import split_of
+from specllm.splits import split_of
 from specllm.io.lamost import header_meta
 from specllm.io.lamost_catalog import file_key
 from specllm.labels import reduce_class

@@ -78,6 +78,9 @@ class SplitConfig:
     """Fraction of spectra in the test split (paper: 0.2)."""
     salt: str = "specllm-split-v1"
     """Mixed into the hash of the spectrum id that decides the split."""
+    val_fraction: float = 0.2
+    """Fraction of the train split held out as the validation split (its own hash of the id): `train` evaluates and
+    calibrates on it, `fitdomain` sets its thresholds on it; the test split is only read for the model card."""
 
 
 EngineName = Literal["local", "ray"]
@@ -126,7 +129,7 @@ class PatchConfig:
     """Spectral tokens (`--format patch`): the flux vector cut into fixed-width patches, one embedding each."""
 
     width: int = 64
-    """Pixels per patch (4901 pixels -> 77 patches)."""
+    """Pixels per patch (4901 pixels -> 77 patches of 64, or 39 of 128: the spectral tokens per spectrum)."""
 
     def count(self, grid_size: int) -> int:
         return -(-grid_size // self.width)
@@ -232,6 +235,22 @@ class TrainOptions:
     """Weight of the class read-out's cross-entropy."""
     head_lr_mult: float = 1.0
     """Learning-rate multiplier for the patch projector and read-out heads."""
+    nll_beta: float = 0.0
+    """beta of the read-out's beta-NLL (Seitzer et al. 2022): each example's Gaussian NLL is weighted by its predicted
+    variance^beta (gradient stopped), so that hard, high-variance examples (hot stars) still pull the mean; 0: the
+    plain Gaussian NLL, 1: the mean learns as under MSE."""
+    density_weight: float = 0.0
+    """Weight each example's read-out loss by (density of its Teff label)^-density_weight (normalised to mean 1,
+    clipped at 5): rare hot and cool stars count more. 0: off."""
+    validation: bool = True
+    """Hold out the validation split (`SplitConfig.val_fraction` of the train split, by a hash of the id): the
+    run's figures and the uncertainty calibration come from it."""
+    calibrate: bool = True
+    """Scale the predicted uncertainties per label and predicted class so that 68.3% of validation spectra lie within
+    1 sigma (stored in spec.json as `error_scale`)."""
+    report_test: bool = False
+    """Also evaluate the test split at the end (the model card's figures). Leave off while choosing a recipe: every
+    choice is made on the validation split, and the test split is read once, for the card."""
     save_dtype: SaveDtype = "float32"
     """Precision of the saved weights."""
     verify: bool = True
@@ -239,6 +258,7 @@ class TrainOptions:
     recipe: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
 
 
 @dataclass(frozen=True)
@@ -279,9 +299,6 @@ class DomainConfig:
     """A spectrum's score is its mean distance, in that space, to this many nearest training spectra."""
     quantile: float = 0.98
     """The threshold is this quantile of the scores of held-out training spectra (never the test split)."""
-    val_fraction: float = 0.2
-    """Share of the train split held out for the threshold, drawn by the split's hash rule (salt
-    `SplitConfig.salt + ":domain"`), so it never moves."""
     partial_fraction: float = 0.5
     """This share of the training spectra (at random) is used with one end of the grid cut, so that partial
     coverage alone is not out of domain; the others as observed."""

@@ -20,12 +20,12 @@ from .device import pick_device
 from .domain import Domain, edge_cut, fit_domain, patch_features, save_domain
 from .errors import SpecllmError
 from .infer import iter_shard_items
-from .ingest import hash_fraction
 from .predict import default_model_dir, load_for_inference, predict, questions_for
 from .progress import progress_bar, say
+from .splits import is_validation
 
 FEATURES = {
-    "patches": "the patch embeddings (the patch projector's output for all 77 patches, concatenated)",
+    "patches": "the patch embeddings (the patch projector's output for every patch, concatenated)",
     "hidden": "the read-out hidden state (the last prompt token's, which the numeric heads read)",
 }
 
@@ -66,7 +66,7 @@ def fit_model_domain(
     if len(items) < 2 * config.neighbours:
         raise SpecllmError(f"{shards}: {len(items)} train-split spectra, too few to fit a domain check")
     labels = _train_labels(shards, list(spec.value_names))
-    val = np.array([hash_fraction(it.spec_id, split.salt + ":domain") < config.val_fraction for it in items])
+    val = np.array([is_validation(it.spec_id, split) for it in items])
     flux = np.stack([it.flux for it in items])
     mask = np.stack([it.mask for it in items])
     rng = np.random.default_rng(config.seed)

@@ -37,6 +37,7 @@ from .labels import reduce_class
 from .outputs import RowWriter, output_format, rows_to_arrow, run_metadata
 from .predict import (
     Loaded,
+    check_decode,
     default_model_dir,
     load_for_inference,
     model_metadata,
@@ -506,6 +507,7 @@ def run_infer(
 
 def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, rank: int, world: int):
     model_path = Path(model_dir) if model_dir else default_model_dir()
+    check_decode(model_specs(model_path), config)
     ray = config.engine.engine == "ray"
     if ray:
         if world > 1:

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__
-from .config import IngestConfig, SplitConfig
+from .config import IngestConfig
 from .errors import SpecllmError, SpectrumRejected, one_line
 from .io import LAYOUT_ARRAY, expand_inputs, expand_spectra, load_spectrum
 from .io.base import check_identity
@@ -45,6 +45,7 @@ from .shards import (
     vectors_to_arrow,
     write_table,
 )
+from .splits import hash_fraction, split_of
 
 RUN_FILE = "run.json"
 REJECTS = "rejects.parquet"
@@ -70,16 +71,6 @@ CORE_FIELDS = [
 ]
 TAIL_FIELDS = [pa.field("split", pa.string()), pa.field("coverage", pa.float32()), pa.field("norm", pa.float64())]
 REJECT_SCHEMA = pa.schema([("file", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
-
-
-def split_of(spec_id: str, split: SplitConfig) -> str:
-    """Deterministic 8:2 split from a hash of the id: reruns and added files never reshuffle it."""
-    return "test" if hash_fraction(spec_id, split.salt) < split.test_fraction else "train"
-
-
-def hash_fraction(spec_id: str, salt: str) -> float:
-    digest = hashlib.sha256(f"{salt}:{spec_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def shard_schema(catalog: LabelCatalog | None, grid_size: int) -> pa.Schema:

@@ -99,3 +99,20 @@ def per_class(pred, true, classes, err=None, groups: Sequence[str] = CLASSES) ->
         rows = np.ones(len(classes), bool) if group == OVERALL else classes == group
         out[group] = residual_stats(pred[rows], true[rows], None if err is None else err[rows])
     return out
+
+
+def binned(pred, true, width: float, err=None, min_n: int = 1) -> dict[str, Stat]:
+    """`residual_stats` per bin of the reference value (`true`), bins `width` wide starting at multiples of `width`
+    and named by their lower edge ("9000" holds 9,000 <= true < 10,000); bins with fewer than `min_n` rows are
+    left out."""
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    err = None if err is None else np.asarray(err, dtype=np.float64)
+    ok = np.isfinite(pred) & np.isfinite(true)
+    edges = np.floor(true[ok] / width) * width
+    out = {}
+    for edge in np.unique(edges):
+        rows = np.flatnonzero(ok)[edges == edge]
+        if rows.size >= min_n:
+            out[f"{edge:g}"] = residual_stats(pred[rows], true[rows], None if err is None else err[rows])
+    return out

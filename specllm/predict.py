@@ -22,7 +22,7 @@ from .config import CLASSES, GridConfig, InferConfig, PatchConfig
 from .device import autocast
 from .domain import load_domain
 from .errors import SpecllmError
-from .metrics import OVERALL, per_class
+from .metrics import OVERALL, binned, per_class, residual_stats
 from .models import file_sha256
 from .progress import say
 from .prompting import PromptBuilder
@@ -96,7 +96,7 @@ def load_for_inference(path: Path, device: torch.device) -> list[Loaded]:
     loaded = []
     grid = GridConfig()
     for p in chain:
-        model, spec, tokenizer = load_model_dir(p)
+        model, spec, tokenizer = load_model_dir(p, merge=True)
         if spec.grid_size and spec.grid_size != grid.size:
             raise SpecllmError(f"{p}: model grid has {spec.grid_size} pixels, specllm's grid {grid.size}")
         count = PatchConfig(spec.patch_width).count(spec.grid_size) if spec.patch_width else None
@@ -113,6 +113,17 @@ class Predictions:
     ok: np.ndarray  # (N,) bool: the answer text parsed
     hidden: np.ndarray | None = None  # (N, H) float32: the hidden state the read-out saw (only when asked for)
     class_prob: np.ndarray | None = None  # (N,) the class head's probability of its answer (stage 1)
+
+
+def check_decode(specs, config: InferConfig) -> None:
+    """`--decode text` needs a model that learned to write its answer (a positive `text_weight`); a model trained on
+    the read-out alone (text_weight 0, the shipped one) answers only through `--decode head`."""
+    for spec in specs:
+        if config.decode == "text" and spec.manifest.get("options", {}).get("text_weight", 1.0) == 0:
+            raise SpecllmError(
+                "--decode text: this model was trained without the answer-text objective (text_weight 0); "
+                "use --decode head (the default)"
+            )
 
 
 def questions_for(spec, flux: np.ndarray) -> list[str]:
@@ -136,6 +147,7 @@ def predict(
 ) -> Predictions:
     """Labels for `questions` (with `flux`/`mask` for the patch format, None for the text formats), in batches of
     `config.batch_size`. With `return_hidden`, `Predictions.hidden` holds the final hidden state of each prompt."""
+    check_decode([spec], config)
     n = len(questions)
     mean = np.asarray(spec.value_mean)
     std = np.asarray(spec.value_std)
@@ -164,6 +176,7 @@ def predict(
             class_prob[sl] = torch.softmax(logits.float(), -1).max(-1).values.cpu().numpy()
             for i, k in enumerate(logits.argmax(-1).tolist()):
                 classes[start + i] = spec.classes[k]
+        errors[sl] *= error_factors(spec, classes[sl])
         if config.decode == "text":
             gen = constrained_generate(model, builder, batch, out, spec, device, config)
             for i, text in enumerate(gen):
@@ -284,18 +297,70 @@ def residual_table(values, errors, labels, classes, names) -> dict:
     }
 
 
-def evaluate_split(model, spec, builder, data, device) -> dict:
+TEFF_BIN = 1000.0  # K: width of the label bins of the Teff bias table
+HOT_TEFF = 9000.0  # K: stars at least this hot are also taken together (the sparse hot end)
+CALIBRATION_LEVEL = 0.6827  # share of a Gaussian within 1 sigma
+CALIBRATION_MIN_ROWS = 30  # a predicted class with fewer validation rows takes the label's overall factor
+
+
+def error_factors(spec, classes: list[str | None]) -> np.ndarray:
+    """(N, K) factors on the read-out's sigma from `spec.error_scale` (1 where the model has none), by label and
+    predicted class."""
+    factors = np.ones((len(classes), len(spec.value_names)))
+    scale = getattr(spec, "error_scale", None) or {}
+    for j, name in enumerate(spec.value_names):
+        by_class = scale.get(name)
+        if by_class:
+            factors[:, j] = [by_class.get(c, by_class[OVERALL]) if c else by_class[OVERALL] for c in classes]
+    return factors
+
+
+def calibrate_errors(model, spec, builder, data, device) -> dict:
+    """Factors on the read-out's sigma, per label and predicted class (and overall), such that 68.3% of the
+    labelled examples of `data` (the validation split) lie within 1 sigma: `ModelSpec.error_scale`."""
+    saved, spec.error_scale = getattr(spec, "error_scale", None), None
+    try:
+        preds = predict(model, spec, builder, data.question, data.flux, data.mask, device)
+    finally:
+        spec.error_scale = saved
+    scale = {}
+    predicted = np.array([c or "" for c in preds.classes])
+    for j, name in enumerate(spec.value_names):
+        z = np.abs(preds.values[:, j] - data.values[:, j]) / preds.errors[:, j]
+        good = np.isfinite(z)
+        if good.sum() < 2:
+            continue
+        scale[name] = {OVERALL: float(np.quantile(z[good], CALIBRATION_LEVEL))}
+        for cls in sorted(set(predicted[good]) - {""}):
+            rows = good & (predicted == cls)
+            if rows.sum() >= CALIBRATION_MIN_ROWS:
+                scale[name][cls] = float(np.quantile(z[rows], CALIBRATION_LEVEL))
+        say(f"calibration {name}: sigma x " + ", ".join(f"{k} {v:.2f}" for k, v in scale[name].items()))
+    return scale
+
+
+def evaluate_split(model, spec, builder, data, device, split: str = "test") -> dict:
     """Paper Table 2 on a QA split (labels known, `train.QAData`): printed on stderr, returned as a dict."""
     preds = predict(model, spec, builder, data.question, data.flux, data.mask, device)
     true_classes = [CLASSES[c] if c >= 0 else None for c in data.classes]
     metrics = residual_table(preds.values, preds.errors, data.values, true_classes, spec.value_names)
+    if "teff" in spec.value_names:  # the pull to the mean shows as a bias that grows with the label
+        j = spec.value_names.index("teff")
+        fields = ("n", "mu", "sigma", "within_1sigma")
+        bins = binned(preds.values[:, j], data.values[:, j], TEFF_BIN, preds.errors[:, j])
+        metrics["teff_bins"] = {k: v.as_dict(fields) for k, v in bins.items()}
+        hot = data.values[:, j] >= HOT_TEFF
+        metrics["teff_hot"] = residual_stats(preds.values[hot, j], data.values[hot, j]).as_dict(fields[:3])
     known = [c is not None for c in true_classes]
     if spec.classes and any(known):
         acc = np.mean([p == t for p, t, k in zip(preds.classes, true_classes, known) if k])
         metrics["class_accuracy"] = float(acc)
-    for name in spec.value_names:
-        row = "  ".join(f"{c} {m['mu']:+.3g}±{m['sigma']:.3g}" for c, m in metrics[name].items())
-        say(f"test {name}: {row}  (within 1 sigma: {metrics[name][OVERALL]['within_1sigma']:.0%})")
+    for label in spec.value_names:
+        row = "  ".join(f"{c} {m['mu']:+.3g}±{m['sigma']:.3g}" for c, m in metrics[label].items())
+        say(f"{split} {label}: {row}  (within 1 sigma: {metrics[label][OVERALL]['within_1sigma']:.0%})")
+    if "teff_bins" in metrics:
+        row = "  ".join(f"{k}: {m['mu']:+.0f} (n={m['n']})" for k, m in metrics["teff_bins"].items())
+        say(f"{split} teff bias by 1000 K bin: {row}; >= {HOT_TEFF:.0f} K: {metrics['teff_hot']['mu'] or 0:+.0f}")
     if "class_accuracy" in metrics:
-        say(f"test class accuracy: {metrics['class_accuracy']:.1%}")
+        say(f"{split} class accuracy: {metrics['class_accuracy']:.1%}")
     return metrics

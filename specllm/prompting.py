@@ -67,29 +67,34 @@ class PromptBuilder:
         values: np.ndarray | None = None,
         classes: np.ndarray | None = None,
         device: str | torch.device = "cpu",
+        weights: np.ndarray | None = None,
     ) -> Batch:
-        """Left-padded batch. Targets sit at the positions that predict each answer token."""
+        """A padded batch: right-padded when it holds answers (training), else left-padded (generation continues
+        every row from its end). Targets sit at the positions that predict each answer token. `prefix_len` counts
+        the leading prompt tokens that every row shares at the same positions (run once by the model)."""
         P = self.patch_count or 0
         lengths = [self.length(e) for e in encoded]
         L = max(lengths)
         B = len(encoded)
+        right = any(e.answer for e in encoded)
         ids = torch.full((B, L), self.pad_id, dtype=torch.long)
         attn = torch.zeros((B, L), dtype=torch.long)
         slots = torch.zeros((B, L), dtype=torch.bool) if P else None
         targets = torch.full((B, L), -100, dtype=torch.long)
         readout = torch.zeros(B, dtype=torch.long)
+        prefix = _common_prefix([e.before for e in encoded]) if right or len(set(lengths)) == 1 else 0
         for i, (e, n) in enumerate(zip(encoded, lengths)):
-            start = L - n
+            start = 0 if right else L - n
             seq = e.before + [self.pad_id] * P + e.after + e.answer
-            ids[i, start:] = torch.tensor(seq, dtype=torch.long)
-            attn[i, start:] = 1
+            ids[i, start : start + n] = torch.tensor(seq, dtype=torch.long)
+            attn[i, start : start + n] = 1
             if P:
                 s = start + len(e.before)
                 slots[i, s : s + P] = True
             prompt_end = start + n - len(e.answer)  # index of the first answer token
             readout[i] = prompt_end - 1
             if e.answer:
-                targets[i, prompt_end - 1 : L - 1] = torch.tensor(e.answer, dtype=torch.long)
+                targets[i, prompt_end - 1 : start + n - 1] = torch.tensor(e.answer, dtype=torch.long)
         return Batch(
             input_ids=ids.to(device),
             attention_mask=attn.to(device),
@@ -97,7 +102,20 @@ class PromptBuilder:
             flux=torch.as_tensor(flux, dtype=torch.float32, device=device) if P else None,
             mask=torch.as_tensor(mask, dtype=torch.bool, device=device) if P else None,
             readout_index=readout.to(device),
+            prefix_len=prefix,
             target_ids=targets.to(device) if any(e.answer for e in encoded) else None,
             values=torch.as_tensor(values, dtype=torch.float32, device=device) if values is not None else None,
             classes=torch.as_tensor(classes, dtype=torch.long, device=device) if classes is not None else None,
+            weights=torch.as_tensor(weights, dtype=torch.float32, device=device) if weights is not None else None,
         )
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    """Length of the longest token prefix that all `rows` share."""
+    first, n = rows[0], min(len(r) for r in rows)
+    for row in rows[1:]:
+        k = 0
+        while k < n and row[k] == first[k]:
+            k += 1
+        n = k
+    return n

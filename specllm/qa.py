@@ -190,10 +190,15 @@ def answer(fmt: str, stage: int, labels: Mapping[str, float | str | None]) -> st
 # ---------------------------------------------------------------- the grammar of answers
 
 
+MAX_INTEGER_DIGITS = 6  # no label has more (Teff < 10^6 K): a bounded answer, so constrained decoding ends
+
+
 def _number_pattern(decimals: int, spaced: bool, signed: bool) -> str:
-    """Numbers as `_format_number` writes them (no leading zeros, no '-0.00'), characters space-separated if spaced."""
+    """Numbers as `_format_number` writes them (no leading zeros, no '-0.00', at most `MAX_INTEGER_DIGITS` before
+    the point), characters space-separated if spaced."""
     s = " " if spaced else ""
-    more = f"(?:{s}\\d)*" if spaced else "\\d*"
+    bound = f"{{0,{MAX_INTEGER_DIGITS - 1}}}"
+    more = f"(?:{s}\\d){bound}" if spaced else f"\\d{bound}"
     digits = f"(?:0|[1-9]{more})"
     frac = (f"{s}\\.{s}" + s.join(["\\d"] * decimals)) if decimals else ""
     if decimals:

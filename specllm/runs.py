@@ -48,6 +48,8 @@ class ModelSpec:
     grid_size: int | None = None
     layers: int | None = None  # decoder layers kept (None: all)
     quantize: str = "none"  # base weights as trained: 'nf4' (QLoRA) or 'none' (LoraConfig.quantize, resolved)
+    # label -> {predicted class or "all": factor} applied to the read-out's sigma (fitted on the validation split)
+    error_scale: dict | None = None
     manifest: dict = field(default_factory=dict)
 
     @classmethod
@@ -106,16 +108,11 @@ def _check_cpu_4bit(lm, base: str) -> None:
         )
 
 
-def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
-    """(SpectralLM, tokenizer) with fresh LoRA and heads for `spec`, its base quantised as `spec.quantize` says."""
+def _base_lm(spec: ModelSpec):
+    """The base causal LM of `spec` (quantised as `spec.quantize` says), cut to `spec.layers`, frozen."""
     quiet_offline()
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
     path = resolve_base(spec.base_model, weights=True)
-    tokenizer = load_tokenizer(spec.base_model)
-    quantize = spec.quantize == "nf4"
-    lm = load_causal_lm(path, quantize_4bit=quantize)
+    lm = load_causal_lm(path, quantize_4bit=spec.quantize == "nf4")
     if spec.layers is not None:
         inner = lm.model
         if not 0 < spec.layers <= len(inner.layers):
@@ -126,6 +123,21 @@ def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
             lm.config.layer_types = lm.config.layer_types[: spec.layers]
     for p in lm.parameters():
         p.requires_grad_(False)
+    return lm
+
+
+def _patcher(spec: ModelSpec, lm) -> PatchEmbedder | None:
+    return PatchEmbedder(spec.grid_size, spec.patch_width, lm.config.hidden_size) if spec.patch_width else None
+
+
+def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
+    """(SpectralLM, tokenizer) with fresh LoRA and heads for `spec`, its base quantised as `spec.quantize` says."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    lm = _base_lm(spec)
+    tokenizer = load_tokenizer(spec.base_model)
+    quantize = spec.quantize == "nf4"
     if quantize and pick_device().type != "cuda":
         _check_cpu_4bit(lm, spec.base_model)
     if quantize:
@@ -143,9 +155,8 @@ def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
         task_type="CAUSAL_LM",
     )
     lm = get_peft_model(lm, peft_config)
-    patcher = None
-    if spec.patch_width:
-        patcher = PatchEmbedder(spec.grid_size, spec.patch_width, lm.config.hidden_size)
+    patcher = _patcher(spec, lm)
+    if patcher is not None:
         # Start the spectral tokens at the scale of the model's own token embeddings.
         embeddings = lm.get_input_embeddings().weight
         with _whole(embeddings):  # partitioned when the base was created under ZeRO-3
@@ -186,7 +197,7 @@ def trainable_state(model: SpectralLM) -> dict[str, torch.Tensor]:
         # state dict is taken, which fails on ZeRO-3's partitioned weights (and costs time everywhere).
         lora = {n: p for n, p in model.lm.named_parameters() if p.requires_grad}
         state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(model.lm, state_dict=lora).items()}
-        for name in ("patcher", "value_head", "class_head"):
+        for name in HEADS:
             module = getattr(model, name)
             if module is not None:
                 state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
@@ -202,12 +213,18 @@ def load_trainable(model: SpectralLM, state: dict[str, torch.Tensor], heads: boo
         unexpected = getattr(result, "unexpected_keys", None) or []
         if unexpected:
             raise SpecllmError(f"adapter does not fit the model: unexpected keys {unexpected[:3]}")
-        names = ("patcher", "value_head", "class_head") if heads else ("patcher",)
-        for name in names:
-            module = getattr(model, name)
-            part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
-            if module is not None and part:
-                module.load_state_dict(part)
+        _load_heads(model, state, HEADS if heads else ("patcher",))
+
+
+HEADS = ("patcher", "value_head", "class_head")  # the trainable modules outside the causal LM
+
+
+def _load_heads(model: SpectralLM, state: dict[str, torch.Tensor], names: tuple[str, ...] = HEADS) -> None:
+    for name in names:
+        module = getattr(model, name)
+        part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+        if module is not None and part:
+            module.load_state_dict(part)
 
 
 PARENT = "parent"  # a stage-2 model keeps a copy of the stage-1 model it continued from, so infer can run both
@@ -262,9 +279,35 @@ def model_dir(path: str | os.PathLike) -> Path:
     return path / "model" if (path / "model" / SPEC).exists() else path
 
 
-def load_model_dir(path: str | os.PathLike):
+def merge_lora(lm, state: dict[str, torch.Tensor], lora: dict) -> int:
+    """Add the LoRA deltas of `state` (PEFT's names, as `trainable_state` writes them under `lora.`) into the
+    weights of the plain causal LM `lm`: W += alpha / r * B @ A. Returns the number of layers changed. The result
+    computes what the PEFT-wrapped model computes in evaluation (dropout off), without the adapter's extra
+    matrix products per layer and without importing PEFT."""
+    modules = dict(lm.named_modules())
+    scale = lora["alpha"] / lora["r"]
+    merged = 0
+    for key, a in state.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        name = key[len("lora.") : -len(".lora_A.weight")]
+        name = name.removeprefix("base_model.model.")
+        b = state[key.replace(".lora_A.", ".lora_B.")]
+        target = modules.get(name)
+        if target is None or not hasattr(target, "weight"):
+            raise SpecllmError(f"adapter does not fit the model: no layer {name}")
+        with torch.no_grad():
+            target.weight += (scale * (b.float() @ a.float())).to(target.weight.dtype)
+        merged += 1
+    return merged
+
+
+def load_model_dir(path: str | os.PathLike, merge: bool = False):
     """(SpectralLM, ModelSpec, tokenizer) from a model directory (see module doc); the base is quantised as it was
-    in training (without bitsandbytes an nf4-trained model is loaded unquantised, with a warning)."""
+    in training (without bitsandbytes an nf4-trained model is loaded unquantised, with a warning).
+
+    merge: for inference only: the LoRA adapter is added into the base weights (`merge_lora`; not for an nf4 base)
+    and the model is a plain causal LM with the read-out, which runs faster and loads without PEFT."""
     path = model_dir(path)
     if not (path / SPEC).exists() or not (path / WEIGHTS).exists():
         raise SpecllmError(f"{path}: not a specllm model directory (needs {SPEC} and {WEIGHTS})")
@@ -272,18 +315,52 @@ def load_model_dir(path: str | os.PathLike):
     if spec.quantize == "nf4" and not bitsandbytes_available():
         say(f"warning: {path}: trained on a 4-bit (nf4) base, bitsandbytes is not installed: base loaded unquantised")
         spec.quantize = "none"
-    model, tokenizer = build_model(spec)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in read_weights(path).items()}
+    if merge and spec.quantize != "nf4":
+        lm = _base_lm(spec)
+        merge_lora(lm, state, spec.lora)
+        model = SpectralLM(lm, len(spec.value_names), len(spec.classes), _patcher(spec, lm))
+        tokenizer = load_tokenizer(spec.base_model)
+        _load_heads(model, state)
+    else:
+        model, tokenizer = build_model(spec)
+        load_trainable(model, state)
     fingerprint = base_fingerprint(resolve_base(spec.base_model))
     if fingerprint != spec.base_fingerprint:
         say(f"warning: {path}: base model differs from the one it was trained on ({spec.base_model})")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in read_weights(path).items()}
-    load_trainable(model, state)
     model.eval()
     return model, spec, tokenizer
 
 
-def write_model_card(path: str | os.PathLike, command: str) -> Path:
-    """A Markdown model card (data, recipe, test-split metrics, limits) from a model directory's spec.json."""
+def _residual_rows(metrics: dict, names: list[str]) -> list[str]:
+    """Markdown rows: mu ± sigma per class and overall, and the share within 1 sigma, per label."""
+    classes = [c for c in (*CLASSES, OVERALL) if any(c in metrics.get(n, {}) for n in names)]
+    lines = ["| label | " + " | ".join(classes) + " | within 1 sigma |", "|---" * (len(classes) + 2) + "|"]
+    for name in names:
+        row = metrics.get(name, {})
+        cells = [f"{row[c]['mu']:+.3g} ± {row[c]['sigma']:.3g} (n={row[c]['n']})" if c in row else "" for c in classes]
+        within = row.get(OVERALL, {}).get("within_1sigma")
+        lines.append(f"| {name} | " + " | ".join(cells) + (f" | {within:.0%} |" if within is not None else " |"))
+    if "class_accuracy" in metrics:
+        lines += ["", f"Class accuracy: {metrics['class_accuracy']:.1%}"]
+    if "teff_bins" in metrics:
+        bins = metrics["teff_bins"]
+        lines += [
+            "",
+            "Teff bias per 1,000 K bin of the label (mu ± sigma, n):",
+            "",
+            "| " + " | ".join(f"{k} K" for k in bins) + " | >= 9000 K together |",
+            "|---" * (len(bins) + 1) + "|",
+            "| "
+            + " | ".join(f"{m['mu']:+.0f} ± {m['sigma']:.0f} ({m['n']})" for m in bins.values())
+            + f" | {metrics['teff_hot']['mu'] or 0:+.0f} ({metrics['teff_hot']['n']}) |",
+        ]
+    return lines
+
+
+def write_model_card(path: str | os.PathLike, command: str, started: float | None = None) -> Path:
+    """A Markdown model card (data, recipe, validation and test figures, calibration, limits) from a model
+    directory's spec.json; `started`: the time (`time.time()`) the command began, for its duration and load."""
     path = Path(path)
     spec = ModelSpec.from_json(path / SPEC)
     m = spec.manifest
@@ -310,26 +387,33 @@ def write_model_card(path: str | os.PathLike, command: str) -> Path:
         + "; numeric read-out heads",
         f"- Weights: `{WEIGHTS}` ({size / 1e6:.1f} MB in this directory), safetensors",
         f"- Data: `{Path(str(m.get('data'))).name}` (content hash `{str(m.get('data_content_hash'))[:16]}`), "
-        f"{m.get('train_examples')} train / {m.get('test_examples')} test spectra",
+        f"{m.get('train_examples')} train / {m.get('validation_examples')} validation / {m.get('test_examples')} test "
+        "spectra (validation: a hash of the id carves it from the train split; every choice was made on it)",
         f"- Recipe: {json.dumps(m.get('recipe'))}",
         f"- Options: {json.dumps(m.get('options'))}",
         f"- Augmentation: {json.dumps(m.get('augment'))}",
         f"- Training: {m.get('steps')} optimizer steps at {m.get('samples_per_second', 0):.2f} samples/s",
         f"- Reproduce: `{command}`",
-        "",
-        "## Test split: mu ± sigma of (prediction - label)",
-        "",
     ]
-    metrics = m.get("metrics", {})
-    classes = [c for c in (*CLASSES, OVERALL) if any(c in metrics.get(n, {}) for n in spec.value_names)]
-    lines += ["| label | " + " | ".join(classes) + " | within 1 sigma |", "|---" * (len(classes) + 2) + "|"]
-    for name in spec.value_names:
-        row = metrics.get(name, {})
-        cells = [f"{row[c]['mu']:+.3g} ± {row[c]['sigma']:.3g} (n={row[c]['n']})" if c in row else "" for c in classes]
-        within = row.get(OVERALL, {}).get("within_1sigma")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {within:.0%} |" if within is not None else " |")
-    if "class_accuracy" in metrics:
-        lines += ["", f"Class accuracy on the test split: {metrics['class_accuracy']:.1%}"]
+    if started is not None:
+        import time
+
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        lines.append(
+            f"- `{command}` took {(time.time() - started) / 60:.1f} min on {os.cpu_count()} CPU(s); load average at"
+            f" its end (1, 5, 15 min): {load}"
+        )
+    scale = spec.error_scale or {}
+    if scale:
+        lines += [
+            "- Uncertainties: the read-out's Gaussian sigma times a factor per label and predicted class, fitted so that"
+            " 68.3% of the validation spectra lie within 1 sigma: "
+            + "; ".join(f"{n} " + ", ".join(f"{c} x{v:.2f}" for c, v in scale[n].items()) for n in scale)
+        ]
+    for title, key in (("Validation split", "validation_metrics"), ("Test split", "metrics")):
+        if m.get(key):
+            lines += ["", f"## {title}: mu ± sigma of (prediction - label)", ""]
+            lines += _residual_rows(m[key], list(spec.value_names))
     lines += ["", "## Flags written by `specllm infer`", "", markdown_table(), ""]
     if domain is not None:
         info = domain.info
@@ -360,7 +444,8 @@ def write_model_card(path: str | os.PathLike, command: str) -> Path:
         "- Trained on LAMOST DR10 A, F and G stars only (the shared sample): K and M stars and giants are outside its",
         "  training range, and its labels for them are extrapolations.",
         "- Labels are the LAMOST pipeline's (LASP); the model inherits their systematics.",
-        "- Uncertainties are the read-out's Gaussian sigma; their calibration is the 'within 1 sigma' column above.",
+        "- Uncertainties are the read-out's Gaussian sigma, scaled on the validation split; on the test split their"
+        " calibration is the 'within 1 sigma' column above.",
     ]
     card = path / "README.md"
     card.write_text("\n".join(lines) + "\n")

@@ -32,11 +32,11 @@ import pyarrow as pa
 import torch
 
 from . import __version__
-from .config import CLASSES, STAGE1_LABELS, AugmentConfig, PatchConfig, TrainOptions
+from .config import CLASSES, STAGE1_LABELS, AugmentConfig, PatchConfig, SplitConfig, TrainOptions
 from .device import autocast, bf16_supported, pick_device
 from .errors import SpecllmError
 from .models import base_fingerprint, resolve_base
-from .predict import evaluate_split
+from .predict import calibrate_errors, evaluate_split
 from .progress import console, progress_bar, say
 from .prompting import PromptBuilder
 from .runs import (
@@ -60,6 +60,7 @@ from .shards import (
     read_table,
     verified_shard_paths,
 )
+from .splits import is_validation
 
 QA_COLUMNS = ("spec_id", "split", "question", "answer", "format", "stage")
 CHECKPOINTS = "checkpoints"
@@ -298,8 +299,9 @@ def latest_checkpoint(out: Path) -> Path:
     return out / CHECKPOINTS / name
 
 
-def _spec_for(opts: TrainOptions, data: QAData, grid_size: int | None) -> tuple[ModelSpec, dict | None]:
-    train = data.split == "train"
+def _spec_for(
+    opts: TrainOptions, data: QAData, grid_size: int | None, train: np.ndarray
+) -> tuple[ModelSpec, dict | None]:
     mean = np.nanmean(data.values[train], axis=0)
     std = np.nanstd(data.values[train], axis=0)
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
@@ -318,7 +320,7 @@ def _spec_for(opts: TrainOptions, data: QAData, grid_size: int | None) -> tuple[
         if opts.stage == 2:
             raise SpecllmError("stage 2 continues from stage 1: give --init RUN (a stage-1 run directory)")
         base, layers, lora = opts.base_model or "embedded", opts.layers, asdict(opts.lora)
-        width = PatchConfig().width if data.fmt == "patch" else None
+        width = opts.patch.width if data.fmt == "patch" else None
     spec = ModelSpec(
         stage=opts.stage,
         format=data.fmt,
@@ -336,6 +338,29 @@ def _spec_for(opts: TrainOptions, data: QAData, grid_size: int | None) -> tuple[
     return spec, init_state
 
 
+def held_out(data: QAData, validation: bool, split: SplitConfig = SplitConfig()) -> np.ndarray:
+    """(N,) bool: the train-split examples of the validation split (none when `validation` is off)."""
+    if not validation:
+        return np.zeros(len(data.spec_id), dtype=bool)
+    return np.array([s == "train" and is_validation(str(i), split) for i, s in zip(data.spec_id, data.split)])
+
+
+def density_weights(teff: np.ndarray, power: float, bins: int = 20, clip: float = 5.0) -> np.ndarray:
+    """Per-example loss weights (mean 1): the density of the Teff label (a histogram of `bins` bins over its range)
+    to the power -`power`, clipped at `clip` times the mean. All 1 for power 0 or without labels."""
+    weights = np.ones(len(teff))
+    known = np.isfinite(teff)
+    if power <= 0 or known.sum() < 2 or np.ptp(teff[known]) == 0:
+        return weights
+    counts, edges = np.histogram(teff[known], bins=bins)
+    where = np.clip(np.searchsorted(edges, teff[known], side="right") - 1, 0, bins - 1)
+    raw = counts[where].astype(float) ** -power
+    raw /= raw.mean()
+    raw = np.minimum(raw, clip)
+    weights[known] = raw / raw.mean()
+    return weights
+
+
 def run_train(opts: TrainOptions) -> dict:
     from transformers import get_cosine_schedule_with_warmup  # heavy: loaded when training starts, not on import
 
@@ -346,7 +371,8 @@ def run_train(opts: TrainOptions) -> dict:
         check_output(out)
     data = load_qa(opts.data, opts.stage, opts.verify)
     grid_size = data.flux.shape[1] if data.flux is not None else None
-    spec, init_state = _spec_for(opts, data, grid_size)
+    val_mask = held_out(data, opts.validation)
+    spec, init_state = _spec_for(opts, data, grid_size, (data.split == "train") & ~val_mask)
     resume_from = latest_checkpoint(out) if opts.resume and (out / CHECKPOINTS / LATEST).exists() else None
     if resume_from is not None:
         spec = ModelSpec.from_json(model_dir(resume_from) / "spec.json")
@@ -377,20 +403,26 @@ def run_train(opts: TrainOptions) -> dict:
     if ranks.world > 1:
         torch.manual_seed(recipe.seed + ranks.rank)  # dropout differs between ranks
 
-    train_idx = np.flatnonzero(data.split == "train")
+    train_idx = np.flatnonzero((data.split == "train") & ~val_mask)
     if opts.max_train:
         train_idx = train_idx[: opts.max_train]
     if train_idx.size == 0:
-        raise SpecllmError(f"{opts.data}: no example in the train split")
+        raise SpecllmError(f"{opts.data}: no example in the train split (outside the validation split)")
     train = data.take(train_idx)
+    val = data.take(np.flatnonzero(val_mask))
     test = data.take(np.flatnonzero(data.split == "test"))
     builder = PromptBuilder(tokenizer, PatchConfig(spec.patch_width).count(grid_size) if spec.patch_width else None)
-    encoded = [builder.encode(q, a) for q, a in zip(train.question, train.answer)]
+    # Without the text objective the answer tokens would only cost time: the read-out sees the prompt alone.
+    encoded = [builder.encode(q, a if opts.text_weight > 0 else None) for q, a in zip(train.question, train.answer)]
     context = getattr(model.lm.config, "max_position_embeddings", None)
     longest = max(builder.length(e) for e in encoded)
     if context and longest > context:
         raise SpecllmError(f"{opts.data}: examples reach {longest} tokens, over the model's context of {context}")
     z = (train.values - np.asarray(spec.value_mean)) / np.asarray(spec.value_std)
+    teff = (
+        train.values[:, train.value_names.index("teff")] if "teff" in train.value_names else train.values[:, 0] * np.nan
+    )
+    weights = density_weights(teff, opts.density_weight)
 
     head_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("lm.")]
     lora_params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("lm.")]
@@ -439,9 +471,13 @@ def run_train(opts: TrainOptions) -> dict:
                     end = ((step * recipe.grad_accum + micro) * ranks.world + ranks.rank + 1) * recipe.batch_size
                     arng = np.random.default_rng([recipe.seed, step, end])
                     flux, mask = augment(train.flux[idx], train.mask[idx], arng, opts.augment)
-                batch = builder.collate([encoded[i] for i in idx], flux, mask, z[idx], train.classes[idx], device)
+                batch = builder.collate(
+                    [encoded[i] for i in idx], flux, mask, z[idx], train.classes[idx], device, weights[idx]
+                )
                 with autocast(device, recipe.bf16):
-                    loss, parts, _ = (engine or model)(batch, opts.text_weight, opts.value_weight, opts.class_weight)
+                    loss, parts, _ = (engine or model)(
+                        batch, opts.text_weight, opts.value_weight, opts.class_weight, opts.nll_beta
+                    )
                 if engine is not None:
                     engine.backward(loss)
                     engine.step()
@@ -482,11 +518,18 @@ def run_train(opts: TrainOptions) -> dict:
     model.eval()
     # ZeRO-3: every forward gathers partitioned weights, so every rank evaluates in lock-step; otherwise rank 0 alone.
     zero3 = engine is not None and engine.zero_optimization_stage() == 3
-    metrics = {}
-    if len(test.spec_id) and (ranks.main or zero3):
+    # The validation split: the run's figures, and the calibration of its uncertainties. The test split only when
+    # asked for (the model card's figures): choices between runs are made on the validation split.
+    metrics, val_metrics = {}, {}
+    if ranks.main or zero3:
         quiet, console.quiet = console.quiet, not ranks.main
         try:
-            metrics = evaluate_split(model, spec, builder, test, device)
+            if len(val.spec_id):
+                if opts.calibrate:
+                    spec.error_scale = calibrate_errors(model, spec, builder, val, device)
+                val_metrics = evaluate_split(model, spec, builder, val, device, "validation")
+            if opts.report_test and len(test.spec_id):
+                metrics = evaluate_split(model, spec, builder, test, device, "test")
         finally:
             console.quiet = quiet
     state = trainable_state(model)  # a collective under ZeRO-3
@@ -497,7 +540,7 @@ def run_train(opts: TrainOptions) -> dict:
             "data": os.path.abspath(opts.data),
             "data_content_hash": data_manifest.get("content_hash"),
             "recipe": asdict(recipe),
-            "options": {k: v for k, v in asdict(opts).items() if k not in ("recipe", "lora", "augment")},
+            "options": {k: v for k, v in asdict(opts).items() if k not in ("recipe", "lora", "augment", "patch")},
             "augment": asdict(opts.augment),
             "parallel": {
                 "ranks": ranks.world,
@@ -508,18 +551,20 @@ def run_train(opts: TrainOptions) -> dict:
                 "deepspeed_zero_stage": engine.zero_optimization_stage() if engine is not None else None,
             },
             "train_examples": int(len(train_idx)),
+            "validation_examples": int(len(val.spec_id)),
             "test_examples": int(len(test.spec_id)),
             "steps": step,
             "samples_per_second": total_seen / max(elapsed, 1e-9),
             "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
             "final_loss": history[-1] if history else None,
+            "validation_metrics": val_metrics,
             "metrics": metrics,
         }
         dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[opts.save_dtype]
         parent = model_dir(opts.init) if opts.init else None
         save_model_dir(model, spec, out / "model", dtype=dtype, parent=parent, state=state)
         atomic_write_json(out / "history.json", history)
-        atomic_write_json(out / "metrics.json", metrics)
+        atomic_write_json(out / "metrics.json", {"validation": val_metrics, "test": metrics})
     ranks.barrier()  # the others wait until rank 0 has written
     del hf_ds  # transformers stops treating models as ZeRO-3 ones
     return {"spec": spec, "metrics": metrics, "history": history}

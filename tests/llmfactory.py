@@ -125,10 +125,11 @@ TINY_RECIPE = TrainConfig(lr=1e-2, epochs=1, batch_size=4, grad_accum=1, bf16=Fa
 
 
 def tiny_train_options(data: Path, out: Path, base_model: Path, **overrides) -> TrainOptions:
-    """Options of a tiny run of 2 optimizer steps (LoRA r=4) on `data`; `overrides` replace any field."""
+    """Options of a tiny run of 2 optimizer steps (LoRA r=4) on `data`, every train example trained on (no validation
+    split held out of a handful); `overrides` replace any field."""
     fields = dict(
         data=str(data), out=str(out), base_model=str(base_model), recipe=TINY_RECIPE, lora=LoraConfig(r=4, alpha=8),
-        max_steps=2,
+        max_steps=2, validation=False,
     )  # fmt: skip
     fields.update(overrides)
     return TrainOptions(**fields)

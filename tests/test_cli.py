@@ -308,10 +308,12 @@ def _captured_train(monkeypatch, *args):
     return seen[0]
 
 
-# The shipped model's options as `make model` passed them before the recipe became a file.
+# The shipped model's options as `make model` passed them before the recipe became a file (v1: trained on the whole
+# train split, no validation split held out, uncertainties not rescaled).
 SHIPPED_OPTIONS = (
     "--layers 8 --lora-r 16 --lora-alpha 32 --epochs 10 --batch-size 8 --grad-accum 1 --lr 5e-4 --head-lr-mult 3 "
-    "--no-gradient-checkpointing --noise 0.02 --scale 0.1 --span-probability 0.25 --save-every 100 --save-dtype bfloat16"
+    "--no-gradient-checkpointing --noise 0.02 --scale 0.1 --span-probability 0.25 --save-every 100 --save-dtype bfloat16 "
+    "--no-validation --no-calibrate"
 ).split()
 
 
@@ -319,7 +321,9 @@ def test_shipped_recipe_is_the_recipe_the_options_gave(monkeypatch, tmp_path):
     by_options = _captured_train(monkeypatch, *SHIPPED_OPTIONS)
     by_recipe = _captured_train(monkeypatch, "--recipe", "shipped-stage1")
     assert by_recipe == by_options and by_recipe.recipe.epochs == 10 and by_recipe.lora.r == 16
-    assert by_recipe.recipe.gradient_checkpointing is False and by_recipe.save_dtype == "bfloat16"
+    assert by_recipe.patch.width == 64 and not by_recipe.validation and not by_recipe.report_test
+    candidate = _captured_train(monkeypatch, "--recipe", "v2-candidate")
+    assert candidate.patch.width == 128 and candidate.nll_beta == 0.5 and candidate.validation
     overridden = _captured_train(monkeypatch, "--recipe", "shipped-stage1", "--epochs", "2", "--gradient-checkpointing")
     assert overridden.recipe.epochs == 2 and overridden.recipe.gradient_checkpointing and overridden.lora.r == 16
     assert _captured_train(monkeypatch) == TrainOptions(data="qa", out="run")  # no recipe: the dataclass defaults

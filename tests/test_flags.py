@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from specllm import flags
-from specllm.config import CleanConfig, DomainConfig, GridConfig, InferConfig, IngestConfig
+from specllm.config import CleanConfig, DomainConfig, GridConfig, InferConfig, IngestConfig, SplitConfig
 
 from .llmfactory import tiny_llama_dir, tiny_train_options, write_qa
 
@@ -47,7 +47,9 @@ def tiny_model(tmp_path_factory):
     data = write_qa(root / "qa", "patch", n=24, grid=GridConfig().size, test_every=8)
     options = tiny_train_options(data, root / "run", tiny_llama_dir(root))
     run_train(options)
-    domain = fit_model_domain(str(data), str(root / "run"), DomainConfig(components=4, neighbours=2, val_fraction=0.3))
+    domain = fit_model_domain(
+        str(data), str(root / "run"), DomainConfig(components=4, neighbours=2), SplitConfig(val_fraction=0.3)
+    )
     assert (root / "run" / "model" / "domain.safetensors").exists() and (
         root / "run" / "model" / "domain.json"
     ).exists()

@@ -54,3 +54,15 @@ def test_per_class_groups_and_overall():
     assert out[OVERALL].n == 5 and out[OVERALL].mu == pytest.approx(39 / 5)  # class-less and B rows count here
     custom = per_class(pred, true, classes, groups=("B", "G"))
     assert list(custom) == ["B", "G", OVERALL] and custom["B"].mu == 5.0
+
+
+def test_binned_groups_rows_by_the_reference_value():
+    from specllm.metrics import binned
+
+    true = np.array([5100.0, 5900.0, 6000.0, 9500.0, np.nan, 9999.0])
+    pred = true + np.array([10.0, 30.0, -50.0, -400.0, 0.0, np.nan])
+    out = binned(pred, true, 1000.0)
+    assert list(out) == ["5000", "6000", "9000"]
+    assert out["5000"].n == 2 and out["5000"].mu == pytest.approx(20.0)
+    assert out["9000"].n == 1 and out["9000"].mu == pytest.approx(-400.0)  # the NaN prediction is left out
+    assert list(binned(pred, true, 1000.0, min_n=2)) == ["5000"]

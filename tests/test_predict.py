@@ -84,3 +84,62 @@ def test_default_model_dir_is_inside_the_package():
 
     path = default_model_dir()
     assert path.parent.name == "models" and path.parent.parent.samefile(specllm.__path__[0])
+
+
+def test_merged_adapter_predicts_what_the_peft_model_predicts(tiny_run):
+    from specllm.runs import load_model_dir
+
+    flux, mask = spectra(4, seed=11)
+    out = []
+    for merge in (False, True):
+        model, spec, tokenizer = load_model_dir(tiny_run, merge=merge)
+        from specllm.prompting import PromptBuilder
+
+        builder = PromptBuilder(tokenizer, -(-GridConfig().size // spec.patch_width))
+        out.append(predict(model, spec, builder, questions_for(spec, flux), flux, mask, CPU))
+        assert hasattr(model.lm, "get_base_model") != merge  # merged: a plain causal LM, no PEFT wrapper
+    np.testing.assert_allclose(out[0].values, out[1].values, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(out[0].errors, out[1].errors, rtol=1e-4)
+
+
+def test_calibration_puts_68_percent_within_one_sigma(loaded):
+    from dataclasses import replace
+
+    from specllm.predict import calibrate_errors, error_factors
+    from specllm.train import QAData
+
+    flux, mask = spectra(60, seed=7)
+    spec = loaded.spec
+    questions = questions_for(spec, flux)
+    raw = predict(loaded.model, spec, loaded.builder, questions, flux, mask, CPU)
+    rng = np.random.default_rng(0)
+    labels = raw.values + rng.normal(0, 3, raw.values.shape) * raw.errors  # errors 3x too small
+    data = QAData(
+        np.array([f"s{i}" for i in range(60)]), np.array(["train"] * 60), questions, [""] * 60,
+        np.full(60, -100), labels, list(spec.value_names), flux, mask, "patch",
+    )  # fmt: skip
+    scale = calibrate_errors(loaded.model, spec, loaded.builder, data, CPU)
+    assert set(scale) == set(spec.value_names)
+    for name in spec.value_names:
+        assert 2.0 < scale[name]["all"] < 4.5
+    calibrated = replace(spec, error_scale=scale)
+    after = predict(loaded.model, calibrated, loaded.builder, questions, flux, mask, CPU)
+    within = np.abs(after.values - labels) <= after.errors
+    before = np.abs(raw.values - labels) <= raw.errors
+    assert np.all(before.mean(0) < 0.45)  # errors 3x too small: ~26% within 1 sigma
+    # 68.3% within each predicted class that has its own factor; the mix with the overall factor moves it a little
+    assert np.all(np.abs(within.mean(0) - 0.683) < 0.07)
+    assert error_factors(spec, [None, "A"]).tolist() == [[1.0] * len(spec.value_names)] * 2  # none stored: 1
+
+
+def test_decode_text_is_refused_for_a_model_without_the_text_objective(loaded):
+    from dataclasses import replace
+
+    from specllm.errors import SpecllmError
+    from specllm.predict import check_decode
+
+    spec = replace(loaded.spec, manifest={**loaded.spec.manifest, "options": {"text_weight": 0.0}})
+    check_decode([spec], InferConfig())  # the read-out is fine
+    check_decode([loaded.spec], InferConfig(decode="text"))  # trained with text: fine
+    with pytest.raises(SpecllmError, match="--decode head"):
+        check_decode([spec], InferConfig(decode="text"))

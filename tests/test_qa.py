@@ -315,3 +315,13 @@ def test_answer_pattern_guides_prefix_decoding():
                 text = answer(fmt, stage, random_labels(rng, stage))
                 assert all(pattern.fullmatch(text[:i], partial=True) for i in range(len(text) + 1)), text
                 assert pattern.fullmatch(text) and not pattern.fullmatch(text + "x", partial=True)
+
+
+def test_answer_numbers_are_bounded_so_constrained_decoding_ends():
+    import re
+
+    from specllm.qa import MAX_INTEGER_DIGITS, answer_pattern
+
+    pattern = re.compile(answer_pattern("compact", 1))
+    assert pattern.fullmatch("A 123456 4.10 -0.20")
+    assert not pattern.fullmatch("A " + "1" * (MAX_INTEGER_DIGITS + 1) + " 4.10 -0.20")

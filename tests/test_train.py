@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from specllm.config import LoraConfig, TrainConfig
+from specllm.config import GridConfig, LoraConfig, TrainConfig
 from specllm.errors import SpecllmError
 from specllm.train import TrainOptions, run_train
 
@@ -225,7 +225,7 @@ def test_qlora_nf4_trains_on_cpu_and_its_saved_model_predicts_the_same(tmp_path,
     data = write_qa(tmp_path / "qa", "patch", n=12, test_every=4)
     lora = LoraConfig(r=4, alpha=8, dropout=0.0, quantize="nf4")
     base = tiny_llama_dir(tmp_path, hidden=64)
-    result = run_train(options(data, tmp_path / "q", base, lora=lora, max_steps=8))
+    result = run_train(options(data, tmp_path / "q", base, lora=lora, max_steps=8, validation=False))
     hist = result["history"]
     assert hist[-1]["value"] < hist[0]["value"]
     model = trained["model"]
@@ -291,7 +291,8 @@ def _launch(launcher: str, args: list[str], tmp_path: Path, extra_env: dict | No
 def _cli_args(data, out, base, batch, epochs=1, **kw) -> list[str]:
     args = ["--stage", "1", "--data", str(data), "--out", str(out), "--base-model", str(base), "--lora-r", "4",
             "--lora-alpha", "8", "--lora-dropout", "0", "--lr", "1e-3", "--epochs", str(epochs), "--batch-size",
-            str(batch), "--grad-accum", "1", "--no-bf16", "--no-gradient-checkpointing", "--warmup", "0"]  # fmt: skip
+            str(batch), "--grad-accum", "1", "--no-bf16", "--no-gradient-checkpointing", "--warmup", "0",
+            "--no-validation"]  # fmt: skip
     for k, v in kw.items():
         args += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
     return args
@@ -306,8 +307,8 @@ def test_two_ranks_share_the_epoch(tmp_path, tiny):
     proc = _launch("torchrun", _cli_args(data, tmp_path / "two", tiny, 2), tmp_path, {"SPECLLM_PROBE_SEEN": str(seen)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     recipe = dict(lr=1e-3, epochs=1, grad_accum=1, bf16=False, gradient_checkpointing=False, warmup_fraction=0.0)
-    run_train(options(data, tmp_path / "one-b2", tiny, recipe=TrainConfig(batch_size=2, **recipe)))
-    run_train(options(data, tmp_path / "one-b4", tiny, recipe=TrainConfig(batch_size=4, **recipe)))
+    run_train(options(data, tmp_path / "one-b2", tiny, recipe=TrainConfig(batch_size=2, **recipe), validation=False))
+    run_train(options(data, tmp_path / "one-b4", tiny, recipe=TrainConfig(batch_size=4, **recipe), validation=False))
 
     hist = {name: json.loads((tmp_path / name / "history.json").read_text()) for name in ("two", "one-b2", "one-b4")}
     assert len(hist["one-b2"]) == 8 and len(hist["two"]) == 4 == len(hist["one-b4"])
@@ -424,3 +425,35 @@ def test_llama3_names_a_tokenizer_not_weights(tmp_path):
     data = write_qa(tmp_path / "qa", "patch", n=8)
     with pytest.raises(SpecllmError, match="tokenizer only"):
         run_train(options(data, tmp_path / "r", "llama3"))
+
+
+def test_density_weights_favour_rare_labels():
+    from specllm.train import density_weights
+
+    teff = np.concatenate([np.full(90, 6000.0), np.full(10, 10000.0), [np.nan]])
+    w = density_weights(teff, 1.0)
+    assert w[-1] == 1.0 and w[:100].mean() == pytest.approx(1.0)
+    assert w[95] > 3 * w[0]
+    assert np.all(density_weights(teff, 0.0) == 1.0)
+    assert density_weights(teff, 1.0, clip=2.0)[:100].max() <= 2.0 / np.mean(np.minimum(w[:100], 2.0)) + 1e-9
+
+
+def test_validation_split_is_held_out_and_test_read_only_when_asked(tmp_path, tiny):
+    import json
+
+    from specllm.config import SplitConfig
+    from specllm.splits import is_validation
+
+    data = write_qa(tmp_path / "qa", "patch", n=40, grid=GridConfig().size, test_every=4)
+    result = run_train(options(data, tmp_path / "run", tiny, max_steps=2))
+    manifest = result["spec"].manifest
+    held = sum(is_validation(f"s{i}", SplitConfig()) for i in range(40) if i % 4 != 3)
+    assert manifest["validation_examples"] == held > 0
+    assert manifest["train_examples"] == 30 - held
+    assert manifest["metrics"] == {} and manifest["validation_metrics"]["teff"]["all"]["n"] == held
+    assert set(result["spec"].error_scale) == {"teff", "logg", "feh"}
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written["test"] == {} and written["validation"]
+    reported = run_train(options(data, tmp_path / "run2", tiny, max_steps=2, report_test=True, validation=False))
+    assert reported["spec"].manifest["metrics"]["teff"]["all"]["n"] == 10
+    assert reported["spec"].manifest["train_examples"] == 30 and reported["spec"].error_scale is None
