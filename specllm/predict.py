@@ -307,7 +307,7 @@ def error_factors(spec, classes: list[str | None]) -> np.ndarray:
     """(N, K) factors on the read-out's sigma from `spec.error_scale` (1 where the model has none), by label and
     predicted class."""
     factors = np.ones((len(classes), len(spec.value_names)))
-    scale = getattr(spec, "error_scale", None) or {}
+    scale = spec.error_scale or {}
     for j, name in enumerate(spec.value_names):
         by_class = scale.get(name)
         if by_class:
@@ -315,14 +315,10 @@ def error_factors(spec, classes: list[str | None]) -> np.ndarray:
     return factors
 
 
-def calibrate_errors(model, spec, builder, data, device) -> dict:
+def calibrate_errors(preds: Predictions, data, spec) -> dict:
     """Factors on the read-out's sigma, per label and predicted class (and overall), such that 68.3% of the
-    labelled examples of `data` (the validation split) lie within 1 sigma: `ModelSpec.error_scale`."""
-    saved, spec.error_scale = getattr(spec, "error_scale", None), None
-    try:
-        preds = predict(model, spec, builder, data.question, data.flux, data.mask, device)
-    finally:
-        spec.error_scale = saved
+    labelled examples of `data` (the validation split) lie within 1 sigma of `preds`, predictions made without
+    factors: `ModelSpec.error_scale`."""
     scale = {}
     predicted = np.array([c or "" for c in preds.classes])
     for j, name in enumerate(spec.value_names):
@@ -342,6 +338,11 @@ def calibrate_errors(model, spec, builder, data, device) -> dict:
 def evaluate_split(model, spec, builder, data, device, split: str = "test") -> dict:
     """Paper Table 2 on a QA split (labels known, `train.QAData`): printed on stderr, returned as a dict."""
     preds = predict(model, spec, builder, data.question, data.flux, data.mask, device)
+    return split_metrics(preds, data, spec, split)
+
+
+def split_metrics(preds: Predictions, data, spec, split: str = "test") -> dict:
+    """`evaluate_split` on predictions already made for `data`."""
     true_classes = [CLASSES[c] if c >= 0 else None for c in data.classes]
     metrics = residual_table(preds.values, preds.errors, data.values, true_classes, spec.value_names)
     if "teff" in spec.value_names:  # the pull to the mean shows as a bias that grows with the label

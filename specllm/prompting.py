@@ -103,7 +103,7 @@ class PromptBuilder:
             mask=torch.as_tensor(mask, dtype=torch.bool, device=device) if P else None,
             readout_index=readout.to(device),
             prefix_len=prefix,
-            target_ids=targets.to(device) if any(e.answer for e in encoded) else None,
+            target_ids=targets.to(device) if right else None,
             values=torch.as_tensor(values, dtype=torch.float32, device=device) if values is not None else None,
             classes=torch.as_tensor(classes, dtype=torch.long, device=device) if classes is not None else None,
             weights=torch.as_tensor(weights, dtype=torch.float32, device=device) if weights is not None else None,

@@ -36,7 +36,7 @@ from .config import CLASSES, STAGE1_LABELS, AugmentConfig, PatchConfig, SplitCon
 from .device import autocast, bf16_supported, pick_device
 from .errors import SpecllmError
 from .models import base_fingerprint, resolve_base
-from .predict import calibrate_errors, evaluate_split
+from .predict import calibrate_errors, error_factors, evaluate_split, predict, split_metrics
 from .progress import console, progress_bar, say
 from .prompting import PromptBuilder
 from .runs import (
@@ -419,9 +419,8 @@ def run_train(opts: TrainOptions) -> dict:
     if context and longest > context:
         raise SpecllmError(f"{opts.data}: examples reach {longest} tokens, over the model's context of {context}")
     z = (train.values - np.asarray(spec.value_mean)) / np.asarray(spec.value_std)
-    teff = (
-        train.values[:, train.value_names.index("teff")] if "teff" in train.value_names else train.values[:, 0] * np.nan
-    )
+    names = train.value_names
+    teff = train.values[:, names.index("teff")] if "teff" in names else np.full(len(train_idx), np.nan)
     weights = density_weights(teff, opts.density_weight)
 
     head_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("lm.")]
@@ -524,10 +523,12 @@ def run_train(opts: TrainOptions) -> dict:
     if ranks.main or zero3:
         quiet, console.quiet = console.quiet, not ranks.main
         try:
-            if len(val.spec_id):
+            if len(val.spec_id):  # one pass: the factors are fitted on it, then applied to it
+                preds = predict(model, spec, builder, val.question, val.flux, val.mask, device)
                 if opts.calibrate:
-                    spec.error_scale = calibrate_errors(model, spec, builder, val, device)
-                val_metrics = evaluate_split(model, spec, builder, val, device, "validation")
+                    spec.error_scale = calibrate_errors(preds, val, spec)
+                    preds.errors *= error_factors(spec, preds.classes)
+                val_metrics = split_metrics(preds, val, spec, "validation")
             if opts.report_test and len(test.spec_id):
                 metrics = evaluate_split(model, spec, builder, test, device, "test")
         finally:

@@ -118,7 +118,7 @@ def test_calibration_puts_68_percent_within_one_sigma(loaded):
         np.array([f"s{i}" for i in range(60)]), np.array(["train"] * 60), questions, [""] * 60,
         np.full(60, -100), labels, list(spec.value_names), flux, mask, "patch",
     )  # fmt: skip
-    scale = calibrate_errors(loaded.model, spec, loaded.builder, data, CPU)
+    scale = calibrate_errors(raw, data, spec)
     assert set(scale) == set(spec.value_names)
     for name in spec.value_names:
         assert 2.0 < scale[name]["all"] < 4.5
