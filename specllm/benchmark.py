@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
+from ._version import __version__
 from .baselines import Prediction, SpectraSet, make_baseline
 from .benchmark_report import BenchmarkResult, ModelRun, summary_csv, write_report  # noqa: F401 - summary_csv: the CLI prints it
 from .config import BENCHMARK_MODELS, BenchmarkConfig, InferConfig, SerializeConfig
@@ -38,7 +38,15 @@ from .evaluate import (
 from .labels import CLASSES, PLACEHOLDER_MAX, STAGE1_NAMES, element_columns, is_missing
 from .metrics import OVERALL
 from .progress import say
-from .shards import arrow_to_vectors, check_output, parquet_file, read_manifest, verified_shard_paths
+from .shards import (
+    arrow_to_vectors,
+    check_output,
+    exclusive_output,
+    parquet_file,
+    read_manifest,
+    shards_sha256,
+    verified_shard_paths,
+)
 
 LABEL_PREFIX = SerializeConfig.label_prefix  # stage-2 label columns of the shards: apogee_<x>_fe
 
@@ -231,6 +239,8 @@ class LLMModel:
         found = rows >= 0
         if not found.all():
             self.notes.append(f"llm: no prediction for {int((~found).sum())} of {len(rows)} test spectra")
+        if "flag" in table.column_names:
+            self.notes.append(flag_note(table, rows[found]))
         classes = np.full(len(rows), None, dtype=object)
         class_column = next((c for c in ("class_pred", "class") if c in table.column_names), None)
         if class_column is not None:
@@ -247,9 +257,31 @@ class LLMModel:
         return Prediction(classes, labels, data.label_names)
 
 
+def flag_note(table, rows: np.ndarray) -> str:
+    """The LLM rows' flags per keyword (`specllm.flags`): its figures include flagged rows, as every model's do."""
+    from .flags import keyword_counts
+
+    flag = np.array(table["flag"].to_pylist(), dtype=object)[rows]
+    reason = (
+        np.array(table["flag_reason"].to_pylist(), dtype=object)[rows] if "flag_reason" in table.column_names else None
+    )
+    usable = None
+    if "usable" in table.column_names:
+        usable = sum(bool(v) for v in np.array(table["usable"].to_pylist(), dtype=object)[rows])
+    words = ", ".join(
+        f"{w} {n}" for w, n in keyword_counts(list(flag), None if reason is None else list(reason)).items()
+    )
+    return (
+        f"llm: flags on the {len(rows)} test spectra (figures include them): "
+        + (f"{usable} usable; " if usable is not None else "")
+        + (words or "none flagged")
+    )
+
+
 # ---------------------------------------------------------------- one benchmark run
 
 
+@exclusive_output("out")
 def run_benchmark(
     shards: str,
     out: str,
@@ -277,7 +309,7 @@ def run_benchmark(
         labels=labels,
         meta={
             "shards": str(shards),
-            "manifest_content_hash": manifest.get("content_hash"),
+            "shards_sha256": shards_sha256(manifest),  # the verified shards read
             "code_version": code_version(),
             "command": command,
             "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -141,7 +141,7 @@ def report_markdown(result: BenchmarkResult) -> str:
     lines = [
         "# specllm benchmark",
         "",
-        f"- data: `{m['shards']}`, manifest content hash `{m['manifest_content_hash']}`",
+        f"- data: `{m['shards']}`, shards SHA-256 `{m.get('shards_sha256')}`",
         f"- train split: {result.n_train} spectra ({counts(m['train_counts'])}); {m['split']} split: {counts(m['test_counts'])}",
         f"- code: specllm {m['code_version']}; torch {m['torch']}, lightgbm {m['lightgbm']}, Python {m['python']}; {m['platform']}",
         f"- date: {m['date']}; seed {cfg.seed}; {'--quick' if cfg.quick else 'full settings'}",

@@ -19,9 +19,11 @@ from .cliopts import Command, Group, Opt, config_options, recipe_option
 from .config import (
     BenchmarkConfig,
     CrossmatchConfig,
+    DomainConfig,
     ExternalConfig,
     InferConfig,
     IngestConfig,
+    PlotConfig,
     SerializeConfig,
     SerializeFormat,
     TrainOptions,
@@ -34,6 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=True,
     cls=Group,
+    context_settings={"help_option_names": ["-h", "--help"]},  # every command inherits it
 )
 
 
@@ -61,14 +64,28 @@ def _root(
     """specllm: ingest -> crossmatch -> serialize -> train -> infer, with benchmark and compare-external."""
 
 
+# What an interrupted command keeps and how to go on (`infer` says it itself, row counts included).
+INTERRUPT_HINTS = {
+    "ingest": "completed shards are kept; rerun the same command to continue",
+    "train": "the checkpoints saved so far are kept; rerun with --resume to continue",
+    "crossmatch": "its output is moved into --out only when complete, so nothing of this run is kept; rerun it",
+    "serialize": "its output is moved into --out only when complete, so nothing of this run is kept; rerun it",
+    "compare-external": "each file is written whole or not at all; rerun the same command",
+    "plot": "the figure is written whole or not at all; rerun the same command",
+}
+
+
 def user_errors(fn):
     """Turn a SpecllmError into one line on stderr and its exit status (2; 3 for output errors), an OSError the
     system raised (disk full, read-only, permission) into one line naming the file and exit status 3; never a
-    traceback. Exit codes: `specllm.errors`."""
+    traceback. The line is printed whatever `-q` says: quiet silences progress and summaries, never an error.
+    Exit codes: `specllm.errors`."""
+    command = fn.__name__.replace("_", "-")
+    hint = INTERRUPT_HINTS.get(command, "rerun the same command")
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .errors import EXIT_INTERRUPTED, EXIT_OUTPUT, Interrupted, SpecllmError, one_line
+        from .errors import EXIT_INTERRUPTED, EXIT_OUTPUT, Interrupted, SpecllmError, missing_extra, one_line
         from .progress import say
 
         try:
@@ -76,18 +93,23 @@ def user_errors(fn):
         except SpecllmError as exc:
             say(f"specllm: error: {one_line(exc)}")
             raise typer.Exit(exc.exit_code) from None
+        except ModuleNotFoundError as exc:  # an optional package (an extra: --deepspeed, --engine ray, ...)
+            error = missing_extra(exc)
+            if error is None:
+                raise
+            say(f"specllm: error: {error}")
+            raise typer.Exit(error.exit_code) from None
         except OSError as exc:
             where = f"{one_line(exc.filename)}: " if exc.filename else ""
-            say(
-                f"specllm: error: {where}{exc.strerror or one_line(exc)}; no partial file was left "
-                "(finished shards are kept), rerun the same command once the output can be written"
-            )
+            kept = "completed shards are kept; " if command == "ingest" else ""
+            say(f"specllm: error: {where}{exc.strerror or one_line(exc)}; {kept}rerun the same command once the "
+                "output can be written")  # fmt: skip
             raise typer.Exit(EXIT_OUTPUT) from None
         except Interrupted as exc:
             say(f"specllm: {exc}")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except KeyboardInterrupt:
-            say("specllm: interrupted; completed shards are kept, rerun the same command to resume")
+            say(f"specllm {command}: interrupted; {hint}")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -110,9 +132,14 @@ def user_errors(fn):
     "split.test_fraction",
     "shard_size",
     "strict",
-    "engine.engine",
+    Opt(
+        "engine.engine",
+        help="local: this machine's worker processes; ray: Ray Data tasks read, clean and write the shards (the "
+        "same shards, byte for byte).",
+    ),
     "engine.ray_address",
     "engine.ray_cpus",
+    "read.max_input_mb",
 )
 def ingest(
     spectra: Annotated[
@@ -269,6 +296,7 @@ def serialize(
     "save_dtype",
     "recipe.seed",
     "verify",
+    "dist_timeout",
     into="options",
 )
 def train(*, options: TrainOptions):
@@ -291,10 +319,15 @@ def train(*, options: TrainOptions):
     "clean.snr_min_r",
     "clean.snr_min_i",
     Opt("quiet", "--quiet", "-q"),
-    "engine.engine",
+    Opt(
+        "engine.engine",
+        help="local: this machine; ray: Ray Data tasks read and clean, model actors label (the same rows, in the "
+        "same order).",
+    ),
     "engine.ray_address",
     "engine.ray_cpus",
     "engine.actors",
+    "read.max_input_mb",
 )
 def infer(
     inputs: Annotated[
@@ -316,7 +349,14 @@ def infer(
         str | None, typer.Option("--from-file", help="Read input paths from this file, one a line.")
     ] = None,
     resume: Annotated[
-        bool, typer.Option(help="Skip the inputs already in --out (or in its partial file from a killed run).")
+        bool,
+        typer.Option(
+            help="Continue --out: skip the inputs already in it (or in the partial file a killed run left); refused "
+            "if the model or an option that changes rows differs."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard the rows an interrupted run left for --out and start again.")
     ] = False,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any input failed.")] = False,
     *,
@@ -332,7 +372,9 @@ def infer(
 
     if not inputs and not from_file:
         raise SpecllmError("no inputs: give files, directories, globs, - (paths on stdin) or --from-file LIST")
-    failed, total = run_infer(inputs or [], model, out or output, config, resume=resume, from_file=from_file)
+    failed, total = run_infer(
+        inputs or [], model, out or output, config, resume=resume, from_file=from_file, overwrite=overwrite
+    )
     if failed and (strict or failed == total):
         raise typer.Exit(1)
 
@@ -378,7 +420,9 @@ def benchmark(
 @user_errors
 @config_options(ExternalConfig, "survey", "match", Opt("radius_arcsec", "--radius"), "partial_coverage", "min_n")
 def compare_external(
-    predictions: Annotated[str, typer.Argument(help="Predictions from `specllm infer` (CSV or Parquet).")],
+    predictions: Annotated[
+        str, typer.Argument(help="Predictions from `specllm infer`: .csv, .ecsv, .parquet, .fits or .vot.")
+    ],
     catalog: Annotated[str, typer.Option(help="Reference catalogue (CSV, FITS, Parquet, or the MILES npz).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Directory for the report, tables and plots.")],
     *,
@@ -396,6 +440,79 @@ def compare_external(
     c = result.counts
     say(f"compare-external: matched {c['matched']} of {c['predicted']} predictions, {c['passing_cuts']} pass the cuts")
     say(f"  report in {out}/{external.REPORT}")
+
+
+@app.command("fit-domain", cls=Command)
+@user_errors
+@config_options(
+    DomainConfig,
+    "features",
+    "components",
+    "neighbours",
+    "quantile",
+    "residual_quantile",
+    "uncertain_quantile",
+    "partial_fraction",
+    "class_prob_quantile",
+    "seed",
+)
+def fit_domain(
+    shards: Annotated[
+        str,
+        typer.Argument(help="The `specllm ingest` shards the model was trained on (only their train split is read)."),
+    ],
+    model: Annotated[
+        str | None, typer.Argument(help="Model or training-run directory (default: the shipped model).")
+    ] = None,
+    *,
+    config: DomainConfig,
+):
+    """Fit a model's own domain check and its `uncertain` limits on the train split (thresholds on its validation
+    part) and store them in the model directory (flag bits `domain` and `uncertain`).
+
+    Example: specllm fit-domain shards/ runs/s1/model
+    """
+    from .fitdomain import fit_model_domain
+
+    fit_model_domain(shards, model, config)
+
+
+@app.command(cls=Command)
+@user_errors
+@config_options(PlotConfig, "color", "width", "dpi")
+@config_options(
+    ExternalConfig,
+    Opt("survey", help="The --reference catalogue's column table and quality cuts (as compare-external's)."),
+    Opt("match", help="Join predictions to --reference by id, by sky position within --radius, or ids then sky."),
+    Opt("radius_arcsec", "--radius", help="Sky-match radius for --reference, in arcsec."),
+    into="external",
+)
+def plot(
+    predictions: Annotated[
+        str, typer.Argument(help="Predictions from `specllm infer`: .csv, .ecsv, .parquet, .fits or .vot.")
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="The figure: .png, .pdf or .svg.")],
+    reference: Annotated[
+        str | None,
+        typer.Option(help="A reference catalogue (compare-external's --catalog): adds prediction-vs-reference panels."),
+    ] = None,
+    *,
+    config: PlotConfig,
+    external: ExternalConfig,
+):
+    """Draw the Kiel diagram (Teff vs log g) of predictions, flagged rows apart, one legend entry per flag keyword;
+    with --reference, prediction against reference per label.
+
+    Example: specllm plot predictions.fits -o kiel.png --color feh
+    """
+    from .plot import plot_predictions
+    from .progress import say
+
+    result = plot_predictions(predictions, out, config, reference, external)
+    flagged = ", ".join(f"{k} {n}" for k, n in result.flagged.items()) or "none"
+    matched = f", {result.matched} matched to {reference}" if result.matched is not None else ""
+    drawn = f"plot: {result.plotted} of {result.rows} rows drawn, {result.usable} usable"
+    say(f"{drawn}; flagged: {flagged}{matched} -> {out}")
 
 
 def _launcher_arguments(argv: list[str]) -> list[str]:

@@ -27,6 +27,8 @@ from typing import Annotated, Any, get_args, get_origin
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from .config import field_range, range_text
+
 RECIPES = Path(__file__).resolve().parent / "recipes"
 BOOL_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
 
@@ -86,12 +88,14 @@ class Opt:
     names: tuple[str, ...] = ()
     required: bool = False
     hidden: bool = False
+    help: str | None = None  # this command's own --help text, where the field's docstring is another's
 
-    def __init__(self, path: str, *names: str, required: bool = False, hidden: bool = False):
+    def __init__(self, path: str, *names: str, required: bool = False, hidden: bool = False, help: str | None = None):
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "required", required)
         object.__setattr__(self, "hidden", hidden)
+        object.__setattr__(self, "help", help)
 
     @property
     def param(self) -> str:
@@ -100,7 +104,7 @@ class Opt:
         return first.lstrip("-").replace("-", "_")
 
 
-def _split_list(item_type: type, option: str, default: tuple):
+def _split_list(item_type: type, option: str, default: tuple, bounds: tuple = (None, None)):
     def convert(value: str | None):
         if value is None:
             return default
@@ -108,10 +112,15 @@ def _split_list(item_type: type, option: str, default: tuple):
         if not items:
             raise typer.BadParameter(f"{option} must be a comma-separated list")
         try:
-            return tuple(item_type(v) for v in items)
+            values = tuple(item_type(v) for v in items)
         except ValueError:
             kind = "integers" if item_type is int else "values"
             raise typer.BadParameter(f"{option} must be comma-separated {kind}") from None
+        low, high = bounds
+        for v in values:
+            if (low is not None and v < low) or (high is not None and v > high):
+                raise typer.BadParameter(f"{option}: each value must be {range_text(low, high)} (got {v})")
+        return values
 
     return convert
 
@@ -119,21 +128,27 @@ def _split_list(item_type: type, option: str, default: tuple):
 def _parameter(cls: type, opt: Opt) -> tuple[inspect.Parameter, Any]:
     """The typer parameter of one field, and a function turning its parsed value into the field's value."""
     owner, name, annotation, default = resolve(cls, opt.path)
-    help_text = field_docs(owner).get(name)
+    help_text = opt.help or field_docs(owner).get(name)
     if not help_text:
         raise TypeError(f"{owner.__name__}.{name} has no docstring: it is the option's --help text")
     names = opt.names or ("--" + name.replace("_", "-"),)
     if annotation is bool and "/" not in names[0]:  # a plain flag and its negation: --x/--no-x
         names = (f"{names[0]}/--no-{names[0][2:]}", *names[1:])
     convert = None
+    low, high = field_range(owner, name)  # the declared range: a value outside it is a usage error (exit 2)
+    limits = {} if get_origin(annotation) is tuple or (low is None and high is None) else {"min": low, "max": high}
     if get_origin(annotation) is tuple:  # tuple[T, ...]: a comma-separated list
         item_type = get_args(annotation)[0]
-        convert = _split_list(item_type, names[0], default)
+        convert = _split_list(item_type, names[0], default, (low, high))
         annotation = str | None if not default else str
         default = ",".join(map(str, default)) if default else None
     if opt.required:
         default = ...
-    info = typer.Option(*names, help=help_text, hidden=opt.hidden, show_default=default is not None)
+    metavar = None
+    if get_origin(resolve(cls, opt.path)[2]) is tuple:
+        metavar = "N,N,..." if get_args(resolve(cls, opt.path)[2])[0] is int else "A,B,..."
+    info = typer.Option(*names, help=help_text, hidden=opt.hidden, show_default=default is not None, metavar=metavar,
+                        **limits)  # fmt: skip
     kind = inspect.Parameter.KEYWORD_ONLY
     param = inspect.Parameter(opt.param, kind, default=inspect.Parameter.empty if default is ... else default,
                               annotation=Annotated[annotation, info])  # fmt: skip
@@ -262,12 +277,48 @@ def recipe_option(fn):
 # ---------------------------------------------------------------- command classes
 
 
+# Options and arguments whose value is a file or directory: `PATH` in --help (other text: `TEXT`).
+PATH_PARAMS = frozenset({
+    "out", "output", "model", "llm", "catalog", "from_file", "data", "init", "apogee", "galah", "gaia_eso",
+    "deepspeed", "recipe", "reference", "base_model", "shards", "predictions", "spectra", "inputs",
+})  # fmt: skip
+
+
 def _plain_flags(params: list) -> list:
-    """Flags take no value: no `<bool>` type column in --help."""
+    """Readable value names in --help: flags take none (no `<bool>`), numbers are `N` (integers) or `X`, files
+    `PATH`, lists of files `FILE...`, other text `TEXT`; choices list their values."""
     for param in params:
-        if getattr(param, "is_flag", False) and param.metavar is None:
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
             param.metavar = ""
+            continue
+        descriptor = getattr(param, "type_descriptor", None)
+        kinds = set(_plain_types(getattr(descriptor, "annotation", None)))
+        many = param.nargs == -1 or getattr(param, "multiple", False)
+        if getattr(param, "param_type_name", "") == "argument":  # its name column is its value: no `<str>` type
+            param.display_type_rich = lambda ctx: None
+            param.metavar = "FILE" if many and param.name in PATH_PARAMS else param.name.upper()
+            continue  # usage: [FILE]... (typer adds the dots)
+        if many:
+            param.metavar = "FILE..." if param.name in PATH_PARAMS else "TEXT..."
+        elif kinds == {int}:
+            param.metavar = "N"
+        elif kinds == {float}:
+            param.metavar = "X"
+        elif kinds == {str}:
+            param.metavar = "PATH" if param.name in PATH_PARAMS else "TEXT"
     return params
+
+
+def _plain_types(annotation) -> list:
+    """The types of an annotation less None (`int | None` -> [int]); a Literal or another kind -> [itself]."""
+    if annotation is None:
+        return []
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (typing.Union, type(int | None)):
+        return [t for a in args for t in _plain_types(a)]
+    return [annotation]
 
 
 class Command(TyperCommand):

@@ -102,6 +102,21 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class ReadConfig:
+    """Per-input resource caps of every spectrum reader (`ingest`, `infer`): a file beyond them is refused with one
+    line naming it and the reason, and the run goes on with the other inputs."""
+
+    max_input_mb: float = 256.0
+    """Largest input accepted, in MB: a file's size after decompression (a .gz is inflated up to this and no
+    further) and the data sizes its headers declare (NAXIS1 x NAXIS2 x bytes, an npz member's shape, a Parquet row
+    group), checked before that data is read. A LAMOST spectrum is < 1 MB; the MILES npz 18 MB."""
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_input_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     """`specllm ingest`: grid, cleaning, split and sharding."""
 
@@ -117,6 +132,7 @@ class IngestConfig:
     strict: bool = False
     """Exit non-zero if any spectrum was rejected."""
     engine: EngineConfig = field(default_factory=EngineConfig)
+    read: ReadConfig = field(default_factory=ReadConfig)
 
 
 # ---------------------------------------------------------------- serialisation, model and training
@@ -255,6 +271,9 @@ class TrainOptions:
     """Precision of the saved weights."""
     verify: bool = True
     """Check the input shards against their manifest.json (present, complete, unchanged) before reading them."""
+    dist_timeout: float = 60.0
+    """Minutes a rank of a multi-process run (torchrun, deepspeed) waits at a collective (barrier, all-reduce, the
+    engine's) before the run is aborted: the process group's timeout (NCCL's default is 10)."""
     recipe: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -282,23 +301,33 @@ class InferConfig:
     clean: CleanConfig = field(default_factory=CleanConfig)
     """Ingest's cleaning, its SNR cut included: a spectrum below the cut is labelled and flagged `low SNR`."""
     engine: EngineConfig = field(default_factory=EngineConfig)
+    read: ReadConfig = field(default_factory=ReadConfig)
 
 
 @dataclass(frozen=True)
 class DomainConfig:
-    """The model's own domain check (`flag` bit `domain`), fitted by `python -m specllm.fitdomain` into the model
-    directory (`domain.safetensors` + `domain.json`) from the train split of the shards the model was trained on."""
+    """The model's own domain check (`flag` bits `domain` and `uncertain`), fitted by `specllm fit-domain` into the
+    model directory (`domain.safetensors` + `domain.json`) from the train split of the shards the model was trained
+    on: the validation part (`SplitConfig.val_fraction`, the same hash rule as `train`) sets every threshold."""
 
-    features: Literal["patches", "hidden"] = "patches"
-    """'patches': the patch embeddings, the model's own view of the spectrum (its patch projector's output, all
-    patches concatenated); 'hidden': the read-out hidden state the numeric heads read (it maps K and M stars close
-    to cool G stars: 3 of 129 non-A/F/G spectra flagged, see docs/BENCHMARKS.md)."""
+    features: Literal["flux", "patches", "hidden"] = "flux"
+    """'flux': the cleaned spectrum on the grid (line depths, molecular bands and emission as observed; no model
+    needed); 'patches': the patch embeddings, the model's own view (its patch projector's output, all patches
+    concatenated); 'hidden': the read-out hidden state the numeric heads read (it maps K and M stars close to cool
+    G stars: 3 of 129 non-A/F/G spectra flagged, see docs/BENCHMARKS.md)."""
     components: int = 32
     """Leading principal components of the features kept, each scaled to unit variance."""
     neighbours: int = 10
     """A spectrum's score is its mean distance, in that space, to this many nearest training spectra."""
-    quantile: float = 0.98
-    """The threshold is this quantile of the scores of held-out training spectra (never the test split)."""
+    quantile: float = 0.985
+    """The nearest-neighbour threshold is this quantile of held-out training spectra's distances (never the test
+    split)."""
+    residual_quantile: float = 0.985
+    """The threshold on the residual off the leading components (features the training spectra do not have) is
+    this quantile of held-out training spectra's residuals."""
+    uncertain_quantile: float = 0.985
+    """The `uncertain` bit's limit per label is this quantile of the predicted 1-sigma (calibrated) over held-out
+    training spectra as observed (`error_max` in domain.json); 1 turns the bit off."""
     partial_fraction: float = 0.5
     """This share of the training spectra (at random) is used with one end of the grid cut, so that partial
     coverage alone is not out of domain; the others as observed."""
@@ -357,6 +386,18 @@ class ExternalConfig:
     """Hexagons across a 1:1 plot."""
     hexbin_min_rows: int = 50
     """Fewer matched rows than this: a scatter plot instead of a hexbin."""
+
+
+@dataclass(frozen=True)
+class PlotConfig:
+    """`specllm plot`: the Kiel diagram of predictions (and, with a reference catalogue, prediction vs reference)."""
+
+    color: Literal["teff", "feh"] = "feh"
+    """Colour the usable rows by this label: 'feh' ([Fe/H]) or 'teff' (Teff)."""
+    width: float = 5.6
+    """Width of one panel, in inches."""
+    dpi: int = 110
+    """Dots per inch of a PNG."""
 
 
 @dataclass(frozen=True)
@@ -542,3 +583,111 @@ def apply_preset(config: C, changes: Mapping[str, Any]) -> C:
         nested = isinstance(value, Mapping) and dataclasses.is_dataclass(current)
         updates[name] = apply_preset(current, value) if nested else value
     return dataclasses.replace(config, **updates)
+
+
+# ---------------------------------------------------------------- ranges of the numeric options
+
+# The declared range (lowest, highest; None: open) of every numeric field that is an option (or an argument of the
+# Python API). `specllm.cliopts` turns them into the options' limits (a value outside is a usage error, exit 2, and
+# `--help` shows the range); `check_ranges` applies the same to a config built in Python (one SpecllmError line).
+RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    "CleanConfig": {
+        "snr_min_r": (0, None),
+        "snr_min_i": (0, None),
+        "norm_quantile": (0, 1),
+        "decimals": (0, 10),
+        "min_coverage": (0, 1),
+        "min_run": (1, None),
+    },
+    "SplitConfig": {"test_fraction": (0, 1), "val_fraction": (0, 1)},
+    "EngineConfig": {"ray_cpus": (1, None), "actors": (1, None)},
+    "ReadConfig": {"max_input_mb": (1, None)},
+    "IngestConfig": {"shard_size": (1, None), "workers": (1, None), "balance": (1, None)},
+    "PatchConfig": {"width": (1, None)},
+    "LoraConfig": {"r": (1, None), "alpha": (1, None), "dropout": (0, 1)},
+    "TrainConfig": {
+        "lr": (0, None),
+        "weight_decay": (0, None),
+        "warmup_fraction": (0, 1),
+        "epochs": (0, None),
+        "batch_size": (1, None),
+        "grad_accum": (1, None),
+        "max_grad_norm": (0, None),
+        "save_every": (1, None),
+        "seed": (0, None),
+    },
+    "AugmentConfig": {
+        "noise": (0, None),
+        "scale": (0, 1),
+        "span_probability": (0, 1),
+        "span_min": (0, 1),
+        "span_max": (0, 1),
+    },
+    "TrainOptions": {
+        "layers": (1, None),
+        "max_steps": (1, None),
+        "max_train": (1, None),
+        "text_weight": (0, None),
+        "value_weight": (0, None),
+        "class_weight": (0, None),
+        "head_lr_mult": (0, None),
+        "nll_beta": (0, None),
+        "density_weight": (0, None),
+        "dist_timeout": (0, None),
+    },
+    "InferConfig": {
+        "batch_size": (1, None),
+        "max_new_tokens": (1, None),
+        "partial_coverage": (0, 1),
+        "partial_edge": (0, 1),
+    },
+    "DomainConfig": {
+        "components": (1, None),
+        "neighbours": (1, None),
+        "quantile": (0, 1),
+        "residual_quantile": (0, 1),
+        "uncertain_quantile": (0, 1),
+        "partial_fraction": (0, 1),
+        "class_prob_quantile": (0, 1),
+        "seed": (0, None),
+    },
+    "ExternalConfig": {"radius_arcsec": (0, None), "partial_coverage": (0, 1), "min_n": (1, None)},
+    "SerializeConfig": {"shard_size": (1, None), "batch_size": (1, None)},
+    "CrossmatchConfig": {"radius_arcsec": (0, None), "match_chunk": (1, None)},
+    "BenchmarkConfig": {"sizes": (1, None), "seed": (0, None), "threads": (1, None), "max_epochs": (1, None)},
+    "PlotConfig": {"width": (0, None), "dpi": (1, None)},
+}
+
+
+def field_range(cls: type, name: str) -> tuple[float | None, float | None]:
+    """The declared (lowest, highest) of a field of `cls` ((None, None): none declared)."""
+    return RANGES.get(cls.__name__, {}).get(name, (None, None))
+
+
+def range_text(low, high) -> str:
+    if low is not None and high is not None:
+        return f"between {low:g} and {high:g}"
+    return f">= {low:g}" if low is not None else f"<= {high:g}"
+
+
+def check_ranges(config, where: str | None = None) -> None:
+    """Every field of `config` (and of its nested configs) within its declared range, and of its type's kind (a
+    number for a numeric field): for configs built in Python, where no command line checked them. A value outside
+    is one SpecllmError line naming the field."""
+    from .errors import SpecllmError
+
+    where = where if where is not None else f"{type(config).__name__}."
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        path = f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, path + ".")
+            continue
+        low, high = field_range(type(config), f.name)
+        if (low is None and high is None) or value is None:
+            continue
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+                raise SpecllmError(f"{path}: a number is expected (got {v!r})")
+            if (low is not None and v < low) or (high is not None and v > high) or v != v:
+                raise SpecllmError(f"{path} must be {range_text(low, high)} (got {v!r})")

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import __version__
+from ._version import __version__
 from .config import CrossmatchConfig
 from .errors import SpecllmError
 from .io.surveys import SURVEYS, SurveyCatalog, get_survey, read_survey
@@ -37,11 +37,13 @@ from .shards import (
     atomic_write_json,
     atomic_write_text,
     check_output,
+    exclusive_output,
     integrity_fields,
     iter_batches,
     parquet_file,
     publish,
     read_manifest,
+    shards_sha256,
     staged_output,
     table_digest,
     verified_shard_paths,
@@ -273,6 +275,7 @@ def counts_table(counts: dict) -> tuple[str, str]:
     return "\n".join(csv) + "\n", "\n".join(md)
 
 
+@exclusive_output("out")
 def run_crossmatch(
     shards: str,
     out: str,
@@ -354,7 +357,7 @@ def run_crossmatch(
                 "specllm": __version__,
                 "kind": "spectra",
                 "source": os.path.abspath(shards),
-                "source_content_hash": source_manifest.get("content_hash"),
+                "source_shards_sha256": shards_sha256(source_manifest),  # the verified shards read
                 "crossmatch": {
                     "config": dataclasses.asdict(config),
                     "catalogs": {k: os.path.abspath(v) for k, v in catalogs.items()},

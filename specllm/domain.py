@@ -1,17 +1,23 @@
-"""The model's own domain check: is a spectrum like the ones the model was trained on? (flag bit `domain`)
+"""The model's own domain check: is a spectrum like the ones the model was trained on? (flag bits `domain` and
+`uncertain`)
 
-Works without any header (MILES, arrays, other instruments). Fitted once per model by `python -m specllm.fitdomain`
-on the train split of the shards the model was trained on, and stored beside the weights:
+Works without any header (MILES, arrays, other instruments). Fitted once per model by `specllm fit-domain` on the
+train split of the shards the model was trained on, and stored beside the weights:
 - `domain.safetensors`: `mean` (D,) of the features, `components` (K, D) their leading principal components divided
-  by their standard deviation (stored as float16), `reference` (N, K) the training spectra in that whitened space.
-  Features (`features` in domain.json): `patches`, the patch projector's output for every patch, concatenated (the
-  model's own view of the spectrum, before the language model), or `hidden`, the read-out hidden state;
-- `domain.json`: the threshold, the neighbour count, the training labels' range, the trained classes,
-  `class_prob_min`, and how all of it was fitted (counts, quantiles, the held-out part).
+  by their standard deviation (stored as float16), `scale` (K,) those standard deviations, `reference` (N, K) the
+  training spectra in that whitened space. Features (`features` in domain.json): `flux`, the cleaned spectrum on
+  the grid itself (line depths and molecular bands as observed: the default), `patches`, the patch projector's
+  output for every patch, concatenated (the model's own view), or `hidden`, the read-out hidden state;
+- `domain.json`: the two thresholds, the neighbour count, the training labels' range, the trained classes,
+  `class_prob_min`, the `uncertain` bit's per-label limits on the predicted 1-sigma (`error_max`), and how all of
+  it was fitted (counts, quantiles, the held-out part).
 
-A spectrum's score is its mean Euclidean distance to its `neighbours` nearest training spectra in the whitened space;
-it is out of domain when the score exceeds the threshold (a quantile of held-out training spectra's scores) or when
-a predicted label lies outside the training labels' range. Plain numpy: no model code is imported here.
+A spectrum has two distances from the training set: its mean Euclidean distance to its `neighbours` nearest training
+spectra in the whitened space of the leading components (unlike any training spectrum along the directions the
+training set varies in), and its residual off those components (a feature the training set does not have at all:
+TiO bands, emission lines). `domain_score` is the larger of the two, each divided by its threshold (a quantile of
+held-out training spectra's); a spectrum is out of domain when it exceeds 1, or when a predicted label lies outside
+the training labels' range. Plain numpy: no model code is imported here.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DomainConfig
-from .errors import SpecllmError
+from .errors import SpecllmError, one_line
 from .shards import atomic_write, atomic_write_text
 
 DOMAIN_WEIGHTS = "domain.safetensors"
@@ -45,13 +51,25 @@ class Domain:
     class_prob_min: float
     info: dict = field(default_factory=dict)
     features: str = "hidden"
+    scale: np.ndarray | None = None  # (K,) the components' standard deviations; None (older files): no residual
+    residual_threshold: float | None = None
+    error_max: dict = field(default_factory=dict)  # label -> the `uncertain` bit's limit on its 1-sigma
 
     def project(self, hidden: np.ndarray) -> np.ndarray:
         return (np.asarray(hidden, np.float64) - self.mean) @ self.components.T
 
-    def score(self, hidden: np.ndarray, chunk: int = 512) -> np.ndarray:
-        """Mean distance to the `neighbours` nearest training spectra (whitened leading components)."""
-        return knn_score(self.project(hidden), self.reference, self.neighbours, chunk=chunk)
+    def distances(self, features: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N,) mean distance to the `neighbours` nearest training spectra in the whitened leading components, and
+        (N,) the residual off those components (None without `scale`)."""
+        return distances(features, self.mean, self.components, self.scale, self.reference, self.neighbours, chunk)
+
+    def score(self, features: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """`domain_score`: the larger of the two distances, each over its threshold (> 1: out of domain)."""
+        knn, residual = self.distances(features, chunk)
+        score = knn / self.threshold
+        if residual is not None and self.residual_threshold:
+            score = np.maximum(score, residual / self.residual_threshold)
+        return score
 
     def out_of_range(self, values: np.ndarray, names: list[str]) -> np.ndarray:
         """(N,) True where a predicted label lies outside the training labels' range."""
@@ -63,10 +81,38 @@ class Domain:
                 out |= np.isfinite(v) & ((v < self.label_min[k]) | (v > self.label_max[k]))
         return out
 
-    def check(self, hidden: np.ndarray, values: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(out of domain (N,) bool, score (N,))."""
-        score = self.score(hidden)
-        return (score > self.threshold) | self.out_of_range(values, names), score
+    def check(self, features: np.ndarray, values: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(out of domain (N,) bool, `domain_score` (N,))."""
+        score = self.score(features)
+        return (score > 1) | self.out_of_range(values, names), score
+
+    def uncertain(self, errors: np.ndarray, names: list[str]) -> np.ndarray:
+        """(N,) True where a predicted 1-sigma (calibrated) exceeds its label's `error_max`."""
+        out = np.zeros(len(errors), dtype=bool)
+        for j, name in enumerate(names):
+            limit = self.error_max.get(name)
+            if limit is not None:
+                out |= np.nan_to_num(errors[:, j], nan=np.inf) > limit
+        return out
+
+    def features_of(self, flux: np.ndarray, mask: np.ndarray, patcher=None, hidden: np.ndarray | None = None):
+        """The features this check reads, from the cleaned spectra (and the model's patcher or hidden state)."""
+        if self.features == "flux":
+            return np.asarray(flux, np.float32)
+        if self.features == "hidden":
+            return hidden
+        return patch_features(patcher, flux, mask)
+
+
+def uncertainty_limits(errors: np.ndarray, names: list[str], quantile: float) -> dict[str, float]:
+    """The `uncertain` bit's limit per label: the `quantile` of the predicted 1-sigma (calibrated) over held-out
+    spectra."""
+    limits = {}
+    for j, name in enumerate(names):
+        e = errors[:, j][np.isfinite(errors[:, j])]
+        if e.size:
+            limits[name] = float(np.quantile(e, quantile))
+    return limits
 
 
 def patch_features(patcher, flux: np.ndarray, mask: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -81,6 +127,19 @@ def patch_features(patcher, flux: np.ndarray, mask: np.ndarray, batch: int = 64)
             m = torch.as_tensor(np.asarray(mask[a : a + batch]), device=device)
             out[a : a + len(f)] = patcher(f, m).float().reshape(len(f), -1).cpu().numpy()
     return out
+
+
+def distances(features, mean, components, scale, reference, neighbours: int, chunk: int = 512):
+    """(kNN distance, residual or None) of `features` for a check with these arrays (see `Domain.distances`)."""
+    knn = np.empty(len(features))
+    residual = np.empty(len(features)) if scale is not None else None
+    basis = components * scale[:, None] if scale is not None else None  # the unit principal directions (as stored)
+    for a in range(0, len(features), chunk):
+        y = np.asarray(features[a : a + chunk], np.float64) - mean
+        knn[a : a + chunk] = knn_score(y @ components.T, reference, neighbours)
+        if basis is not None:
+            residual[a : a + chunk] = np.sqrt(np.maximum((y**2).sum(1) - ((y @ basis.T) ** 2).sum(1), 0.0))
+    return knn, residual
 
 
 def knn_score(points: np.ndarray, reference: np.ndarray, k: int, exclude_self: bool = False, chunk: int = 512):
@@ -125,17 +184,21 @@ def fit_domain(
     trained_classes: list[str],
     config: DomainConfig = DomainConfig(),
     info: dict | None = None,
+    error_max: dict | None = None,
 ) -> Domain:
-    """PCA (whitened) on `hidden_fit`, the fit spectra as reference, the threshold from the held-out `hidden_val`."""
+    """PCA (whitened) on `hidden_fit`, the fit spectra as reference, the thresholds from the held-out `hidden_val`;
+    `error_max` (the `uncertain` bit's limits, `uncertainty_limits`) stored as given."""
     x = np.asarray(hidden_fit, np.float64)
     mean = x.mean(0).astype(np.float32).astype(np.float64)  # as stored
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
     k = min(config.components, vt.shape[0])
     sd = s[:k] / np.sqrt(max(1, len(x) - 1))
     components = (vt[:k] / np.maximum(sd, 1e-12)[:, None]).astype(np.float16).astype(np.float64)  # as stored
+    scale = sd.astype(np.float32).astype(np.float64)
     reference = (x - mean) @ components.T
-    val_scores = knn_score((np.asarray(hidden_val, np.float64) - mean) @ components.T, reference, config.neighbours)
+    val_scores, val_residual = distances(hidden_val, mean, components, scale, reference, config.neighbours)
     threshold = float(np.quantile(val_scores, config.quantile))
+    residual_threshold = float(np.quantile(val_residual, config.residual_quantile))
     finite = np.isfinite(labels)
     lo = [float(np.min(labels[finite[:, j], j])) for j in range(labels.shape[1])]
     hi = [float(np.max(labels[finite[:, j], j])) for j in range(labels.shape[1])]
@@ -149,6 +212,8 @@ def fit_domain(
         val_rows=len(val_scores),
         explained_variance=float((s[:k] ** 2).sum() / (s**2).sum()),
         val_score_quantiles={q: float(np.quantile(val_scores, q)) for q in (0.5, 0.9, 0.95, 0.98, 0.99)},
+        val_residual_quantiles={q: float(np.quantile(val_residual, q)) for q in (0.5, 0.9, 0.95, 0.98, 0.99)},
+        val_out_of_domain=float(np.mean((val_scores > threshold) | (val_residual > residual_threshold))),
     )
     return Domain(
         mean=mean,
@@ -163,6 +228,9 @@ def fit_domain(
         class_prob_min=class_prob_min,
         info=meta,
         features=config.features,
+        scale=scale,
+        residual_threshold=residual_threshold,
+        error_max=dict(error_max or {}),
     )
 
 
@@ -172,14 +240,16 @@ def save_domain(domain: Domain, model_dir: str | os.PathLike) -> None:
     from safetensors.torch import save_file
 
     model_dir = Path(model_dir)
-    dtypes = {"mean": np.float32, "components": np.float16, "reference": np.float32}
+    dtypes = {"mean": np.float32, "components": np.float16, "reference": np.float32, "scale": np.float32}
     tensors = {
-        name: torch.from_numpy(np.ascontiguousarray(getattr(domain, name), dtype=t)) for name, t in dtypes.items()
+        name: torch.from_numpy(np.ascontiguousarray(getattr(domain, name), dtype=t))
+        for name, t in dtypes.items()
+        if getattr(domain, name) is not None
     }
     atomic_write(
         model_dir / DOMAIN_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "specllm": "domain"})
     )
-    meta = {k: v for k, v in asdict(domain).items() if k not in tensors}
+    meta = {k: v for k, v in asdict(domain).items() if k not in dtypes}
     atomic_write_text(model_dir / DOMAIN_JSON, json.dumps(meta, indent=2, default=str) + "\n")
 
 
@@ -193,6 +263,7 @@ def load_domain(model_dir: str | os.PathLike) -> Domain | None:
     try:
         meta = json.loads((model_dir / DOMAIN_JSON).read_text())
         arrays = load_file(str(model_dir / DOMAIN_WEIGHTS))
-        return Domain(**{k: arrays[k].astype(np.float64) for k in ("mean", "components", "reference")}, **meta)
+        names = ("mean", "components", "reference", "scale")
+        return Domain(**{k: arrays[k].astype(np.float64) for k in names if k in arrays}, **meta)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SpecllmError(f"{model_dir}: unreadable domain check ({exc})") from None
+        raise SpecllmError(one_line(f"{model_dir}: unreadable domain check ({exc})")) from None

@@ -34,6 +34,19 @@ class SpecllmError(Exception):
     exit_code = EXIT_USAGE
 
 
+# Optional packages, each with the extra of pyproject.toml that installs it: a command that needs one and does not
+# find it says so in one line with the install command (`missing_extra`, through cli.user_errors).
+EXTRAS = {"deepspeed": "gpu", "bitsandbytes": "gpu", "ray": "ray", "specutils": "specutils"}
+
+
+def missing_extra(exc: ImportError) -> SpecllmError | None:
+    """The one-line error for an optional package that is not installed, None for any other import failure."""
+    package = (getattr(exc, "name", None) or "").partition(".")[0]
+    if package not in EXTRAS:
+        return None
+    return SpecllmError(f"{package} is not installed (optional): pip install 'specllm[{EXTRAS[package]}]'")
+
+
 class OutputError(SpecllmError):
     """The output cannot be written (no space, read-only, permission): exit status 3."""
 

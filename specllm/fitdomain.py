@@ -1,23 +1,25 @@
-"""`python -m specllm.fitdomain SHARDS [MODEL]`: fit a model's own domain check (`specllm.domain`) and store it in
-the model directory (`domain.safetensors` + `domain.json`). `make model` runs it after training.
+"""`specllm fit-domain SHARDS [MODEL_DIR]`: fit a model's own domain check and its `uncertain` limits
+(`specllm.domain`) and store them in the model directory (`domain.safetensors` + `domain.json`). `make model` runs it
+after training.
 
-SHARDS are the `ingest` shards the model was trained on; only their train split is read. It is cut by the split's
-hash rule into a fit part (the reference set and its principal components) and a held-out part (the threshold and
-`class_prob_min`); the test split is never touched. Half of the spectra (at random) are used with one end of the grid
-cut, so partial coverage alone does not count as out of domain. With the default features (patch embeddings) only
-the patch projector runs: under a minute for the 1,300 shared DR10 train spectra on a 2-core CPU.
+SHARDS are the `ingest` shards the model was trained on; only their train split is read. It is cut by the
+validation hash rule (`specllm.splits`, the same rule `train` holds out) into a fit part (the reference set and its
+principal components) and a validation part (every threshold: the two distances', `class_prob_min` and the
+`uncertain` bit's per-label limits); the test split is never touched. Half of the spectra (at random) are used with
+one end of the grid cut, so partial coverage alone does not count as out of domain. The model itself runs on the
+validation spectra only (their predicted 1-sigma and class probability), with the default `flux` features: about a
+minute for the 1,300 shared DR10 train spectra on a 2-core CPU.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from .config import DomainConfig, InferConfig, SplitConfig
 from .device import pick_device
-from .domain import Domain, edge_cut, fit_domain, patch_features, save_domain
+from .domain import Domain, edge_cut, fit_domain, patch_features, save_domain, uncertainty_limits
 from .errors import SpecllmError
 from .infer import iter_shard_items
 from .predict import default_model_dir, load_for_inference, predict, questions_for
@@ -25,6 +27,7 @@ from .progress import progress_bar, say
 from .splits import is_validation
 
 FEATURES = {
+    "flux": "the cleaned spectrum on the 3800-8700 A grid (max-normalised, as the model reads it)",
     "patches": "the patch embeddings (the patch projector's output for every patch, concatenated)",
     "hidden": "the read-out hidden state (the last prompt token's, which the numeric heads read)",
 }
@@ -74,15 +77,18 @@ def fit_model_domain(
     flux[cut], mask[cut] = edge_cut(flux[cut], mask[cut], rng, config.partial_span)
     n = len(items)
     step = infer.batch_size * 4
-    probe = val & ~cut  # held-out spectra as observed: the class head's probabilities
+    probe = val & ~cut  # validation spectra as observed: the class head's probabilities, the predicted 1-sigma
     if config.features == "patches":
         if loaded.model.patcher is None:
             raise SpecllmError(f"{path}: features 'patches' need a patch-format model")
         hidden = patch_features(loaded.model.patcher, flux, mask)
-        rows = np.flatnonzero(probe) if config.class_prob_quantile > 0 else np.array([], int)
+    elif config.features == "flux":
+        hidden = flux
     else:
-        hidden, rows = None, np.arange(n)
+        hidden = None
+    rows = np.arange(n) if config.features == "hidden" else np.flatnonzero(probe)
     class_prob = np.full(n, np.nan)
+    errors = np.full((n, len(spec.value_names)), np.nan)
     with progress_bar("domain", total=len(rows)) as advance:
         for a in range(0, len(rows), step):
             sl = rows[a : a + step]
@@ -104,7 +110,10 @@ def fit_model_domain(
                 hidden[sl] = preds.hidden
             if preds.class_prob is not None:
                 class_prob[sl] = preds.class_prob
+            errors[sl] = preds.errors
             advance(len(sl))
+    class_prob = class_prob if config.class_prob_quantile > 0 else np.full(n, np.nan)
+    limits = uncertainty_limits(errors[probe], list(spec.value_names), config.uncertain_quantile)
     table = np.array([labels[it.spec_id][1] for it in items if it.spec_id in labels]).reshape(-1, len(spec.value_names))
     counts: dict[str, int] = {}
     for it in items:
@@ -120,26 +129,22 @@ def fit_model_domain(
         "partial_spectra": int(cut.sum()),
         "features": FEATURES[config.features],
     }
-    domain = fit_domain(hidden[~val], hidden[val], class_prob[probe], table, spec.value_names, trained, config, info)
+    if config.uncertain_quantile >= 1:
+        limits = {}
+    over = np.zeros(n, dtype=bool)
+    for j, name in enumerate(spec.value_names):
+        if name in limits:
+            over |= errors[:, j] > limits[name]
+    info["val_uncertain"] = float(over[probe].mean()) if probe.any() else float("nan")
+    domain = fit_domain(
+        hidden[~val], hidden[val], class_prob[probe], table, spec.value_names, trained, config, info, limits
+    )
     save_domain(domain, target)
     say(
-        f"domain check: {len(items)} train spectra ({int(val.sum())} held out), threshold {domain.threshold:.3g}, "
-        f"class_prob_min {domain.class_prob_min:.3f}, trained classes {','.join(trained)} -> {target}"
+        f"domain check ({config.features}): {len(items)} train spectra ({int(val.sum())} validation), thresholds "
+        f"{domain.threshold:.3g} (neighbours) {domain.residual_threshold:.3g} (residual), "
+        f"{domain.info['val_out_of_domain']:.1%} of validation out; uncertain above "
+        + ", ".join(f"{k} {v:.3g}" for k, v in limits.items())
+        + f"; trained classes {','.join(trained)} -> {target}"
     )
     return domain
-
-
-def main(argv: list[str]) -> int:
-    if not 1 <= len(argv) <= 2:
-        print("usage: python -m specllm.fitdomain SHARDS [MODEL_DIR]", file=sys.stderr)
-        return 2
-    try:
-        fit_model_domain(argv[0], argv[1] if len(argv) > 1 else None)
-    except SpecllmError as exc:
-        say(f"specllm: error: {exc}")
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

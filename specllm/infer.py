@@ -26,15 +26,14 @@ import numpy as np
 import pyarrow as pa
 
 from . import flags
-from .config import CleanConfig, GridConfig, InferConfig
+from .config import CleanConfig, GridConfig, InferConfig, ReadConfig
 from .device import pick_device
-from .domain import patch_features
 from .errors import Interrupted, OutputError, SpecllmError, SpectrumRejected, one_line
 from .io import LAYOUT_ARRAY, RawSpectrum, array_count, expand_inputs, is_array_source, iter_spectra
 from .io.base import check_identity
 from .io.lamost_catalog import file_key
 from .labels import reduce_class
-from .outputs import RowWriter, output_format, rows_to_arrow, run_metadata
+from .outputs import RowWriter, output_format, partial_path, rows_to_arrow, run_metadata
 from .predict import (
     Loaded,
     check_decode,
@@ -47,7 +46,15 @@ from .predict import (
 )
 from .preprocess import check_snr, clean_spectrum
 from .progress import progress_bar, say
-from .shards import arrow_to_vectors, check_output, iter_batches, parquet_file, shard_paths, verified_shard_paths
+from .shards import (
+    arrow_to_vectors,
+    check_output,
+    iter_batches,
+    output_lock,
+    parquet_file,
+    shard_paths,
+    verified_shard_paths,
+)
 
 
 @dataclass
@@ -132,14 +139,21 @@ def is_shard_input(item: str) -> bool:
         return os.path.exists(os.path.join(item, "manifest.json")) or bool(
             glob.glob(os.path.join(item, "part-*.parquet"))
         )
-    return item.endswith(".parquet") and not is_array_source(item)
+    # a FIFO or device named x.parquet is not a shard: the spectrum readers refuse it in one line
+    regular = os.path.isfile(item) or not os.path.lexists(item)
+    return item.endswith(".parquet") and regular and not is_array_source(item)
 
 
 Select = Callable[[int, str, str | None], bool]
 
 
 def iter_items(
-    inputs: Iterable[str], grid: GridConfig, clean: CleanConfig, verify: bool = True, select: Select | None = None
+    inputs: Iterable[str],
+    grid: GridConfig,
+    clean: CleanConfig,
+    verify: bool = True,
+    select: Select | None = None,
+    read: ReadConfig = ReadConfig(),
 ) -> Iterator[Item]:
     """Input order preserved; FITS and array spectra through the same readers and cleaning as `ingest`; ingest
     shards read as they are (checked against their manifest with `verify`). An input that cannot be used (a shard
@@ -162,7 +176,7 @@ def iter_items(
                 continue
         elif single and not wanted(path, None):
             continue
-        for item in unit_items(unit, grid, clean):
+        for item in unit_items(unit, grid, clean, read):
             if kind == "failed" or single or wanted(item.file, item.spec_id):
                 report(item)
                 yield item
@@ -183,7 +197,9 @@ def input_units(inputs: Iterable[str], verify: bool = True) -> Iterator[tuple[st
         yield from (("file", path, "") for path in expand_inputs([item]))
 
 
-def unit_items(unit: tuple[str, str, str], grid: GridConfig, clean: CleanConfig) -> Iterator[Item]:
+def unit_items(
+    unit: tuple[str, str, str], grid: GridConfig, clean: CleanConfig, read: ReadConfig = ReadConfig()
+) -> Iterator[Item]:
     """The spectra of one unit of `input_units` (checked already), read and cleaned; failed items for what cannot
     be used. Prints nothing: the caller reports failed items (`report`), in order."""
     kind, path, reason = unit
@@ -195,7 +211,7 @@ def unit_items(unit: tuple[str, str, str], grid: GridConfig, clean: CleanConfig)
         except SpecllmError as exc:
             yield Item(path, status=one_line(exc))
     else:
-        for raw in iter_spectra(path):
+        for raw in iter_spectra(path, read):
             if isinstance(raw, SpectrumRejected):
                 yield Item(raw.path, status=str(raw))
             else:
@@ -223,9 +239,12 @@ def raw_item(raw: RawSpectrum, grid: GridConfig, clean: CleanConfig) -> Item:
     }
     try:
         obsid = check_identity(meta)
+    except SpectrumRejected as exc:  # an obsid that is no id: not written as one
+        return Item(**(base | {"obsid": None}), status=one_line(exc))
+    try:
         cleaned = clean_spectrum(raw.wave, raw.flux, raw.ivar, raw.ormask, grid, clean)
-    except SpectrumRejected as exc:
-        return Item(**(base | {"obsid": None, "ra": None, "dec": None}), status=one_line(exc))
+    except SpectrumRejected as exc:  # the row keeps what was read: ids, position, header facts
+        return Item(**(base | {"obsid": obsid}), status=one_line(exc))
     return Item(
         **(base | {"obsid": obsid}),
         flux=cleaned.flux,
@@ -235,7 +254,7 @@ def raw_item(raw: RawSpectrum, grid: GridConfig, clean: CleanConfig) -> Item:
     )
 
 
-def count_spectra(inputs: Iterable[str]) -> int:
+def count_spectra(inputs: Iterable[str], read: ReadConfig = ReadConfig()) -> int:
     """How many spectra `iter_items` will yield (the progress bar's total), without reading a spectrum: files are
     listed, array sources and shards counted from their headers."""
     total = 0
@@ -249,7 +268,7 @@ def count_spectra(inputs: Iterable[str]) -> int:
         for path in expand_inputs([item]):
             if is_array_source(path):
                 try:
-                    total += array_count(path)
+                    total += array_count(path, read)
                 except SpectrumRejected:
                     total += 1
             else:
@@ -320,9 +339,25 @@ def output_columns(specs) -> list[str]:
         "status",
         "flag",
         "flag_reason",
+        "usable",
         "domain_score",
         *HEADER_COLUMNS,
     ]
+
+
+# Options of `infer` that change rows, by their command-line name (config fields without one by their path): recorded
+# in the output's metadata (`options`) and checked by `--resume`. The model is checked by its weights' hashes.
+ROW_OPTIONS = {"decode": "--decode", "clean.snr_min_r": "--snr-min-r", "clean.snr_min_i": "--snr-min-i"}
+
+
+def row_options(config: InferConfig) -> str:
+    """The options of `config` that change rows (ROW_OPTIONS, `max_new_tokens`, `partial_edge` and every field of
+    `clean`), as JSON keyed by option name: `infer --resume` refuses to continue an output made with others."""
+    import json
+
+    values = {"decode": config.decode, "max_new_tokens": config.max_new_tokens, "partial_edge": config.partial_edge}
+    values |= {f"clean.{k}": v for k, v in dataclasses.asdict(config.clean).items()}
+    return json.dumps({ROW_OPTIONS.get(k, k): v for k, v in values.items()}, sort_keys=True)
 
 
 def _rank_slice() -> tuple[int, int]:
@@ -350,14 +385,12 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
                 results.append(
                     (m.spec, predict(m.model, m.spec, m.builder, questions, f, k, device, config, return_hidden=hidden))
                 )
-        outside = score = None
+        outside = score = uncertain = None
         if good and checker is not None:
             preds = results[models.index(checker)][1]
-            feats = preds.hidden if checker.domain.features == "hidden" else None
-            if feats is None:
-                feats = patch_features(checker.model.patcher, flux, mask)
+            feats = checker.domain.features_of(flux, mask, checker.model.patcher, preds.hidden)
             outside, score = checker.domain.check(feats, preds.values, checker.spec.value_names)
-            score = score / checker.domain.threshold
+            uncertain = checker.domain.uncertain(preds.errors, checker.spec.value_names)
         k = 0
         for it in chunk:
             row = {"file": it.file, "spec_id": it.spec_id, "obsid": it.obsid, "ra": it.ra, "dec": it.dec}
@@ -367,11 +400,12 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
                 partial=None if it.edge_gap is None else bool(it.edge_gap > config.partial_edge),
                 **it.header,
             )
-            in_domain = True
+            in_domain, sure = True, True
             if it.status == "ok":
                 for spec, preds in results:
-                    if not preds.ok[k]:
-                        row["status"] = "unparseable answer"
+                    if not preds.ok[k]:  # a text answer that did not parse, or a read-out that is not finite
+                        finite = np.isfinite(preds.values[k]).all() and np.isfinite(preds.errors[k]).all()
+                        row["status"] = "unparseable answer" if finite else "non-finite model output"
                     for j, name in enumerate(spec.value_names):
                         row[name] = float(preds.values[k, j])
                         row[f"{name}_err"] = float(preds.errors[k, j])
@@ -380,7 +414,7 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
                         if preds.class_prob is not None and np.isfinite(preds.class_prob[k]):
                             row["class_prob"] = float(preds.class_prob[k])
                 if outside is not None:
-                    in_domain = not outside[k]
+                    in_domain, sure = not outside[k], not uncertain[k]
                     row["domain_score"] = float(score[k])
                 k += 1
             untrained = flags.untrained_class(
@@ -392,7 +426,10 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
                 partial=row["partial"],
                 untrained=untrained,
                 domain=not in_domain,
+                uncertain=not sure,
+                header=any(it.header.get(c) for c in ("objclass", "subclass")),
             )
+            row["usable"] = flags.usable(row["status"], row["flag"])
             yield it, row
         chunk.clear()
 
@@ -435,7 +472,7 @@ def ray_rows(
         pairs = ray_engine.ordered_actor_map(
             units,
             unit_items,
-            (GridConfig(), config.clean),
+            (GridConfig(), config.clean, config.read),
             labeller,
             (str(model_path), config),
             batch_size=config.batch_size * 4,
@@ -476,6 +513,21 @@ def flushing(items: Iterable[Item], writer: RowWriter) -> Iterator[Item]:
         yield item
 
 
+def _write_refused(exc: OSError, writer: RowWriter | None, output: str | None) -> OutputError:
+    """The one line for a write the system refused (disk full, file-size limit, ...): the file (the output where the
+    system names none), the reason, and what is kept for --resume (the partial file; the previous output is
+    untouched, the final file being renamed into place only when whole)."""
+    where = one_line(exc.filename or output or "<stdout>")
+    if writer is None:
+        started = output and os.path.lexists(partial_path(output))
+        kept = f"no row was written; rerun{' with --resume' if started else ''}"
+    elif output:
+        kept = f"{writer.written} row(s) kept in {writer.partial}; rerun with --resume"
+    else:
+        kept = "rerun"
+    return OutputError(f"{where}: {exc.strerror or one_line(exc)}; {kept} once the output can be written")
+
+
 def run_infer(
     inputs: Iterable[str],
     model_dir: str | None,
@@ -483,6 +535,7 @@ def run_infer(
     config: InferConfig = InferConfig(),
     resume: bool = False,
     from_file: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[int, int]:
     """Writes the predictions (streamed, `--resume` continues); returns (failed, total) counts of this run.
     `config.clean` is ingest's cleaning, SNR cut included: a spectrum below the cut is labelled and flagged
@@ -498,14 +551,22 @@ def run_infer(
         check_output(output, is_file=True)  # before the model is loaded and any spectrum read
     if resume and not output:
         raise SpecllmError("--resume needs --out FILE: rows on stdout cannot be continued")
-    paths = PathList(inputs, from_file)
-    try:
-        return _run(paths, model_dir, output, config, resume, rank, world)
-    finally:
-        paths.close()
+    if resume and overwrite:
+        raise SpecllmError("--resume and --overwrite exclude each other: continue the output, or start again")
+    with output_lock(output):  # one run per output (a second is refused in one line), held until the file is whole
+        if output and not (resume or overwrite) and os.path.lexists(partial_path(output)):  # before the model loads
+            raise SpecllmError(
+                f"{output}: an interrupted run left its rows in {partial_path(output)}; continue it with --resume, "
+                "or discard them and start again with --overwrite"
+            )
+        paths = PathList(inputs, from_file)
+        try:
+            return _run(paths, model_dir, output, config, resume, rank, world, overwrite)
+        finally:
+            paths.close()
 
 
-def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, rank: int, world: int):
+def _run(paths: PathList, model_dir, output, config, resume: bool, rank: int, world: int, overwrite: bool = False):
     model_path = Path(model_dir) if model_dir else default_model_dir()
     check_decode(model_specs(model_path), config)
     ray = config.engine.engine == "ray"
@@ -515,10 +576,23 @@ def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, 
         columns = output_columns(model_specs(model_path))  # the weights load in the model actors
     else:
         device = pick_device()
-        models = load_for_inference(model_path, device)
+        try:
+            models = load_for_inference(model_path, device)
+        except KeyboardInterrupt:
+            left = output and os.path.lexists(partial_path(output))
+            raise Interrupted(
+                "infer: interrupted while the model loaded, before any row was written; "
+                + (f"{partial_path(output)} is left as it was: " if left else "")
+                + "rerun the same command"
+                + (" with --resume" if left else "")
+            ) from None
         columns = output_columns([m.spec for m in models])
     meta = run_metadata(model_metadata(model_path, name=model_dir or "default"))
-    writer = RowWriter(output, columns, meta, resume=resume)
+    meta["options"] = row_options(config)
+    try:
+        writer = RowWriter(output, columns, meta, resume=resume, overwrite=overwrite)
+    except OSError as exc:  # its partial file cannot be started (disk full, file-size limit)
+        raise _write_refused(exc, None, output) from None
     if writer.kept:
         say(f"infer: resuming {output}: {writer.kept} row(s) already there")
 
@@ -529,27 +603,29 @@ def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, 
             return file not in writer.done_files
         return (file, spec_id) not in writer.done
 
-    total_inputs = None if config.quiet else count_spectra(paths)
-    todo = None if total_inputs is None else max(0, len(range(rank, total_inputs, world)) - writer.kept)
-    failed = total = 0
-    if ray:
-        labelled = ray_rows(paths, model_path, config, writer)
-    else:
-        items = flushing(iter_items(paths, GridConfig(), config.clean, config.verify, select), writer)
-        labelled = label_rows(items, models, device, config)
+    failed = total = usable = 0
+    flagged: dict[str, int] = {}  # rows per flag keyword, for the closing line
     try:
+        total_inputs = None if config.quiet else count_spectra(paths, config.read)
+        todo = None if total_inputs is None else max(0, len(range(rank, total_inputs, world)) - writer.kept)
+        if ray:
+            labelled = ray_rows(paths, model_path, config, writer)
+        else:
+            items = flushing(iter_items(paths, GridConfig(), config.clean, config.verify, select, config.read), writer)
+            labelled = label_rows(items, models, device, config)
         with progress_bar("infer", total=todo, disable=config.quiet) as advance:
-            for item, row in labelled:
+            for _, row in labelled:
                 writer.write(row)
                 total += 1
-                failed += item.status != "ok"
+                failed += row["status"] != "ok"  # the input, or its labels, failed
+                usable += bool(row.get("usable"))
+                for word, n in flags.keyword_counts([row.get("flag")], [row.get("flag_reason")]).items():
+                    flagged[word] = flagged.get(word, 0) + n
                 advance(1)
     except OSError as exc:  # the system refused a write (disk full, ...): what is written stays for --resume
         with contextlib.suppress(OSError):
             writer.abort()
-        where = f"{one_line(exc.filename)}: " if exc.filename else ""
-        kept = f"{writer.written} row(s) kept in {writer.partial}; rerun with --resume" if output else "rerun"
-        raise OutputError(f"{where}{exc.strerror or one_line(exc)}; {kept} once the output can be written") from None
+        raise _write_refused(exc, writer, output) from None
     except KeyboardInterrupt:
         kept = writer.abort()
         if kept is None:
@@ -561,10 +637,15 @@ def _run(paths: PathList, model_dir, output, config: InferConfig, resume: bool, 
             f"infer: interrupted; {writer.written} row(s) kept in {kept} (rows in progress are lost); "
             f"rerun the same command with --resume to continue {output}"
         ) from None
-    writer.close()
+    try:
+        writer.close()  # the final file (Parquet, FITS, VOTable: written whole from the partial) can meet a limit too
+    except OSError as exc:
+        raise _write_refused(exc, writer, output) from None
     if not config.quiet:
         say(
-            f"infer: {total} input(s), {total - failed} labelled, {failed} failed"
+            f"infer: {total} input(s), {total - failed} labelled ({usable} usable"
+            + "".join(f", {n} {word}" for word, n in flagged.items())
+            + f"), {failed} failed"
             + (f", {writer.kept} kept from before" if writer.kept else "")
             + (f" -> {output}" if output else "")
         )

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from . import __version__
+from ._version import __version__
 from .config import IngestConfig
 from .errors import SpecllmError, SpectrumRejected, one_line
 from .io import LAYOUT_ARRAY, expand_inputs, expand_spectra, load_spectrum
-from .io.base import check_identity
+from .io.base import check_identity, check_regular
 from .io.lamost_catalog import LabelCatalog, file_key
 from .labels import reduce_class
 from .preprocess import check_snr, clean_spectrum
@@ -36,6 +36,7 @@ from .shards import (
     atomic_write_json,
     begin_output,
     check_output,
+    exclusive_output,
     file_sha256,
     integrity_fields,
     read_table,
@@ -126,7 +127,7 @@ def process_one(path: str):
     """Read, join, cut and clean one file -> ('ok', row, flux, mask) or ('rejected', path, reason, detail)."""
     config: IngestConfig = _STATE["config"]
     try:
-        raw = load_spectrum(path)  # a survey FITS file, or spectrum i of an array source (`FILE#i`)
+        raw = load_spectrum(path, config.read)  # a survey FITS file, or spectrum i of an array source (`FILE#i`)
         row = describe(path, raw.meta)
         row["obsid"] = check_identity(row)
         check_snr(row, config.clean, required=raw.layout != LAYOUT_ARRAY)
@@ -153,6 +154,7 @@ def balance_candidate(path: str):
     from .io.lamost import header_meta
 
     try:
+        check_regular(path)  # a FIFO or device is never opened (the main pass reports it)
         header = fits.getheader(path)
         row = describe(path, header_meta(header, ""))
         check_snr(row, _STATE["config"].clean)
@@ -215,6 +217,7 @@ def _build_table(results: list, schema: pa.Schema, grid_size: int) -> pa.Table:
     return table.append_column(schema.field("mask"), vectors_to_arrow(mask, pa.bool_()))
 
 
+@exclusive_output("out")
 def run_ingest(
     inputs: list[str],
     out: str,
@@ -226,7 +229,7 @@ def run_ingest(
     catalog = LabelCatalog(catalog_path, strict=config.strict) if catalog_path else None
     if catalog is not None and catalog.problem_summary():
         say(catalog.problem_summary())
-    paths = list(expand_spectra(expand_inputs(inputs)))  # an array source -> FILE#0 ... FILE#N-1
+    paths = list(expand_spectra(expand_inputs(inputs), config.read))  # an array source -> FILE#0 ... FILE#N-1
     if not paths:
         raise SpecllmError("no input files")
     done = sum(os.path.getsize(p) for p in glob.glob(os.path.join(out, "part-*.parquet")))  # kept on resume

@@ -14,7 +14,10 @@ the output as they are computed, in input order (`RowWriter.write`):
   completes the final file is written from it (Parquet by record batch; FITS and VOTable through astropy's writers,
   which hold the table in memory) and the folder removed.
 `RowWriter(resume=True)` first takes the rows of an earlier run (from its partial temporary, else from the finished
-output) and exposes their ids (`done`): `infer --resume` skips those inputs and appends the rest.
+output) and exposes their ids (`done`): `infer --resume` skips those inputs and appends the rest. The run's metadata
+is kept beside the partial (`meta.json`); a resume refuses another model (weights hashes) or other row-changing
+`options`, naming the difference, and a partial left without `resume` (or `overwrite`) is refused, never discarded.
+A resumed binary partial keeps its streams as they are and adds one; a text one is rewritten beside and renamed.
 
 CSV carries no units or metadata (a plain table for pandas, duckdb and spreadsheets; `csv_dtypes()` gives the types
 to read it with); the other formats carry units and the run's metadata (`META`). FITS has no `dex` in its unit
@@ -24,6 +27,7 @@ and FITS logical nulls (`partial` of a failed row) read as False in astropy (TOP
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import io
@@ -39,7 +43,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ._version import __version__
-from .errors import SpecllmError
+from .errors import SpecllmError, one_line
 
 # ---------------------------------------------------------------- the columns
 
@@ -68,6 +72,7 @@ COLUMNS: dict[str, Column] = {
     "status": Column("str", description="ok, or why the spectrum got no labels"),
     "flag": Column("int", description="bitmask: why a label cannot be trusted (0: none)"),
     "flag_reason": Column("str", description="the flag bits in words"),
+    "usable": Column("bool", description="status ok and no flag bit set but partial: the rows to keep"),
     "domain_score": Column("float", None, 3, "distance to the training spectra (> 1: outside the model's domain)"),
     "objclass": Column("str", description="LAMOST CLASS (header)"),
     "subclass": Column("str", description="LAMOST SUBCLASS (header)"),
@@ -77,7 +82,48 @@ COLUMNS: dict[str, Column] = {
     "snri": Column("float", None, 2, "signal-to-noise, i band (header)"),
 }
 ABUNDANCE = Column("float", "dex", 3, "[X/Fe]")
+# The null of integer columns where a format needs a value for it (FITS TNULLn): the smallest int64, which no LAMOST
+# obsid (positive) or flag (a bitmask >= 0) can be. astropy's default, 999999, is a valid obsid.
+INT_NULL = -(2**63)
 FALLBACK = Column("float", None, 6)
+
+
+# IVOA UCD1+ words per column, written to VOTable FIELDs (`ucd()`: `<x>_fe` an abundance, `<label>_err` its error).
+UCDS = {
+    "file": "meta.ref.uri",
+    "spec_id": "meta.id;meta.main",
+    "obsid": "meta.id",
+    "ra": "pos.eq.ra;meta.main",
+    "dec": "pos.eq.dec;meta.main",
+    "class": "src.spType",
+    "class_prob": "stat.probability",
+    "teff": "phys.temperature.effective",
+    "logg": "phys.gravity",
+    "feh": "phys.abund.Fe",
+    "coverage": "stat.fit.param",
+    "partial": "meta.code",
+    "status": "meta.code.status",
+    "flag": "meta.code.qual",
+    "flag_reason": "meta.note",
+    "usable": "meta.code.qual",
+    "domain_score": "stat.fit.goodness",
+    "objclass": "src.class",
+    "subclass": "src.spType",
+    "z": "src.redshift",
+    "snrg": "stat.snr",
+    "snrr": "stat.snr",
+    "snri": "stat.snr",
+}
+
+
+def ucd(name: str) -> str | None:
+    """A column's UCD (`UCDS`), None where none fits."""
+    if name.endswith("_err"):
+        base = ucd(name[: -len("_err")])
+        return f"stat.error;{base}" if base else "stat.error"
+    if name in UCDS:
+        return UCDS[name]
+    return "phys.abund" if name.endswith("_fe") else None
 
 
 def column(name: str) -> Column:
@@ -105,6 +151,7 @@ META = {
     "datasha": "content hash of the model's training data (its model card)",
     "date": "UTC time the run started",
     "command": "command line",
+    "options": "the options that change rows, as JSON (infer --resume checks them)",
 }
 
 
@@ -149,7 +196,7 @@ def clean_value(name: str, value):
         return int(value)
     if kind == "bool":
         return bool(value)
-    return str(value)
+    return one_line(value)  # text on one line and valid UTF-8 in every format (see `WrittenKeys`)
 
 
 def clean_row(row: dict, columns: list[str]) -> dict:
@@ -218,6 +265,8 @@ def to_astropy(table: pa.Table, meta: dict | None = None):
         out[name] = MaskedColumn(data, mask=mask, unit=col.unit, format=fmt, description=col.description or None)
         if col.kind == "bool":
             out[name].fill_value = False  # what FITS, which has no logical null through astropy, stores
+        if col.kind == "int":
+            out[name].fill_value = INT_NULL  # FITS TNULL, VOTable null: never a real obsid or flag
     return out
 
 
@@ -244,23 +293,51 @@ def parquet_metadata(table: pa.Table, meta: dict) -> dict[str, str]:
     return out
 
 
+def fits_text_as_utf8(table):
+    """`table` with its text columns as UTF-8 bytes: astropy writes str columns to FITS as ASCII (a file name
+    `ü.fits.gz` raised UnicodeEncodeError); bytes go in as they are (TFORM nA, n the longest name's byte length),
+    and astropy, TOPCAT and fitsio read them back as UTF-8."""
+    import numpy as np
+    from astropy.table import MaskedColumn
+
+    for name in table.colnames:
+        col = table[name]
+        if col.dtype.kind == "U":
+            data = np.array([v.encode("utf-8") for v in np.asarray(col, dtype=str)], dtype=bytes)
+            mask = getattr(col, "mask", None)
+            table[name] = MaskedColumn(data, mask=mask, unit=col.unit, format=col.format,
+                                       description=col.description)  # fmt: skip
+    return table
+
+
+def header_text(value) -> str:
+    """A metadata value as FITS header text, which must be printable ASCII: other characters (a non-ASCII name in
+    the command line) written as Python escapes (\\xfc)."""
+    return one_line(str(value)).encode("ascii", "backslashreplace").decode("ascii")
+
+
 def write_fits(path: str, table: pa.Table, meta: dict) -> None:
+    """FITS: integer nulls as TNULLn = `INT_NULL`; column descriptions as TCOMMn (TOPCAT/STIL read them), as TTYPEn
+    comments (cut to the card), and in astropy's serialized-column header comments, which `Table.read` restores as
+    `description` (with units and types)."""
     from astropy.io import fits
+    from astropy.io.fits.connect import _encode_mixins
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 'dex' is not a FITS unit: written below as it is
-        hdu = fits.table_to_hdu(to_astropy(table, {}))
+        hdu = fits.table_to_hdu(_encode_mixins(fits_text_as_utf8(to_astropy(table, {}))))
     for i, name in enumerate(table.column_names, start=1):
         col = column(name)
         if col.unit:
             hdu.header[f"TUNIT{i}"] = col.unit
         if col.description:
             hdu.header.comments[f"TTYPE{i}"] = col.description[:47]
+            hdu.header[f"TCOMM{i}"] = header_text(col.description)
     hdu.header["EXTNAME"] = "SPECLLM"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a long value (the command line) leaves no room for its comment
         for key, value in meta.items():
-            hdu.header[key.upper()] = (str(value), META.get(key, "")[:40])
+            hdu.header[key.upper()] = (header_text(value), META.get(key, "")[:40])
     from .shards import atomic_write
 
     def write(tmp: str) -> None:
@@ -286,6 +363,7 @@ def write_votable(path: str, table: pa.Table, meta: dict) -> None:
         desc = column(field.name).description
         if desc:
             field.description = desc
+        field.ucd = ucd(field.name)
     from .shards import atomic_write
 
     def write(tmp: str) -> None:
@@ -304,7 +382,11 @@ def write_parquet(path: str, batches, schema: pa.Schema, meta: dict, row_group: 
     table = pa.Table.from_batches(list(batches), schema=schema)
     table = table.replace_schema_metadata(parquet_metadata(table, meta))
 
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=COMPRESSION, row_group_size=row_group))
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: pyarrow cannot take a path that is not UTF-8 (b'\xfe.parquet')
+            pq.write_table(table, fh, compression=COMPRESSION, row_group_size=row_group)
+
+    atomic_write(path, write)
 
 
 # ---------------------------------------------------------------- formats and the streaming writer
@@ -335,6 +417,24 @@ def row_key(row: dict) -> tuple[str | None, str | None]:
     return (row.get("file"), row.get("spec_id"))
 
 
+def _as_written(key):
+    if isinstance(key, tuple):
+        return tuple(_as_written(k) for k in key)
+    return None if key is None else one_line(key)
+
+
+class WrittenKeys(set):
+    """The files (or `row_key`s) of rows already in an output. Text is written as `one_line` gives it (a newline
+    or tab as `\\n`, `\\t`; a byte that is not UTF-8, which Python holds as a lone surrogate, as `\\udcff`), so
+    membership is tested on the key as it was written: a name in any encoding is found again by `--resume`."""
+
+    def __contains__(self, key) -> bool:
+        return super().__contains__(_as_written(key))
+
+    def add(self, key) -> None:
+        super().add(_as_written(key))
+
+
 class RowWriter:
     """Writes rows (dicts of infer's columns) as they come, in order, to `path` (None: CSV on stdout).
 
@@ -351,6 +451,7 @@ class RowWriter:
         resume: bool = False,
         batch_rows: int = 256,
         flush_seconds: float = 0.2,
+        overwrite: bool = False,
     ):
         self.path = path
         self.flush_seconds = flush_seconds
@@ -359,8 +460,8 @@ class RowWriter:
         self.columns = list(columns)
         self.meta = dict(meta)
         self.batch_rows = batch_rows
-        self.done: set = set()
-        self.done_files: set = set()
+        self.done: set = WrittenKeys()
+        self.done_files: set = WrittenKeys()
         self.kept = 0
         self.written = 0
         self._pending: list[dict] = []
@@ -374,19 +475,47 @@ class RowWriter:
             return
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.partial = partial_path(path)
+        if resume and overwrite:
+            raise SpecllmError("--resume and --overwrite exclude each other: continue the output, or start again")
+        if os.path.lexists(self.partial) and not (resume or overwrite):
+            raise SpecllmError(
+                f"{path}: an interrupted run left its rows in {self.partial}; continue it with --resume, "
+                "or discard them and start again with --overwrite"
+            )
+        self._source = None
         previous = self._previous_rows() if resume else None
-        self._clear_partial()
-        if self.format in TEXT_FORMATS:
-            self._fh = open(self.partial, "w", encoding="utf-8", newline="")
-            self._write_text_header()
-        else:
-            os.mkdir(self.partial)
-        if previous:
+        if previous and self.format not in TEXT_FORMATS and self._source == self.partial:
+            # the earlier run's Arrow streams stay as they are (nothing is rewritten, so a kill now loses nothing);
+            # this run's rows go to a stream of their own after them
             for row in previous:
+                self._remember(row)
+            self.written = len(previous)
+        elif previous and self.format in TEXT_FORMATS:
+            # the kept rows under this run's header, written beside the partial and renamed onto it
+            with open(self.partial + ".new", "w", encoding="utf-8", newline="") as fh:
+                self._fh = fh
+                self._write_text_header()
+                for row in previous:
+                    self._remember(row)
+                    self._emit(row)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(self.partial + ".new", self.partial)
+            self._fh = open(self.partial, "a", encoding="utf-8", newline="")
+            self._csv = csv.writer(self._fh, lineterminator="\n")
+        else:  # a new partial; rows kept from a finished output are copied in (the output stays until close)
+            self._clear_partial()
+            if self.format in TEXT_FORMATS:
+                self._fh = open(self.partial, "w", encoding="utf-8", newline="")
+                self._write_text_header()
+            else:
+                os.mkdir(self.partial)
+            for row in previous or []:
                 self._remember(row)
                 self._emit(row)
             self._flush()
-            self.kept = len(previous)
+        self.kept = len(previous or [])
+        self._write_meta()
 
     # ---- resume
 
@@ -401,9 +530,66 @@ class RowWriter:
         if rows and set(rows[0]) != set(self.columns):
             raise SpecllmError(
                 f"{source}: has other columns than this run writes (another model?); "
-                "give another --out or remove it to start again"
+                "give another --out, or start again with --overwrite"
             )
+        self._check_meta(source)
+        self._source = source
         return rows
+
+    def _meta_path(self) -> str:
+        """The run's metadata beside its partial (inside the folder of a binary format): what --resume checks."""
+        return os.path.join(self.partial, "meta.json") if self.format not in TEXT_FORMATS else self.partial + ".json"
+
+    def _write_meta(self) -> None:
+        import json
+
+        from .shards import atomic_write_text
+
+        atomic_write_text(self._meta_path(), json.dumps(self.meta, indent=1, sort_keys=True))
+
+    def _previous_meta(self, source: str) -> dict:
+        """The metadata of the run that wrote `source` (its partial's meta.json, or a finished output's own
+        metadata); {} where none is recorded (a CSV output, or a partial of an older specllm)."""
+        import json
+
+        try:
+            if source == self.partial:
+                with open(self._meta_path(), encoding="utf-8") as fh:
+                    return json.load(fh)
+            if self.format == "csv":
+                return {}
+            return {str(k).lower(): v for k, v in read_table(source).meta.items()}
+        except Exception:  # noqa: BLE001 - no readable metadata: nothing to check
+            return {}
+
+    def _check_meta(self, source: str) -> None:
+        """--resume continues only a run of the same model (weights hashes) and the same row-changing options
+        (`RESUME_CHECKED`); otherwise one line naming the difference."""
+        import json
+
+        old = self._previous_meta(source)
+        if not old:
+            return
+        again = "resume with the same --model and options, or start again with --overwrite"
+        for key in ("modelsha", "parentsha"):
+            before, now = old.get(key), self.meta.get(key)
+            if (before or now) and str(before) != str(now):
+                what = "weights" if key == "modelsha" else "stage-1 parent's weights"
+                raise SpecllmError(
+                    f"{source}: made with another model (its {what} sha256 {str(before)[:12]}..., this run's "
+                    f"{str(now)[:12]}...); {again}"
+                )
+        if "options" in old and "options" in self.meta:
+            try:
+                before = json.loads(old["options"]) if isinstance(old["options"], str) else dict(old["options"])
+            except (ValueError, TypeError):
+                return
+            now = json.loads(self.meta["options"])
+            for name in sorted(set(before) | set(now)):
+                if before.get(name) != now.get(name):
+                    raise SpecllmError(
+                        f"{source}: made with {name} {before.get(name)}, this run has {name} {now.get(name)}; {again}"
+                    )
 
     def _remember(self, row: dict) -> None:
         self.done.add(row_key(row))
@@ -414,6 +600,8 @@ class RowWriter:
             shutil.rmtree(self.partial)
         elif os.path.exists(self.partial):
             os.unlink(self.partial)
+        if self.format in TEXT_FORMATS and os.path.exists(self._meta_path()):
+            os.unlink(self._meta_path())
 
     # ---- writing
 
@@ -437,7 +625,8 @@ class RowWriter:
         if not self._pending:
             return
         if self._ipc is None:
-            n = len(os.listdir(self.partial))
+            streams = [int(name[:5]) for name in os.listdir(self.partial) if name[:5].isdigit()]
+            n = max(streams, default=-1) + 1  # after every stream there (a resumed run's come first)
             self._ipc_file = open(os.path.join(self.partial, f"{n:05d}.arrows"), "wb")
             self._ipc = pa.ipc.new_stream(self._ipc_file, arrow_schema(self.columns))
         self._ipc.write_batch(pa.RecordBatch.from_pylist(self._pending, schema=arrow_schema(self.columns)))
@@ -481,6 +670,8 @@ class RowWriter:
             with open(self.partial, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(self.partial, self.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.partial + ".json")
             return
         table = read_partial_batches(self.partial, self.columns)
         if self.format == "parquet":
@@ -549,7 +740,8 @@ def read_rows(path: str, fmt: str | None = None) -> list[dict]:
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        with open(path, "rb") as fh:  # any file name (see write_parquet)
+            table = pq.read_table(fh)
     else:
         from astropy.table import Table
 
@@ -560,28 +752,87 @@ def read_rows(path: str, fmt: str | None = None) -> list[dict]:
     return [{c: clean_value(c, v) for c, v in r.items()} for r in table.to_pylist()]
 
 
-def read_table(path: str):
-    """infer's output (any format) as an astropy Table with units, metadata and nulls masked. `Table.read` opens
-    every format too, but astropy's Parquet reader knows no Arrow nulls (a failed row's null obsid turns the
-    column float, a null text reads 'None'), and a CSV carries no units."""
-    fmt = output_format(path)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+def is_output_column(name: str) -> bool:
+    """A column `infer` writes (`COLUMNS`, `<x>_fe`, `<label>_err`), whose type `column()` knows."""
+    if name.endswith("_err"):
+        return is_output_column(name[: -len("_err")])
+    return name in COLUMNS or name.endswith("_fe")
 
-        table = pq.read_table(path)
-        internal = ("table_meta_yaml", "table::len::")
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        meta = {k: v for k, v in meta.items() if not k.startswith(internal)}
-        return to_astropy(table.replace_schema_metadata(None), meta)
-    if fmt == "csv":
-        rows = read_rows(path, fmt)
-        header = _read_text_header(path)
-        return to_astropy(rows_to_arrow(rows, header), {})
+
+def _typed(table: pa.Table) -> pa.Table:
+    """infer's columns of `table` cast to their Arrow types (a column of nulls only, or FITS/VOTable ints)."""
+    for i, name in enumerate(table.column_names):
+        if is_output_column(name):
+            wanted = ARROW_TYPES[column(name).kind]
+            if table.column(i).type != wanted:
+                table = table.set_column(i, name, table.column(i).cast(wanted))
+    return table
+
+
+def read_predictions(path: str) -> pa.Table:
+    """The one reader of predictions: infer's output in any format it writes (.csv, .ecsv, .parquet, .fits, .vot/
+    .xml; by extension) as an Arrow table, infer's columns in their types with nulls as nulls (FITS TNULL, VOTable
+    nulls, empty CSV cells), other columns as the format gives them, the run's metadata (none for CSV) as the
+    schema's metadata. `read_table` (astropy), `compare-external` and `plot` read predictions through it; a file
+    that cannot be read is one line."""
+    fmt = output_format(path)
+    if not os.path.isfile(path):
+        raise SpecllmError(f"{path}: no such file")
+    meta: dict = {}
+    try:
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            header = _read_text_header(path)
+            types = {c: ARROW_TYPES[column(c).kind] for c in header if is_output_column(c)}
+            options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
+            with open(path, "rb") as fh:
+                table = pacsv.read_csv(fh, convert_options=options)
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            with open(path, "rb") as fh:  # any file name (see write_parquet)
+                table = pq.read_table(fh)
+            internal = ("table_meta_yaml", "table::len::")
+            meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+            meta = {k: v for k, v in meta.items() if not k.startswith(internal)}
+            table = table.replace_schema_metadata(None)
+        else:
+            from astropy.table import Table
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # FITS: 'dex' is not a FITS unit
+                t = Table.read(path, format={"fits": "fits", "votable": "votable"}.get(fmt, "ascii.ecsv"))
+            meta = {str(k).lower(): v for k, v in t.meta.items() if isinstance(v, str | int | float)}
+            if fmt == "votable":
+                meta |= _votable_infos(path)
+            table = astropy_to_arrow(t)
+    except SpecllmError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - astropy and pyarrow raise many types for a file that is no table
+        text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise SpecllmError(f"{path}: cannot be read as {fmt} predictions ({text})") from None
+    meta = {k: str(v) for k, v in meta.items() if k not in ("extname", "comments", "description")}
+    return _typed(table).replace_schema_metadata(meta or None)
+
+
+def _votable_infos(path: str) -> dict:
+    from astropy.io import votable
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from astropy.table import Table
+        element = votable.parse(path).get_first_table()
+    return {info.name: info.value for info in element.infos}
 
-        return Table.read(path, format="votable" if fmt == "votable" else None)
+
+def read_table(path: str):
+    """infer's output (any format, through `read_predictions`) as an astropy Table with units, descriptions,
+    metadata and nulls masked. `Table.read` opens every format too, but astropy's Parquet reader knows no Arrow
+    nulls (a failed row's null obsid turns the column float, a null text reads 'None'), and a CSV carries no
+    units."""
+    table = read_predictions(path)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    return to_astropy(table.replace_schema_metadata(None), meta)
 
 
 def _read_text_header(path: str) -> list[str]:
@@ -604,7 +855,10 @@ def astropy_to_arrow(t) -> pa.Table:
         if column(name).kind == "str":
             values = [None if v == "" else v for v in values]
         arrays[name] = values
-    return pa.table(arrays) if arrays else pa.table({})
+    if not arrays:
+        return pa.table({})
+    return pa.table({n: pa.array(v, type=ARROW_TYPES[column(n).kind] if is_output_column(n) else None)
+                     for n, v in arrays.items()})  # fmt: skip
 
 
 def describe_columns(columns: list[str]) -> str:
@@ -626,6 +880,7 @@ __all__ = [
     "column",
     "csv_dtypes",
     "output_format",
+    "read_predictions",
     "read_rows",
     "read_table",
     "rows_to_arrow",

@@ -158,6 +158,7 @@ def predict(
     ok = np.zeros(n, dtype=bool)
     class_prob = np.full(n, np.nan)
     hidden = [] if return_hidden else None
+    class_head = False
     for start in range(0, n, config.batch_size):
         sl = slice(start, min(n, start + config.batch_size))
         enc = [builder.encode(q, None) for q in questions[sl]]
@@ -172,6 +173,7 @@ def predict(
             hidden.append(last.float().cpu().numpy())
         values[sl] = mu.float().cpu().numpy() * std + mean
         errors[sl] = np.exp(0.5 * log_var.float().cpu().numpy()) * std
+        class_head = logits is not None
         if logits is not None:
             class_prob[sl] = torch.softmax(logits.float(), -1).max(-1).values.cpu().numpy()
             for i, k in enumerate(logits.argmax(-1).tolist()):
@@ -200,6 +202,14 @@ def predict(
                     ok[start + i] = False
     if hidden is not None:
         hidden = np.concatenate(hidden) if hidden else np.zeros((0, 0), np.float32)
+    # A non-finite read-out (NaN or overflowing weights, inputs outside anything trained) labels nothing: the row
+    # fails (`ok` False, no class), never `ok` with empty labels.
+    finite = np.isfinite(values).all(axis=1) & np.isfinite(errors).all(axis=1)
+    if class_head:
+        finite &= np.isfinite(class_prob)
+    for i in np.flatnonzero(~finite):
+        classes[i], class_prob[i] = None, np.nan
+    ok &= finite
     return Predictions(values, errors, classes, texts, ok, hidden, class_prob)
 
 

@@ -110,6 +110,11 @@ def clean_spectrum(
 ) -> Cleaned:
     """Normalise and resample one spectrum; raises `SpectrumRejected` with the reason when it cannot be used."""
     flux = np.asarray(flux, dtype=np.float64)
+    wave = np.asarray(wave, dtype=np.float64)
+    if wave.shape != flux.shape or wave.ndim != 1:
+        raise SpectrumRejected("bad layout", f"flux {flux.shape} and wavelength {wave.shape} differ in shape")
+    if wave.size < 2 or not np.all(np.diff(wave) > 0):  # NaN fails too; every reader's (and the API's) spectra
+        raise SpectrumRejected("bad wavelength", "wavelengths are not increasing")
     bad_values = ~np.isfinite(flux)
     if bad_values.any():
         raise SpectrumRejected("non-finite flux", f"{int(bad_values.sum())} NaN/inf flux values")

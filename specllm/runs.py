@@ -51,13 +51,78 @@ class ModelSpec:
     # label -> {predicted class or "all": factor} applied to the read-out's sigma (fitted on the validation split)
     error_scale: dict | None = None
     manifest: dict = field(default_factory=dict)
+    weights_sha256: str | None = None  # SHA-256 of weights.safetensors, recorded when written, checked on load
 
     @classmethod
     def from_json(cls, path: Path) -> ModelSpec:
+        """The spec of a model directory, each field checked for its type (and the labels' lists for one length):
+        a spec.json with a missing field or a value of the wrong type is one SpecllmError line, never a traceback
+        later."""
         data = read_json(path)
         if not isinstance(data, dict):
             raise SpecllmError(f"{one_line(path)}: not a specllm model spec (a JSON object is expected)")
+        check_spec(data, path)
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON value fits a ModelSpec field's type (int is not bool; a float field takes an int)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_name(hint) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+LORA_TYPES = {"r": int, "alpha": float, "dropout": float, "target_modules": str | list[str]}
+
+
+def check_spec(data: dict, path: str | os.PathLike) -> None:
+    """The checks of `ModelSpec.from_json` (see there)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(ModelSpec)
+    where = f"{one_line(path)}: not a valid specllm model spec"
+    for f in dataclasses.fields(ModelSpec):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.name not in data:
+            if required:
+                raise SpecllmError(f"{where} (no {f.name!r})")
+            continue
+        if not _fits(data[f.name], hints[f.name]):
+            got = type(data[f.name]).__name__
+            raise SpecllmError(f"{where} ({f.name!r} should be {_type_name(hints[f.name])}, got {got})")
+    if data["stage"] not in (1, 2):
+        raise SpecllmError(f"{where} ('stage' is {data['stage']}; 1 or 2)")
+    n = len(data["value_names"])
+    if len(data["value_mean"]) != n or len(data["value_std"]) != n:
+        raise SpecllmError(f"{where} ('value_names', 'value_mean' and 'value_std' differ in length)")
+    lora = data.get("lora", {})
+    for key, hint in LORA_TYPES.items():
+        if key not in lora or not _fits(lora[key], hint):
+            raise SpecllmError(f"{where} ('lora' needs {key!r} as {_type_name(hint)})")
+    for key in ("patch_width", "grid_size", "layers"):
+        if data.get(key) is not None and data[key] <= 0:
+            raise SpecllmError(f"{where} ({key!r} is {data[key]}; a positive integer or null)")
 
 
 def read_json(path: str | os.PathLike):
@@ -68,13 +133,14 @@ def read_json(path: str | os.PathLike):
         raise SpecllmError(f"{one_line(path)}: unreadable ({one_line(exc)})") from None
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; a truncated or garbled one (or another format) is one SpecllmError line."""
+def read_safetensors(path: str | os.PathLike, blob: bytes | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (parsed from `blob`, its bytes, where the caller read them); a truncated or
+    garbled one (or another format) is one SpecllmError line."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     try:
-        return load_file(str(path))
+        return load(blob) if blob is not None else load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise SpecllmError(f"{one_line(path)}: not a readable safetensors file ({one_line(reason)})") from None
@@ -249,8 +315,11 @@ def save_model_dir(
         state = trainable_state(model) if state is None else state
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        atomic_write(tmp / WEIGHTS, lambda t: save_file(state, t, metadata={"format": "pt", "specllm": "model"}))
-        (tmp / SPEC).write_text(json.dumps(asdict(spec), indent=2, default=str) + "\n")
+        sha = atomic_write(
+            tmp / WEIGHTS, lambda t: save_file(state, t, metadata={"format": "pt", "specllm": "model"}), digest=True
+        )
+        spec_data = asdict(spec) | {"weights_sha256": sha}  # checked by every load (`read_weights`)
+        (tmp / SPEC).write_text(json.dumps(spec_data, indent=2, default=str) + "\n")
         if parent is not None:
             (tmp / PARENT).mkdir()
             for name in (SPEC, WEIGHTS):
@@ -270,7 +339,35 @@ def save_model_dir(
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    return read_safetensors(Path(path) / WEIGHTS)
+    """The tensors of a model directory's weights.safetensors, verified as shards are: the file's SHA-256 equals the
+    one its spec.json recorded when it was written (one SpecllmError line if not: changed or damaged since), and
+    every floating tensor is finite (NaN or infinite weights would label every spectrum with nothing). A directory
+    written by an older specllm records no hash: loaded with a warning."""
+    import hashlib
+
+    path = Path(path)
+    weights = path / WEIGHTS
+    data = read_json(path / SPEC) if (path / SPEC).exists() else {}
+    expected = data.get("weights_sha256") if isinstance(data, dict) else None
+    try:
+        blob = weights.read_bytes()  # hashed and parsed from the same bytes
+    except OSError as exc:
+        raise SpecllmError(f"{one_line(weights)}: unreadable ({exc.strerror or exc})") from None
+    if expected is None:
+        say(f"warning: {one_line(path)}: {SPEC} records no SHA-256 of {WEIGHTS} (an older specllm?): not verified")
+    elif hashlib.sha256(blob).hexdigest() != expected:
+        raise SpecllmError(
+            f"{one_line(weights)}: content differs from the SHA-256 in {SPEC} (changed or damaged since it was "
+            "written); restore the model directory or train it again"
+        )
+    state = read_safetensors(weights, blob)
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SpecllmError(
+                f"{one_line(weights)}: tensor {one_line(name)} holds NaN or infinite values; this model cannot label "
+                "spectra (train it again)"
+            )
+    return state
 
 
 def model_dir(path: str | os.PathLike) -> Path:
@@ -422,12 +519,19 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
             "",
             f"- Features: {info.get('features')}, projected on its {domain.components.shape[0]} leading principal "
             f"components ({info.get('explained_variance', float('nan')):.0%} of its variance), each scaled to unit variance.",
-            f"- Score: mean distance to the {domain.neighbours} nearest of {domain.reference.shape[0]} training spectra "
-            "in that space, written as `domain_score` = score / threshold (above 1: flagged `domain`).",
+            f"- Score: the mean distance to the {domain.neighbours} nearest of {domain.reference.shape[0]} training "
+            "spectra in that space, and the residual off those components (what no training spectrum has), each over "
+            "its threshold; `domain_score` is the larger (above 1: flagged `domain`).",
             f"- Fitted on the train split of `{Path(str(info.get('shards'))).name}` ({info.get('train_spectra')} spectra, "
             f"{info.get('partial_spectra')} of them with one end of the grid cut so that partial coverage alone passes); "
-            f"threshold = the {info.get('config', {}).get('quantile')} quantile of the scores of {info.get('held_out_spectra')} "
-            "held-out train spectra (the split's hash rule); the test split is never used.",
+            f"thresholds = the {info.get('config', {}).get('quantile')} and {info.get('config', {}).get('residual_quantile')} "
+            f"quantiles over its {info.get('held_out_spectra')} validation spectra (the split's hash rule); the test "
+            "split is never used.",
+            f"- On those validation spectra `domain` fired on {info.get('val_out_of_domain', float('nan')):.1%} (by "
+            f"distance) and `uncertain` on {info.get('val_uncertain', float('nan')):.1%}.",
+            "- `uncertain`: a predicted 1-sigma above "
+            + (", ".join(f"{k} {v:.4g}" for k, v in domain.error_max.items()) or "(no limits: off)")
+            + f" (the {info.get('config', {}).get('uncertain_quantile')} quantile over the validation spectra).",
             "- Also flagged `domain`: a predicted label outside the training labels' range ("
             + ", ".join(
                 f"{n} {lo:.5g}..{hi:.5g}" for n, lo, hi in zip(domain.label_names, domain.label_min, domain.label_max)
@@ -435,7 +539,7 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
             + ").",
             f"- `class`: header SUBCLASS or predicted class outside {', '.join(domain.trained_classes)}, or `class_prob` "
             f"below {domain.class_prob_min:.3f} (the {info.get('config', {}).get('class_prob_quantile')} quantile on held-out train spectra).",
-            "- Reproduce: `python -m specllm.fitdomain SHARDS MODEL_DIR` (run by `make model`); measured in docs/BENCHMARKS.md.",
+            "- Reproduce: `specllm fit-domain SHARDS MODEL_DIR` (run by `make model`); measured in docs/BENCHMARKS.md.",
             "",
         ]
     lines += [

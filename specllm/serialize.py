@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
+from ._version import __version__
 from .config import GridConfig, PatchConfig, SerializeConfig
 from .errors import SpecllmError
 from .progress import progress_bar, say
@@ -38,13 +38,15 @@ from .shards import (
     MANIFEST,
     arrow_to_vectors,
     check_output,
+    exclusive_output,
     integrity_fields,
     iter_batches,
     parquet_file,
     publish,
     read_manifest,
+    shards_sha256,
+    staging_dir,
     table_digest,
-    temp_dir,
     verified_shard_paths,
     write_table,
 )
@@ -178,6 +180,7 @@ def _prepare_out(out: str, shards: str) -> None:
         raise SpecllmError(f"{out}: exists and is not a directory")
 
 
+@exclusive_output("out")
 def run_serialize(
     shards: str,
     stage: int,
@@ -225,9 +228,7 @@ def run_serialize(
     schema = _out_schema(fmt, stage, grid_size, columns)
     result = SerializeResult(out=out, fmt=fmt, stage=stage)
     total = sum(parquet_file(p).metadata.num_rows for p in paths)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    staging = temp_dir(parent, prefix=".serialize-")
+    staging = staging_dir(out, "serialize")  # the staging folders of killed runs for `out` removed
     token_counts: list[int] = []
     shard_names: list[str] = []
     hashes: dict[str, str] = {}
@@ -287,7 +288,7 @@ def run_serialize(
             "labels": [k for k in label_keys(stage) if k == "class" or columns.get(k)],
             "source": os.path.abspath(shards),
             "source_manifest_hash": _file_hash(os.path.join(source, MANIFEST)),
-            "source_content_hash": source_manifest.get("content_hash"),
+            "source_shards_sha256": shards_sha256(source_manifest),  # the verified shards read (not a copied claim)
             "grid_size": grid_size,
             "patch": dataclasses.asdict(PatchConfig()) | {"count": patches} if fmt == "patch" else None,
             "serialize": dataclasses.asdict(config) | {"label_prefix": label_prefix},

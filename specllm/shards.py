@@ -129,6 +129,88 @@ def write_table(path: str | os.PathLike, table: pa.Table) -> str:
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=COMPRESSION), digest=True)
 
 
+# ---------------------------------------------------------------- one writer per output
+
+
+def lock_path(out: str | os.PathLike) -> str:
+    """The lock file of an output file or folder: `<out>.lock` beside it (present only while a run holds it)."""
+    return os.path.abspath(str(out)).rstrip(os.sep) + ".lock"
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike | None) -> Iterator[str | None]:
+    """Hold an exclusive advisory lock (`fcntl.flock`) on `out`'s lock file for the whole run: a second run writing
+    the same output, from this machine or another that shares the file system's locks, is refused in one
+    OutputError line instead of both runs writing (and removing) each other's temporaries. The lock goes with the
+    process (a killed run leaves no stale lock: the next run takes it); the file is removed when the run ends.
+    None (stdout) locks nothing."""
+    if out is None:
+        yield None
+        return
+    import fcntl
+
+    path = lock_path(out)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise OutputError(
+                    f"{one_line(out)}: another specllm run{who} is writing this output (lock {one_line(path)}); "
+                    "wait for it to finish or choose another output"
+                ) from None
+            try:  # the run that held it may have removed the file between our open and our lock: take the new one
+                current = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)
+        with contextlib.suppress(OSError):  # the pid is for the refusal's message only (a full disk: none)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:  # no lock file can be made where the output goes (not a folder, read-only, ...): nor can the
+        path = None  # output; the command's own check (`check_output`) says so in its one line
+    if path is None:
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def exclusive_output(where="out"):
+    """Decorator: the function holds `output_lock` on its output while it runs; `where` names the argument that
+    is the output path, or is a function of the arguments (a dict) that returns it (None: nothing to lock). Every
+    producing command's library function carries it (ingest, crossmatch, serialize, train, benchmark,
+    compare-external); `infer` takes the lock itself, on the output of its rank."""
+    import functools
+    import inspect
+
+    def decorate(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            out = bound.arguments[where] if isinstance(where, str) else where(bound.arguments)
+            with output_lock(out):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def remove_stale_temporaries(directory: str | os.PathLike) -> None:
     for tmp in glob.glob(os.path.join(directory, ".*.tmp")):
         os.unlink(tmp)
@@ -249,6 +331,17 @@ def integrity_fields(directory: str | os.PathLike, names: list[str], hashes: dic
     }
 
 
+def shards_sha256(manifest: dict | None) -> str | None:
+    """What a consumer records of the shard folder it read: the SHA-256 of the shards' names and SHA-256s, in order,
+    as the manifest lists them -- the hashes `verified_shard_paths` checked against the bytes, so the record follows
+    the data actually read. (A manifest's `content_hash` is the producer's claim about its tables; a shard edited
+    and re-sealed keeps the old one, so consumers no longer copy it.) None without a manifest or its hashes."""
+    if not manifest or not isinstance(manifest.get(SHARD_HASHES), dict) or not isinstance(manifest.get("shards"), list):
+        return None
+    listed = [[str(n), str(manifest[SHARD_HASHES].get(n))] for n in manifest["shards"]]
+    return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
+
+
 def seal_shards(directory: str | os.PathLike, fields: dict | None = None) -> dict:
     """Write (atomically) a manifest.json for shards made outside specllm's producers: every part-*.parquet of
     `directory`, in name order, with its SHA-256, merged with `fields` (e.g. kind, grid). Returns the manifest."""
@@ -266,13 +359,25 @@ def begin_output(directory: str | os.PathLike) -> None:
         os.unlink(path)
 
 
+def staging_dir(out: str | os.PathLike, name: str) -> str:
+    """A new hidden staging folder `.<out's name>.<name>-XXXX` beside `out`, after removing those that killed runs
+    of the same stage left for the same `out` (the caller holds `out`'s lock, `exclusive_output`, so none of them
+    belongs to a live run)."""
+    out = os.path.abspath(str(out)).rstrip(os.sep)
+    parent, base = os.path.split(out)
+    os.makedirs(parent, exist_ok=True)
+    prefix = f".{base}.{name}-"
+    for stale in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
+        if os.path.isdir(stale) and not os.path.islink(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    return temp_dir(parent, prefix=prefix)
+
+
 @contextlib.contextmanager
 def staged_output(out: str | os.PathLike, name: str) -> Iterator[str]:
     """A hidden folder beside `out` where a producer writes its run (removed whatever happens); `publish` moves it
     into `out` when complete, so a failed or refused run leaves `out` as it was."""
-    parent = os.path.dirname(os.path.abspath(str(out)))
-    os.makedirs(parent, exist_ok=True)
-    staging = temp_dir(parent, prefix=f".{name}-")
+    staging = staging_dir(out, name)
     try:
         yield staging
     finally:

@@ -36,6 +36,18 @@ def output_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
+class Fp32Linear(nn.Linear):
+    """A linear layer computed in fp32 whatever its weights' dtype (bf16 under DeepSpeed's bf16 engine, which casts
+    every parameter) and whatever autocast is on (bf16 on a GPU): the read-out's mean, log-variance and class logits
+    keep fp32 resolution on every device (a bf16 mean would move Teff in steps of ~8 K). The weights are upcast inside
+    the module's own forward, so ZeRO-3 has gathered them by then; the state-dict keys are nn.Linear's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            bias = self.bias.float() if self.bias is not None else None
+            return F.linear(x.float(), self.weight.float(), bias)
+
+
 class PatchEmbedder(nn.Module):
     """(B, G) flux + mask -> (B, P, H): fixed-width patches, each normalised on its own, projected by a 2-layer MLP.
 
@@ -60,7 +72,9 @@ class PatchEmbedder(nn.Module):
         std = (((f - mean) ** 2 * w).sum(-1, keepdim=True) / n).sqrt() + 1e-3
         shape = (f - mean) / std * w
         x = torch.cat([shape, m, mean, std.log()], dim=-1)
-        return self.net(x) + self.position
+        # Fed in its weights' dtype (bf16 under DeepSpeed's bf16 engine; under autocast the weights stay fp32): the
+        # per-patch statistics above are always fp32, the projection joins the backbone's embeddings.
+        return self.net(x.to(self.net[0].weight.dtype)) + self.position
 
 
 @dataclass
@@ -84,8 +98,9 @@ class SpectralLM(nn.Module):
         self.lm = lm  # a PeftModel (LoRA) or a plain causal LM
         self.patcher = patcher
         hidden = self._config().hidden_size
-        self.value_head = nn.Sequential(nn.Linear(hidden, 256), nn.GELU(), nn.Linear(256, 2 * n_values))
-        self.class_head = nn.Linear(hidden, n_classes) if n_classes else None
+        # The read-out runs in fp32 on every device and under every engine (Fp32Linear): one dtype regime.
+        self.value_head = nn.Sequential(Fp32Linear(hidden, 256), nn.GELU(), Fp32Linear(256, 2 * n_values))
+        self.class_head = Fp32Linear(hidden, n_classes) if n_classes else None
         self.n_values = n_values
 
     def _config(self):
@@ -153,9 +168,12 @@ class SpectralLM(nn.Module):
         return self._inner().lm_head(hidden)
 
     def readout(self, hidden_last: torch.Tensor):
-        out = self.value_head(hidden_last.float())
+        """(mean, log-variance, class logits) in fp32 from the hidden state of the read-out position, whatever its
+        dtype, the heads' weight dtype and the autocast state."""
+        with torch.autocast(hidden_last.device.type, enabled=False):  # the GELU between the heads' layers too
+            out = self.value_head(hidden_last.float())
+            logits = self.class_head(hidden_last.float()) if self.class_head is not None else None
         mean, log_var = out[:, : self.n_values], out[:, self.n_values :].clamp(-12.0, 6.0)
-        logits = self.class_head(hidden_last.float()) if self.class_head is not None else None
         return mean, log_var, logits
 
     def forward(

@@ -10,15 +10,18 @@ same seeded order of the train split and takes its own disjoint slice of each gl
 N ranks share an epoch. `--batch-size` is per device, as in DeepSpeed: one optimizer step consumes the global batch
 batch_size x grad_accum x ranks, which the log and spec.json report. Without DeepSpeed the trainable gradients are
 averaged over the ranks with one all-reduce per optimizer step (what DDP does, without wrapping the module, whose
-construction would broadcast the frozen, possibly 4-bit, base). Rank 0 evaluates and writes while the others wait
-(under ZeRO-3 every rank runs the evaluation forward in lock-step, since each forward gathers the partitioned
-weights). Checkpoints: torch state (safetensors) without DeepSpeed, the engine's own checkpoint under it.
+construction would broadcast the frozen, possibly 4-bit, base). The closing evaluation is shared: every rank
+predicts an equal block of each split (the last padded; under ZeRO-3 the ranks' forwards gather the partitioned
+weights in lock-step), rank 0 scores the gathered predictions and writes while the others wait; collectives time out
+after --dist-timeout minutes. Checkpoints: torch state (safetensors) without DeepSpeed, the engine's own checkpoint
+under it, and each rank's CPU (and CUDA) RNG state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -36,7 +39,7 @@ from .config import CLASSES, STAGE1_LABELS, AugmentConfig, PatchConfig, SplitCon
 from .device import autocast, bf16_supported, pick_device
 from .errors import SpecllmError
 from .models import base_fingerprint, resolve_base
-from .predict import calibrate_errors, error_factors, evaluate_split, predict, split_metrics
+from .predict import Predictions, calibrate_errors, error_factors, predict, split_metrics
 from .progress import console, progress_bar, say
 from .prompting import PromptBuilder
 from .runs import (
@@ -56,8 +59,10 @@ from .shards import (
     atomic_write,
     atomic_write_json,
     check_output,
+    exclusive_output,
     read_manifest,
     read_table,
+    shards_sha256,
     verified_shard_paths,
 )
 from .splits import is_validation
@@ -179,19 +184,21 @@ class Ranks:
             torch.distributed.barrier()
 
 
-def init_ranks(deepspeed: bool = False) -> Ranks:
+def init_ranks(deepspeed: bool = False, timeout_minutes: float = TrainOptions.dist_timeout) -> Ranks:
     """Join the process group a launcher (torchrun, deepspeed) set up through RANK/WORLD_SIZE: nccl on CUDA, gloo
-    on the CPU. DeepSpeed needs its group even for one process."""
+    on the CPU, with `timeout_minutes` for every collective (barriers included). DeepSpeed needs its group even for
+    one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     ranks = Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     if (world > 1 or deepspeed) and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        timeout = datetime.timedelta(minutes=timeout_minutes)
         if deepspeed:
             import deepspeed as ds
 
-            ds.init_distributed(dist_backend=backend)
+            ds.init_distributed(dist_backend=backend, timeout=timeout)
         else:
-            torch.distributed.init_process_group(backend)
+            torch.distributed.init_process_group(backend, timeout=timeout)
     if torch.cuda.is_available():
         torch.cuda.set_device(ranks.local)
     return ranks
@@ -204,6 +211,36 @@ def rank_batch(order: np.ndarray, step: int, micro: int, batch_size: int, grad_a
     would take."""
     start = ((step * grad_accum + micro) * ranks.world + ranks.rank) * batch_size
     return order[start : start + batch_size]
+
+
+def rank_share(n: int, ranks: Ranks) -> np.ndarray:
+    """This rank's indices of an n-example evaluation: the r-th contiguous block of ceil(n / W), the last block(s)
+    padded with the final example, so that every rank runs the same number of forward passes (under ZeRO-3 each one
+    gathers the partitioned weights, in lock-step). Blocks in rank order, cut at n, are 0..n-1."""
+    per = -(-n // ranks.world)
+    return np.minimum(np.arange(ranks.rank * per, (ranks.rank + 1) * per), max(n - 1, 0))
+
+
+def predict_shared(model, spec, builder, data: QAData, device, ranks: Ranks) -> Predictions:
+    """`predict` over `data` with the ranks sharing the work (`rank_share`): every rank returns the predictions of
+    all n examples, in order, the padding dropped (each rank's part gathered to all)."""
+    n = len(data.spec_id)
+    part = data.take(rank_share(n, ranks))
+    preds = predict(model, spec, builder, part.question, part.flux, part.mask, device)
+    if ranks.world == 1:
+        return preds
+    parts: list = [None] * ranks.world
+    torch.distributed.all_gather_object(parts, preds)  # this run's own processes: nothing untrusted is unpickled
+
+    def joined(name: str):
+        values = [getattr(p, name) for p in parts]
+        if values[0] is None:
+            return None
+        if isinstance(values[0], np.ndarray):
+            return np.concatenate(values)[:n]
+        return [v for part_values in values for v in part_values][:n]
+
+    return Predictions(**{f.name: joined(f.name) for f in dataclasses.fields(Predictions)})
 
 
 def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
@@ -249,6 +286,8 @@ def save_checkpoint(
             atomic_write_json(ckpt / "trainer.json", meta)
     ranks.barrier()
     rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():  # LoRA dropout on a GPU draws from this rank's CUDA generator
+        rng["cuda"] = torch.cuda.get_rng_state()
     atomic_write(ckpt / f"rng-rank{ranks.rank:05d}.safetensors", lambda tmp: save_file(rng, tmp))
     ranks.barrier()
     if ranks.main:
@@ -285,7 +324,10 @@ def restore_checkpoint(model, optimizer, scheduler, out: Path, engine=None, rank
         step = int(meta["step"])
     rng = ckpt / f"rng-rank{ranks.rank:05d}.safetensors"
     if rng.exists():
-        torch.set_rng_state(read_safetensors(rng)["torch"])
+        state = read_safetensors(rng)
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
     return step
 
 
@@ -361,12 +403,13 @@ def density_weights(teff: np.ndarray, power: float, bins: int = 20, clip: float 
     return weights
 
 
+@exclusive_output(lambda args: args["opts"].out if int(os.environ.get("RANK", "0")) == 0 else None)  # rank 0 writes
 def run_train(opts: TrainOptions) -> dict:
     from transformers import get_cosine_schedule_with_warmup  # heavy: loaded when training starts, not on import
 
     out = Path(opts.out)
     recipe = opts.recipe
-    ranks = init_ranks(bool(opts.deepspeed))
+    ranks = init_ranks(bool(opts.deepspeed), opts.dist_timeout)
     if ranks.main:
         check_output(out)
     data = load_qa(opts.data, opts.stage, opts.verify)
@@ -451,6 +494,12 @@ def run_train(opts: TrainOptions) -> dict:
             for e in range(math.ceil(recipe.epochs) + 1)
         ]
     )
+    # One precision regime per run. Under DeepSpeed it is the config's: its bf16 section (set from --bf16 on a bf16
+    # GPU) casts the parameters to bf16 and runs the module with autocast off, whatever autocast is on around it, and
+    # a torch_autocast section has the engine enter autocast itself; so no autocast is entered here. Without
+    # DeepSpeed: torch autocast (bf16 where supported) over fp32 weights. The patch projector is fed in its weights'
+    # dtype and the read-out computes in fp32 in every regime (spectral.Fp32Linear).
+    precision = contextlib.nullcontext if engine is not None else (lambda: autocast(device, recipe.bf16))
     model.train()
     history, t0, seen = [], time.time(), 0
     parts_names = ("text", "value", "class")
@@ -473,7 +522,7 @@ def run_train(opts: TrainOptions) -> dict:
                 batch = builder.collate(
                     [encoded[i] for i in idx], flux, mask, z[idx], train.classes[idx], device, weights[idx]
                 )
-                with autocast(device, recipe.bf16):
+                with precision():
                     loss, parts, _ = (engine or model)(
                         batch, opts.text_weight, opts.value_weight, opts.class_weight, opts.nll_beta
                     )
@@ -498,7 +547,8 @@ def run_train(opts: TrainOptions) -> dict:
                 torch.distributed.all_reduce(sums)
             step += 1
             mean_parts = {n: float(sums[2 * j] / sums[2 * j + 1]) for j, n in enumerate(parts_names) if sums[2 * j + 1]}
-            history.append({"step": step, **mean_parts})
+            # time_s: seconds since the loop began, at this step's end (rates after warm-up steps: gpu_check)
+            history.append({"step": step, **mean_parts, "time_s": round(time.time() - t0, 4)})
             rate = seen * ranks.world / max(1e-9, time.time() - t0)
             advance(1, loss=" ".join(f"{k} {v:.3f}" for k, v in mean_parts.items()), rate=f"{rate:.2f}/s")
             if step % recipe.save_every == 0 and step < total_steps:
@@ -509,37 +559,43 @@ def run_train(opts: TrainOptions) -> dict:
     if ranks.world > 1:
         torch.distributed.all_reduce(per_rank)
     total_seen = int(per_rank.sum())
+    # The first step (kernel selection, ZeRO-3's first gathers, allocator growth) reported apart from the rest.
+    first_step_s = history[0]["time_s"] if history else None
+    steady = (len(history) - 1) * global_batch / max(elapsed - first_step_s, 1e-9) if len(history) > 1 else None
     if ranks.main:
         say(
-            f"train: {step} steps, {total_seen} samples in {elapsed:.0f} s ({total_seen / max(elapsed, 1e-9):.2f} samples/s)"
+            f"train: {step} steps, {total_seen} samples in {elapsed:.0f} s ({total_seen / max(elapsed, 1e-9):.2f} samples/s"
+            + (f"; {steady:.2f} after the first step, which took {first_step_s:.1f} s)" if steady else ")")
         )
 
     model.eval()
-    # ZeRO-3: every forward gathers partitioned weights, so every rank evaluates in lock-step; otherwise rank 0 alone.
-    zero3 = engine is not None and engine.zero_optimization_stage() == 3
+    # The ranks share each evaluation in equal parts (predict_shared; under ZeRO-3 in lock-step, as every forward
+    # gathers the partitioned weights), so no rank waits on another's whole pass; rank 0 scores the gathered result.
     # The validation split: the run's figures, and the calibration of its uncertainties. The test split only when
     # asked for (the model card's figures): choices between runs are made on the validation split.
     metrics, val_metrics = {}, {}
-    if ranks.main or zero3:
-        quiet, console.quiet = console.quiet, not ranks.main
-        try:
-            if len(val.spec_id):  # one pass: the factors are fitted on it, then applied to it
-                preds = predict(model, spec, builder, val.question, val.flux, val.mask, device)
+    quiet, console.quiet = console.quiet, console.quiet or not ranks.main
+    try:
+        if len(val.spec_id):  # one pass: the factors are fitted on it, then applied to it
+            preds = predict_shared(model, spec, builder, val, device, ranks)
+            if ranks.main:
                 if opts.calibrate:
                     spec.error_scale = calibrate_errors(preds, val, spec)
                     preds.errors *= error_factors(spec, preds.classes)
                 val_metrics = split_metrics(preds, val, spec, "validation")
-            if opts.report_test and len(test.spec_id):
-                metrics = evaluate_split(model, spec, builder, test, device, "test")
-        finally:
-            console.quiet = quiet
+        if opts.report_test and len(test.spec_id):
+            preds = predict_shared(model, spec, builder, test, device, ranks)
+            if ranks.main:
+                metrics = split_metrics(preds, test, spec, "test")
+    finally:
+        console.quiet = quiet
     state = trainable_state(model)  # a collective under ZeRO-3
     if ranks.main:
         data_manifest = read_manifest(opts.data) or {}
         spec.manifest = {
             "specllm": __version__,
             "data": os.path.abspath(opts.data),
-            "data_content_hash": data_manifest.get("content_hash"),
+            "data_content_hash": shards_sha256(data_manifest),  # of the verified QA shards read (`shards_sha256`)
             "recipe": asdict(recipe),
             "options": {k: v for k, v in asdict(opts).items() if k not in ("recipe", "lora", "augment", "patch")},
             "augment": asdict(opts.augment),
@@ -550,12 +606,15 @@ def run_train(opts: TrainOptions) -> dict:
                 "global_batch": global_batch,
                 "samples_per_rank": [int(n) for n in per_rank.tolist()],
                 "deepspeed_zero_stage": engine.zero_optimization_stage() if engine is not None else None,
+                "deepspeed_bf16": engine.bfloat16_enabled() if engine is not None else None,
             },
             "train_examples": int(len(train_idx)),
             "validation_examples": int(len(val.spec_id)),
             "test_examples": int(len(test.spec_id)),
             "steps": step,
             "samples_per_second": total_seen / max(elapsed, 1e-9),
+            "first_step_seconds": first_step_s,
+            "samples_per_second_after_first_step": steady,
             "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
             "final_loss": history[-1] if history else None,
             "validation_metrics": val_metrics,

@@ -17,6 +17,7 @@ Importable from any test module (`from .fitsfactory import make_shards`):
 from __future__ import annotations
 
 import csv
+import gzip
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -372,3 +373,41 @@ def make_shards(
     out = tmp_path / name
     run_ingest([str(spectra)], str(out), str(catalog), config or IngestConfig(shard_size=shard_size))
     return out
+
+
+# ---------------------------------------------------------------- hostile files (issue 24)
+
+
+def write_gzip_bomb(path, inflated_mb: int, head: bytes | None = None) -> Path:
+    """A `.fits.gz` of a valid-looking FITS header (`head`, default: a COADD spectrum's first two blocks) followed by
+    zeros, `inflated_mb` MB in all once inflated; gzip shrinks zeros ~1000:1, so the file is ~inflated_mb KB."""
+    if head is None:
+        head = gzip.decompress(write_coadd(Path(str(path) + ".src.fits.gz")).read_bytes())[: 2 * 2880]
+        os.unlink(str(path) + ".src.fits.gz")
+    zeros = bytes(2**20)
+    with gzip.open(path, "wb", compresslevel=9) as fh:
+        fh.write(head)
+        for _ in range(inflated_mb):
+            fh.write(zeros)
+    return Path(path)
+
+
+def set_card(fits_bytes: bytes, key: str, value: str, after: bytes = b"") -> bytes:
+    """`fits_bytes` with the first card `key` (after the first occurrence of `after`) set to `value` (raw text,
+    right-aligned in columns 11-30 as FITS fixed format writes numbers)."""
+    start = fits_bytes.find(after) if after else 0
+    name = key.encode().ljust(8)
+    for i in range(start - start % 80, len(fits_bytes), 80):
+        if fits_bytes[i : i + 8] == name and fits_bytes[i + 8 : i + 10] == b"= ":
+            card = (name + b"= " + value.encode().rjust(20)).ljust(80)
+            return fits_bytes[:i] + card + fits_bytes[i + 80 :]
+    raise KeyError(key)
+
+
+def write_declared_naxis2(path, naxis2: int = 10**9) -> Path:
+    """A DR10-style COADD file whose table header declares NAXIS2 = `naxis2` rows (the data holds one)."""
+    src = write_coadd(Path(str(path) + ".src.fits"))
+    data = set_card(src.read_bytes(), "NAXIS2", str(naxis2), after=b"XTENSION")
+    os.unlink(src)
+    Path(path).write_bytes(gzip.compress(data) if str(path).endswith(".gz") else data)
+    return Path(path)

@@ -107,3 +107,39 @@ def test_bad_input_is_one_clear_error(model):
         model.predict([1, 2, 3])
     with pytest.raises(SpecllmError, match="pixels"):
         model.predict((np.arange(10.0), np.ones(11)))
+    with pytest.raises(SpecllmError, match="not int"):
+        model.predict(5)
+    with pytest.raises(SpecllmError, match="unknown key.*'flx'"):
+        model.predict({"wave": np.arange(10.0), "flx": np.ones(10)})
+    with pytest.raises(SpecllmError, match="no 'flux'"):
+        model.predict([{"wave": np.arange(10.0)}])
+
+
+def test_dict_input_gives_the_file_labels_and_keeps_header_facts(model):
+    from specllm.io import read_spectrum
+
+    raw = read_spectrum(_files(1)[0])
+    from_file = model.predict(raw.path)
+    facts = {k: raw.meta[k] for k in ("obsid", "ra", "dec", "subclass", "snrr") if raw.meta.get(k) is not None}
+    t = model.predict({"wave": raw.wave, "flux": raw.flux, "ivar": raw.ivar, "mask": raw.ormask != 0, **facts})
+    assert list(t["file"]) == ["<dict>#0"] and t["obsid"][0] == raw.meta["obsid"]
+    for name in ("teff", "logg", "feh", "ra", "dec"):
+        assert t[name][0] == from_file[name][0]
+    assert t["subclass"][0] == from_file["subclass"][0]
+    two = model.predict([{"wave": raw.wave, "flux": raw.flux}, {"wave": raw.wave, "flux": raw.flux * 2}])
+    assert list(two["file"]) == ["<dict>#0", "<dict>#1"] and two["teff"][0] == two["teff"][1]
+
+
+def test_a_failed_row_keeps_what_was_read(model):
+    """A spectrum refused on coverage keeps its ids, position and header facts (issue 26)."""
+    from specllm.io import read_spectrum
+
+    raw = read_spectrum(_files(1)[0])
+    flux = raw.flux.copy()
+    ivar = np.zeros_like(raw.ivar)
+    ivar[1000:1200] = 1.0  # a few percent of the grid observed
+    t = model.predict({"wave": raw.wave, "flux": flux, "ivar": ivar, "obsid": raw.meta["obsid"],
+                       "ra": raw.meta["ra"], "dec": raw.meta["dec"], "subclass": "G2"})  # fmt: skip
+    assert "coverage" in t["status"][0]
+    assert t["obsid"][0] == raw.meta["obsid"] and t["spec_id"][0] == str(raw.meta["obsid"])
+    assert t["ra"][0] == pytest.approx(raw.meta["ra"]) and t["subclass"][0] == "G2"

@@ -26,7 +26,7 @@ def test_domain_check_math():
     far = rng.normal(size=(300, 12)) + 4.0
     out_in, _ = domain.check(inside, np.full((300, 1), 6000.0), ["teff"])
     out_far, score = domain.check(far, np.full((300, 1), 6000.0), ["teff"])
-    assert out_in.mean() < 0.1 and out_far.mean() > 0.95 and (score > domain.threshold).mean() > 0.95
+    assert out_in.mean() < 0.1 and out_far.mean() > 0.95 and (score > 1).mean() > 0.95
     assert domain.out_of_range(np.array([[3000.0], [6000.0], [np.nan]]), ["teff"]).tolist() == [True, False, False]
     assert 0.4 <= domain.class_prob_min < 0.45
     # knn with self excluded ignores the point's own zero distance
@@ -68,4 +68,61 @@ def test_patch_features_and_default_class_prob():
     rng = np.random.default_rng(2)
     domain = fit_domain(rng.normal(size=(40, 4)), rng.normal(size=(10, 4)), rng.uniform(size=10), rng.normal(size=(40, 1)),
                         ["x"], ["G"], DomainConfig(components=2, neighbours=3))  # fmt: skip
-    assert domain.class_prob_min == 0.0 and domain.features == "patches"
+    assert domain.class_prob_min == 0.0 and domain.features == "flux"
+
+
+def test_residual_sees_what_the_training_set_lacks(tmp_path):
+    """Spectra along a direction no training spectrum varies in are out by their residual, although their
+    projection on the leading components is ordinary; the two thresholds are quantiles of the held-out scores."""
+    rng = np.random.default_rng(3)
+    basis = np.linalg.qr(rng.normal(size=(40, 40)))[0]
+
+    def sample(n, extra=0.0):  # variation in the first 5 directions only, plus noise
+        x = rng.normal(size=(n, 5)) @ basis[:5] * 3 + rng.normal(size=(n, 40)) * 0.1
+        return x + extra * basis[20]
+
+    config = DomainConfig(components=5, neighbours=5, quantile=0.9, residual_quantile=0.9)
+    domain = fit_domain(sample(400), sample(200), None, np.zeros((400, 1)), ["x"], ["G"], config)
+    val_knn, val_res = domain.distances(sample(2000))
+    assert (
+        0.05 < np.mean(val_knn > domain.threshold) < 0.15 and 0.05 < np.mean(val_res > domain.residual_threshold) < 0.15
+    )
+    odd = sample(200, extra=2.0)
+    knn, res = domain.distances(odd)
+    assert np.mean(knn > domain.threshold) < 0.2 and np.mean(res > domain.residual_threshold) > 0.95
+    assert np.mean(domain.check(odd, np.zeros((200, 1)), ["x"])[0]) > 0.95
+    save_domain(domain, tmp_path)
+    back = load_domain(tmp_path)
+    assert back.residual_threshold == domain.residual_threshold and np.allclose(
+        back.score(odd), domain.score(odd), rtol=1e-3
+    )
+
+
+def test_uncertain_limits_and_older_files(tmp_path):
+    from specllm.domain import uncertainty_limits
+
+    errors = np.column_stack([np.linspace(100, 1100, 101), np.linspace(0.1, 1.1, 101)])
+    limits = uncertainty_limits(errors, ["teff", "logg"], 0.9)
+    assert limits == pytest.approx({"teff": 1000.0, "logg": 1.0})
+    rng = np.random.default_rng(4)
+    domain = fit_domain(rng.normal(size=(50, 5)), rng.normal(size=(20, 5)), None, rng.normal(size=(50, 2)),
+                        ["teff", "logg"], ["G"], DomainConfig(components=3, neighbours=3), error_max=limits)  # fmt: skip
+    flagged = domain.uncertain(np.array([[500.0, 0.5], [1200.0, 0.5], [500.0, 1.2], [np.nan, 0.5]]), ["teff", "logg"])
+    assert flagged.tolist() == [False, True, True, True]  # a missing sigma is no evidence of a good one
+    assert not domain.uncertain(np.array([[5000.0]]), ["feh"]).any()  # no limit for this label
+    # a domain file written before the residual (no `scale`): the neighbour distance alone, as then
+    save_domain(domain, tmp_path)
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    arrays = load_file(str(tmp_path / "domain.safetensors"))
+    save_file({k: v for k, v in arrays.items() if k != "scale"}, str(tmp_path / "domain.safetensors"))
+    meta = json.loads((tmp_path / "domain.json").read_text())
+    for key in ("scale", "residual_threshold", "error_max"):
+        meta.pop(key, None)
+    (tmp_path / "domain.json").write_text(json.dumps(meta))
+    old = load_domain(tmp_path)
+    x = rng.normal(size=(6, 5))
+    assert old.scale is None and old.error_max == {}
+    assert np.allclose(old.score(x), old.distances(x)[0] / old.threshold)

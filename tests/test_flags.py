@@ -23,7 +23,19 @@ def test_combine_sets_bits_in_order():
     assert (
         flags.keywords(17) == ["not_star", "domain"] and flags.has(8, flags.CLASS) and not flags.has(None, flags.CLASS)
     )
-    assert [f.value for f in flags.FLAGS] == [1, 2, 4, 8, 16]
+    assert [f.value for f in flags.FLAGS] == [1, 2, 4, 8, 16, 32]
+    assert flags.combine(uncertain=True, header=False) == (32, "uncertain;no header")
+    assert flags.combine(partial=True, header=False) == (4, "partial;no header")
+    assert flags.usable("ok", 0) and flags.usable("ok", 4) and not flags.usable("ok", 36)
+    assert not flags.usable("ok", 16) and not flags.usable("poor coverage", 0) and not flags.usable("ok", None)
+    assert flags.keyword_counts(
+        [0, 2, 18, None, 34], [None, "no SNR", "low SNR;domain", None, "low SNR;uncertain"]
+    ) == {
+        "no SNR": 1,
+        "low SNR": 2,
+        "domain": 1,
+        "uncertain": 1,
+    }
     table = flags.markdown_table()
     assert all(f.keyword in table for f in flags.FLAGS) and "`no SNR`" in table
 
@@ -73,7 +85,9 @@ def test_every_bit_on_real_files(tmp_path, tiny_model, shared_data):
     assert galaxy["objclass"] == "GALAXY" and galaxy["z"] == pytest.approx(0.1226, abs=1e-3)
     for r in rows.values():
         assert r["status"] == "ok" and np.isfinite(r["teff"]) and 0 < r["class_prob"] <= 1
-        assert r["flag_reason"] == ";".join(flags.keywords(r["flag"])).replace("low SNR", _snr_word(r))
+        words = ";".join(flags.keywords(r["flag"])).replace("low SNR", _snr_word(r))
+        assert r["flag_reason"] == (";".join([*filter(None, [words]), "no header"]) if "miles" in r["file"] else words)
+        assert r["usable"] == flags.usable(r["status"], r["flag"])
     assert flags.has(k5["flag"], flags.CLASS) and "class" in k5["flag_reason"]  # SUBCLASS K5: not trained on
     assert flags.has(galaxy["flag"], flags.NOT_STAR) and flags.has(unknown["flag"], flags.NOT_STAR)
     assert flags.has(faint["flag"], flags.SNR) and "low SNR" in faint["flag_reason"].split(";")
@@ -95,7 +109,9 @@ def test_domain_bit_follows_the_stored_threshold(tmp_path, tiny_model, shared_da
     meta = json.loads((model / "domain.json").read_text())
     files = [str(shared_data / DR7.format(s)) for s in ("002", "011")]
     for threshold, expect in ((1e-9, True), (1e9, False)):
-        meta.update(threshold=threshold, label_min=[-1e9] * 3, label_max=[1e9] * 3)
+        meta.update(
+            threshold=threshold, residual_threshold=threshold, label_min=[-1e9] * 3, label_max=[1e9] * 3, error_max={}
+        )
         (model / "domain.json").write_text(json.dumps(meta))
         run_infer(files, str(model), str(tmp_path / "x.parquet"), InferConfig())
         for r in pq.read_table(tmp_path / "x.parquet").to_pylist():
@@ -148,3 +164,52 @@ def test_shipped_model_flags_real_non_afg_spectra(tmp_path, shared_data):
     for star in ("-002", "-011", "-063", "-005"):
         assert flags.has(by_end[star]["flag"], flags.CLASS)
     assert flags.has(by_end["-008"]["flag"], flags.NOT_STAR) and "low SNR" in by_end["-039"]["flag_reason"]
+
+
+def test_same_flags_from_a_path_a_spectrum_and_the_cli(tmp_path, tiny_model, shared_data):
+    """A galaxy, a K5 dwarf, a faint and an Unknown spectrum: the same flag through infer, predict(path) and
+    predict(Spectrum.read(path)); arrays without a header say `no header` and get only the model's own bits."""
+    pytest.importorskip("specutils")
+    from specutils import Spectrum
+
+    import specllm
+    import specllm.io.specutils_reader  # noqa: F401  (registers the LAMOST reader)
+    from specllm.infer import run_infer
+    from specllm.io import read_spectrum
+
+    files = [str(shared_data / DR7.format(s)) for s in ("002", "008", "039", "045")]
+    run_infer(files, str(tiny_model), str(tmp_path / "cli.parquet"), InferConfig())
+    cli = pq.read_table(tmp_path / "cli.parquet").to_pylist()
+    model = specllm.load_model(tiny_model)
+    by_path = model.predict(files)
+    by_spectrum = model.predict([Spectrum.read(f, format="LAMOST-LRS") for f in files])
+    for name in ("flag", "flag_reason", "usable", "objclass", "subclass"):
+        assert [r[name] for r in cli] == list(by_path[name]) == list(by_spectrum[name]), name
+    assert all(r["flag"] & (flags.NOT_STAR.value | flags.CLASS.value | flags.SNR.value) for r in cli)
+    raw = read_spectrum(files[1])  # the galaxy, as bare arrays
+    bare = model.predict((raw.wave, raw.flux, raw.ivar))
+    assert bare["flag_reason"][0].endswith("no header") and not flags.has(bare["flag"][0], flags.NOT_STAR)
+    told = model.predict({"wave": raw.wave, "flux": raw.flux, "ivar": raw.ivar, "objclass": "GALAXY"})
+    assert flags.has(told["flag"][0], flags.NOT_STAR) and "no header" not in told["flag_reason"][0]
+
+
+def test_fit_domain_command(tmp_path, tiny_model):
+    """`specllm fit-domain SHARDS MODEL` with options from DomainConfig writes the check into the model."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from specllm.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model, run)
+    (run / "model" / "domain.json").unlink()
+    args = ["fit-domain", str(tiny_model.parent / "qa"), str(run), "--components", "3", "--neighbours", "2"]
+    result = CliRunner().invoke(app, [*args, "--uncertain-quantile", "0.5"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((run / "model" / "domain.json").read_text())
+    assert meta["features"] == "flux" and meta["info"]["config"]["components"] == 3 and meta["neighbours"] == 2
+    assert set(meta["error_max"]) == {"teff", "logg", "feh"} and meta["residual_threshold"] > 0
+    bad = CliRunner().invoke(app, ["fit-domain", str(tmp_path / "none"), str(run)])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output

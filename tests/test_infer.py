@@ -237,6 +237,12 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_run):
     assert 0 < kept <= 16 and not cut.exists()
     args = ["infer", "--from-file", listing, "--model", tiny_run, "-q", "--batch-size", "2"]
     assert invoke(*args, "-o", full).exit_code == 0  # the uninterrupted run (in-process)
+    streams = {p.name: p.read_bytes() for p in Path(part).iterdir()}
+    refused = invoke(*args, "-o", cut)  # the same command without --resume: refused, the partial intact
+    assert refused.exit_code == 2 and "--resume" in refused.output and "--overwrite" in refused.output
+    other = invoke(*args, "-o", cut, "--resume", "--snr-min-r", "50")  # rows made under other options
+    assert other.exit_code == 2 and "--snr-min-r 2.0, this run has --snr-min-r 50.0" in other.output, other.output
+    assert {p.name: p.read_bytes() for p in Path(part).iterdir()} == streams
     again = invoke(*args, "-o", cut, "--resume")
     assert again.exit_code == 0, again.output
     a, b = pq.read_table(full).to_pylist(), pq.read_table(cut).to_pylist()
@@ -267,3 +273,23 @@ def test_interrupt_message_tells_what_was_kept(tmp_path, tiny_run, monkeypatch):
     result = invoke("infer", *real_files(4), "--model", tiny_run, "-o", out, "--resume")
     assert result.exit_code == 0 and "2 kept from before" in result.output
     assert len(out.read_text().splitlines()) == 5
+
+
+def test_interrupt_while_the_model_loads_claims_nothing_kept(tmp_path, tiny_run, monkeypatch):
+    from specllm import infer as infer_mod
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(infer_mod, "load_for_inference", stop)
+    result = invoke("infer", *real_files(1), "--model", tiny_run, "-o", tmp_path / "m.csv", "-q")
+    assert result.exit_code == 130
+    assert "while the model loaded, before any row was written" in result.output
+    assert "kept" not in result.output and not (tmp_path / ".m.csv.partial").exists()
+
+
+def test_quiet_never_hides_an_error(tmp_path, tiny_run):
+    """-q silences progress and summaries; an unwritable --out is still one line on stderr, exit 3."""
+    proc = run_cli("infer", str(tmp_path), "-o", "/proc/x.csv", "-q", "--model", str(tiny_run))
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and "/proc/x.csv" in proc.stderr, proc.stderr

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -308,6 +310,10 @@ def test_garbage_weights_are_one_line(tiny_run, tmp_path, pipeline):
     shutil.copytree(tiny_run / "model", model)
     (model / "weights.safetensors").write_bytes(os.urandom(64))
     line = one_error_line(cli("infer", pipeline["shards"], "--model", model))
+    assert str(model / "weights.safetensors") in line and "differs from the SHA-256 in spec.json" in line
+    spec = json.loads((model / "spec.json").read_text())  # garbage whose hash was re-recorded: still one line
+    (model / "spec.json").write_text(json.dumps(spec | {"weights_sha256": file_sha256(model / "weights.safetensors")}))
+    line = one_error_line(cli("infer", pipeline["shards"], "--model", model))
     assert str(model / "weights.safetensors") in line and "not a readable safetensors file" in line
     (model / "spec.json").write_text("[1, 2")
     assert str(model / "spec.json") in one_error_line(cli("infer", pipeline["shards"], "--model", model))
@@ -473,7 +479,7 @@ def test_disk_full_mid_run_leaves_no_partial_output(pipeline, tmp_path, monkeypa
     line = one_error_line(cli(*args), EXIT_OUTPUT)
     assert "No space left on device" in line
     assert {p.name: p.read_bytes() for p in qa.iterdir()} == before  # the earlier output is as it was
-    assert not list(tmp_path.glob(".serialize-*"))
+    assert not list(tmp_path.glob(".*serialize-*"))
 
 
 # ---------------------------------------------------------------- 3, 5. catalogue values and spectrum identity
@@ -566,4 +572,311 @@ def test_crossmatch_failing_mid_run_leaves_its_earlier_output(pipeline, tmp_path
     line = one_error_line(cli("crossmatch", pipeline["shards"], "--apogee", apogee, "--out", xm), EXIT_OUTPUT)
     assert "No space left on device" in line
     assert {p.name: p.read_bytes() for p in xm.iterdir()} == before
-    assert not list(tmp_path.glob(".crossmatch-*"))
+    assert not list(tmp_path.glob(".*crossmatch-*"))
+
+
+# ---------------------------------------------------------------- model folders verified like shards (issue 24, item 7)
+
+
+def _model_copy(tiny_run, tmp_path) -> Path:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run / "model", model)
+    return model
+
+
+def _respec(model: Path, **changes) -> None:
+    spec = json.loads((model / "spec.json").read_text())
+    (model / "spec.json").write_text(json.dumps(spec | changes))
+
+
+def test_model_weights_hash_is_recorded_and_a_flipped_bit_refused(tiny_run, tmp_path, pipeline):
+    from specllm.runs import ModelSpec
+
+    model = _model_copy(tiny_run, tmp_path)
+    assert ModelSpec.from_json(model / "spec.json").weights_sha256 == file_sha256(model / "weights.safetensors")
+    weights = model / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # one bit of one tensor value: still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    line = one_error_line(cli("infer", pipeline["shards"], "--model", model))
+    assert str(weights) in line and "differs from the SHA-256 in spec.json" in line
+
+
+def test_the_shipped_model_records_its_weights_hash():
+    from specllm.predict import default_model_dir
+    from specllm.runs import ModelSpec, read_weights
+
+    path = default_model_dir()
+    assert ModelSpec.from_json(path / "spec.json").weights_sha256 == file_sha256(path / "weights.safetensors")
+    assert read_weights(path)  # verified
+
+
+def test_non_finite_weights_are_refused_in_one_line(tiny_run, tmp_path, pipeline):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = _model_copy(tiny_run, tmp_path)
+    weights = model / "weights.safetensors"
+    state = load_file(str(weights))
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(weights))
+    _respec(model, weights_sha256=file_sha256(weights))  # sealed as if written so: the values are still refused
+    line = one_error_line(cli("infer", pipeline["shards"], "--model", model))
+    assert str(weights) in line and "NaN or infinite" in line
+
+
+def test_non_finite_outputs_give_a_failed_row_never_ok(tiny_run, tmp_path, pipeline):
+    import csv
+    import io
+
+    model = _model_copy(tiny_run, tmp_path)
+    spec = json.loads((model / "spec.json").read_text())
+    _respec(model, value_std=[float("nan")] * len(spec["value_std"]))  # the read-out in label units is NaN
+    res = cli("infer", pipeline["shards"], "--model", model)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output  # every row failed
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == N and {r["status"] for r in rows} == {"non-finite model output"}
+    assert all(r["class"] == "" and r["teff"] == "" for r in rows)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"stage": "1"}, "'stage' should be int, got str"),
+        ({"value_names": "teff"}, "'value_names' should be list[str], got str"),
+        ({"value_mean": [None, 1, 2]}, "'value_mean' should be list[float]"),
+        ({"value_std": [1.0]}, "differ in length"),
+        ({"lora": {"r": "4"}}, "'lora' needs 'r' as int"),
+        ({"patch_width": -64}, "'patch_width' is -64"),
+        ({"stage": 7}, "'stage' is 7"),
+        ({"weights_sha256": 5}, "'weights_sha256' should be"),
+    ],
+)
+def test_spec_json_with_wrong_types_is_one_line(tiny_run, tmp_path, pipeline, change, words):
+    model = _model_copy(tiny_run, tmp_path)
+    _respec(model, **change)
+    line = one_error_line(cli("infer", pipeline["shards"], "--model", model))
+    assert str(model / "spec.json") in line and words in line
+
+
+def test_spec_json_without_a_required_field_is_one_line(tiny_run, tmp_path, pipeline):
+    model = _model_copy(tiny_run, tmp_path)
+    spec = json.loads((model / "spec.json").read_text())
+    del spec["value_names"]
+    (model / "spec.json").write_text(json.dumps(spec))
+    assert "no 'value_names'" in one_error_line(cli("infer", pipeline["shards"], "--model", model))
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 24): caps, FIFOs, devices
+
+
+def hostile_folder(p, directory: Path) -> dict[str, str]:
+    """The pipeline's FITS files plus a gzip bomb, a header declaring NAXIS2 = 10^9 and a FIFO named like a
+    spectrum, all in one folder: {file name: the reason expected}."""
+    from .fitsfactory import write_declared_naxis2, write_gzip_bomb
+
+    shutil.copytree(p["fits"], directory)
+    write_gzip_bomb(directory / "bomb.fits.gz", inflated_mb=12)  # beyond --max-input-mb 8
+    write_declared_naxis2(directory / "naxis2.fits.gz")
+    os.mkfifo(directory / "a.fits.gz")
+    return {
+        "bomb.fits.gz": "too large: the gzip inflates to more than 8 MB",
+        "naxis2.fits.gz": "too large: HDU 1 declares",
+        "a.fits.gz": "not a regular file: a FIFO",
+    }
+
+
+def run_bounded(args: list, timeout: float = 240) -> subprocess.CompletedProcess:
+    """The real command in a subprocess with a time limit: a FIFO read would hang it, not the suite."""
+    specllm = Path(sys.executable).with_name("specllm")
+    try:
+        return subprocess.run([str(specllm), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"specllm {args[0]} still running after {timeout} s (a FIFO or device was read)")
+
+
+def test_infer_and_ingest_refuse_bombs_huge_headers_and_fifos_in_one_line_each(tiny_run, pipeline, tmp_path):
+    import csv
+
+    folder = tmp_path / "in"
+    expected = hostile_folder(pipeline, folder)
+    out = tmp_path / "out.csv"
+    res = run_bounded(["infer", folder, "--model", tiny_run, "-o", out, "--max-input-mb", 8])
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(out.open())}
+    assert len(rows) == N + 3 and sum(r["status"] == "ok" for r in rows.values()) == N  # the others all written
+    for name, reason in expected.items():
+        assert reason in rows[name]["status"]
+        [line] = [ln for ln in res.stderr.splitlines() if name in ln]
+        assert line.startswith(str(folder / name)) and reason in line
+    args = ["ingest", folder, "--catalog", pipeline["catalog"], "--out", tmp_path / "shards", "--max-input-mb", 8]
+    res = run_bounded(args)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    for name, reason in expected.items():
+        [line] = [ln for ln in res.stderr.splitlines() if name in ln]
+        assert (
+            line.startswith(f"{folder / name}: rejected: {reason.split(':')[0]}") and reason.split(": ", 1)[1] in line
+        )
+    assert f"read {N + 3}, kept {N}, rejected 3" in res.stderr
+
+
+# ---------------------------------------------------------------- real limits (issue 24, item 4)
+
+
+def _file_size_limit(max_bytes: int):
+    """preexec_fn of a child process whose files cannot grow past `max_bytes` (RLIMIT_FSIZE, as `ulimit -f`), with
+    SIGXFSZ ignored so that the write past it fails with EFBIG ('File too large') instead of killing the process."""
+
+    def limit() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return limit
+
+
+def _run_limited(args, max_bytes: int):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "specllm", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=_file_size_limit(max_bytes))
+
+
+def _one_output_error(proc) -> str:
+    assert proc.returncode == EXIT_OUTPUT, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("specllm: error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_output_past_the_file_size_limit_is_one_line_and_the_previous_output_stays(tiny_run, pipeline, tmp_path):
+    out = tmp_path / "o.csv"  # (a binary format's limit: the full filesystem below)
+    one = next(pipeline["fits"].iterdir())
+    assert cli("infer", one, "--model", tiny_run, "-o", out, "-q").exit_code == 0  # the previous output
+    before = out.read_bytes()
+    proc = _run_limited(["infer", pipeline["fits"], "--model", tiny_run, "-o", out, "-q"], len(before) + 200)
+    line = _one_output_error(proc)
+    assert "File too large" in line and str(out) in line and "--resume" in line
+    assert out.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary left beside it
+
+
+def test_serialize_past_the_file_size_limit_leaves_the_previous_qa_shards(pipeline, tmp_path):
+    qa = tmp_path / "qa"
+    shutil.copytree(pipeline["root"] / "qa", qa)
+    before = {p.name: p.read_bytes() for p in qa.iterdir()}
+    args = ["serialize", pipeline["shards"], "--stage", 1, "--format", "patch", "--out", qa, "--no-count-tokens"]
+    line = _one_output_error(_run_limited(args, 4096))
+    assert "File too large" in line
+    assert {p.name: p.read_bytes() for p in qa.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["qa"]  # no staging folder, no lock left
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MiB tmpfs mounted for the test, where the sandbox allows it (root with CAP_SYS_ADMIN), else skipped."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_small_filesystem_is_one_line_and_the_previous_output_stays(tiny_run, pipeline, small_filesystem):
+    import subprocess
+    import sys
+
+    out = small_filesystem / "o.parquet"
+    one = next(pipeline["fits"].iterdir())
+    assert cli("infer", one, "--model", tiny_run, "-o", out, "-q").exit_code == 0
+    before = out.read_bytes()
+    free = shutil.disk_usage(small_filesystem).free
+    (small_filesystem / "filler").write_bytes(b"x" * (free - 3 * 4096))  # three pages left
+    inputs = [pipeline["fits"]] * 4  # 36 rows: more than three pages
+    cmd = [sys.executable, "-m", "specllm", "infer", *map(str, inputs), "--model", str(tiny_run), "-o", str(out), "-q"]
+    line = _one_output_error(subprocess.run(cmd, capture_output=True, text=True, timeout=600))
+    assert "No space left on device" in line and str(out) in line
+    assert out.read_bytes() == before
+
+
+# ---------------------------------------------------------------- consumers record what they verified (issue 24, item 8)
+
+
+def test_a_resealed_edit_changes_what_the_next_stage_records(pipeline, tmp_path):
+    """A shard edited and its sha256 re-sealed passes the check (the manifest says so), but the next stage no longer
+    copies the stale `content_hash` claim: it records the hash of the shards it verified, which changed."""
+    from specllm.shards import read_manifest, shards_sha256
+
+    shards = changed_shard(pipeline, tmp_path)
+    manifest = read_manifest(shards)
+    seal_shards(shards, {k: v for k, v in manifest.items() if k not in ("shards", "shard_sha256")})
+    assert read_manifest(shards)["content_hash"] == manifest["content_hash"]  # the stale claim stays
+    edited = run_serialize(str(shards), 1, "patch", str(tmp_path / "qa"), count=False)
+    recorded = json.loads((tmp_path / "qa" / MANIFEST).read_text())
+    original = json.loads((pipeline["root"] / "qa" / MANIFEST).read_text())
+    assert recorded["source_shards_sha256"] == shards_sha256(read_manifest(shards))
+    assert recorded["source_shards_sha256"] != original["source_shards_sha256"]
+    assert "source_content_hash" not in recorded
+    assert edited.content_hash != pipeline["qa_hash"]  # its own content hash follows the data it wrote
+
+
+# ---------------------------------------------------------------- the Python API: one error type (issue 24, item 8)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ((None,), "not None"),
+        ((42,), "not int"),
+        (("WAVE", [[[1.0] * 3] * 2] * 2), "flux is 3-D"),
+        (("WAVE", [1.0] * 3, [1.0] * 2), "ivar has shape (2,)"),
+        (("WAVE", [1.0] * 3, None, [True] * 5), "mask has shape (5,)"),
+        (("WAVE", ["a", "b", "c"]), "flux: not an array of numbers"),
+    ],
+)
+def test_bad_api_arguments_raise_one_specllm_error(args, words):
+    import numpy as np
+
+    from specllm.api import _items
+    from specllm.config import CleanConfig, GridConfig
+
+    wave = np.array([4000.0, 5000.0, 6000.0])
+    args = tuple(wave if a == "WAVE" else a for a in args)
+    spectra = args[0] if len(args) == 1 else args
+    with pytest.raises(SpecllmError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        list(_items(spectra, GridConfig(), CleanConfig()))
+
+
+def test_decreasing_wavelengths_fail_that_spectrum_only():
+    import numpy as np
+
+    from specllm.api import _items
+    from specllm.config import CleanConfig, GridConfig
+
+    wave = np.linspace(3700.0, 9000.0, 3000)
+    flux = np.vstack([np.ones(3000), np.ones(3000)])
+    items = list(_items((np.vstack([wave, wave[::-1]]), flux), GridConfig(), CleanConfig()))
+    assert [i.status for i in items] == ["ok", "bad wavelength: wavelengths are not increasing"]
+
+
+def test_api_config_outside_its_declared_range_is_one_specllm_error():
+    from specllm.api import Model
+    from specllm.config import CleanConfig, InferConfig, check_ranges
+
+    with pytest.raises(SpecllmError, match=r"InferConfig.batch_size must be >= 1 \(got 0\)"):
+        Model(None, config=InferConfig(batch_size=0))
+    with pytest.raises(SpecllmError, match=r"InferConfig.clean.decimals must be between 0 and 10 \(got -5\)"):
+        check_ranges(InferConfig(clean=CleanConfig(decimals=-5)))
+    with pytest.raises(SpecllmError, match="an InferConfig is expected"):
+        Model(None, config={"batch_size": 4})
+    check_ranges(InferConfig())  # the defaults are inside their ranges

@@ -361,3 +361,120 @@ def test_read_table_empty_or_absent(tmp_path):
     (tmp_path / "empty.csv").write_text("obsid,teff\n")
     with pytest.raises(SpecllmError, match="empty.csv: the table is empty"):
         read_table(str(tmp_path / "empty.csv"))
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 24): caps, non-regular files
+
+
+def test_gzip_bomb_is_refused_at_the_default_cap_holding_no_more_than_it(tmp_path):
+    from .fitsfactory import write_gzip_bomb
+
+    bomb = write_gzip_bomb(tmp_path / "bomb.fits.gz", inflated_mb=300)  # ~300 KB on disk
+    assert bomb.stat().st_size < 2**20
+    exc = _rejected(bomb)
+    assert exc.reason == "too large" and "inflates to more than 256 MB" in exc.detail and "--max-input-mb" in exc.detail
+
+
+def test_caps_are_configurable_and_name_the_reason(tmp_path):
+    from specllm.config import ReadConfig
+    from specllm.io import iter_spectra
+
+    from .fitsfactory import write_declared_naxis2, write_gzip_bomb
+
+    small = ReadConfig(max_input_mb=2)
+    bomb = write_gzip_bomb(tmp_path / "bomb.fits.gz", inflated_mb=3)
+    with pytest.raises(SpectrumRejected, match="too large: the gzip inflates to more than 2 MB"):
+        read_spectrum(str(bomb), small)
+    good = write_coadd(tmp_path / "good.fits")
+    plain = tmp_path / "big.fits"
+    plain.write_bytes(good.read_bytes() + bytes(3 * 2**20))  # trailing bytes: 3 MB on disk
+    with pytest.raises(SpectrumRejected, match="the file holds 3 MB"):
+        read_spectrum(str(plain), small)
+    assert read_spectrum(str(plain)).layout == LAYOUT_COADD  # within the default cap the padding is ignored
+    for name in ("naxis.fits", "naxis.fits.gz"):
+        path = write_declared_naxis2(tmp_path / name)
+        exc = _rejected(path)
+        assert exc.reason == "too large" and "HDU 1 declares" in exc.detail and "1000000000" in exc.detail
+        [item] = list(iter_spectra(str(path)))  # what infer and ingest see: one reject, with the file named
+        assert isinstance(item, SpectrumRejected) and item.path == str(path)
+    # a declared size within the cap but beyond the file: truncated, as before
+    exc = _rejected(write_declared_naxis2(tmp_path / "ten.fits", naxis2=10))
+    assert exc.reason == "unreadable"
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".fits.gz"])
+def test_a_declared_size_beyond_the_cap_never_reaches_astropy(tmp_path, suffix, monkeypatch):
+    """The astropy fallback (here forced by a CONTINUE card the fast path does not parse) checks the declared
+    size too, before astropy reads any data."""
+    from .fitsfactory import write_declared_naxis2
+
+    path = write_declared_naxis2(tmp_path / ("n" + suffix))
+    data = gzip.decompress(path.read_bytes()) if suffix.endswith(".gz") else path.read_bytes()
+    i = data.find(b"OBSID   = ")
+    data = data[:i] + b"CONTINUE  'x'".ljust(80) + data[i + 80 :]  # the fast path hands such a file to astropy
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    exc = _rejected(path)
+    assert exc.reason == "too large" and "HDU 1 declares" in exc.detail
+
+
+def _fifo(path) -> str:
+    import os
+
+    os.mkfifo(path)
+    return str(path)
+
+
+def bounded(seconds: float):
+    """Run the decorated function in a forked child and fail if it takes longer than `seconds` (a FIFO read blocks
+    inside C code, where no signal handler runs): a regression fails the test instead of hanging the suite."""
+    import multiprocessing
+
+    def wrap(fn):
+        proc = multiprocessing.get_context("fork").Process(target=fn)
+        proc.start()
+        proc.join(seconds)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            pytest.fail(f"still reading after {seconds} s: a FIFO or device was opened or read")
+        assert proc.exitcode == 0, "the checks failed in the child process (its traceback is above)"
+        return fn
+
+    return wrap
+
+
+def test_fifos_devices_and_sockets_are_refused_before_any_read(tmp_path):
+    import socket
+
+    from specllm.io import expand_inputs, expand_spectra, iter_spectra, load_spectrum
+    from specllm.io.tables import read_catalog
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_coadd(folder / "good.fits.gz")
+    fifos = [_fifo(folder / "a.fits.gz"), _fifo(tmp_path / "x.npz"), _fifo(tmp_path / "x.parquet")]
+    fifos += [_fifo(tmp_path / "x.csv"), _fifo(tmp_path / "t.fits")]
+    sock_path = str(tmp_path / "s.fits")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(sock_path)
+
+    @bounded(30)
+    def check():
+        paths = list(expand_spectra(expand_inputs([str(folder), *fifos[1:], "/dev/zero", sock_path])))
+        assert paths[0].endswith("a.fits.gz") and len(paths) == 2 + len(fifos[1:]) + 2
+        for path in paths:
+            items = list(iter_spectra(path))
+            if path.endswith("good.fits.gz"):
+                assert items[0].layout == LAYOUT_COADD
+                continue
+            [exc] = items
+            assert isinstance(exc, SpectrumRejected) and exc.reason == "not a regular file", (path, exc)
+            kind = "socket" if path == sock_path else "character device" if path == "/dev/zero" else "FIFO"
+            assert kind in exc.detail and exc.path == path
+            with pytest.raises(SpectrumRejected, match="not a regular file"):
+                load_spectrum(path)
+        for catalogue in (fifos[3], fifos[2], "/dev/zero"):
+            with pytest.raises(SpecllmError, match="not a regular file"):
+                read_catalog(catalogue)
+
+    sock.close()

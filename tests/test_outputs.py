@@ -3,6 +3,7 @@ metadata, CSV types for pandas and duckdb, streaming to a partial file and resum
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -22,6 +23,7 @@ from specllm.outputs import (
     output_format,
     partial_path,
     read_partial_batches,
+    read_predictions,
     read_rows,
     read_table,
     run_metadata,
@@ -215,3 +217,183 @@ def test_resume_refuses_an_output_with_other_columns(tmp_path):
         RowWriter(str(path), COLS[:-1], META, resume=True)
     with pytest.raises(SpecllmError, match="--out"):
         RowWriter(None, COLS, META, resume=True)
+
+
+# ---------------------------------------------------------------- resume that cannot lose rows (issue 26)
+
+
+def _options(**kw) -> dict:
+    import json
+
+    return META | {"options": json.dumps({"--decode": "head", "--snr-min-r": 2.0} | kw, sort_keys=True)}
+
+
+@pytest.mark.parametrize("ext", [".csv", ".ecsv", ".parquet", ".fits"])
+def test_a_partial_is_refused_without_resume_and_checked_with_it(tmp_path, ext):
+    path = tmp_path / f"k{ext}"
+    w = RowWriter(str(path), COLS, _options(), flush_seconds=0.0)
+    for r in _rows(2)[:2]:
+        w.write(r)
+    w.abort()  # as an interrupt leaves it
+    part = partial_path(str(path))
+    before = read_rows(part, output_format(str(path)))
+    assert len(before) == 2
+    with pytest.raises(SpecllmError) as exc:  # the same command without --resume
+        RowWriter(str(path), COLS, _options())
+    assert "--resume" in str(exc.value) and "--overwrite" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(SpecllmError, match=r"--snr-min-r 2\.0, this run has --snr-min-r 50"):
+        RowWriter(str(path), COLS, _options(**{"--snr-min-r": 50.0}), resume=True)
+    with pytest.raises(SpecllmError, match="another model"):
+        RowWriter(str(path), COLS, _options() | {"modelsha": "c" * 64}, resume=True)
+    with pytest.raises(SpecllmError, match="exclude each other"):
+        RowWriter(str(path), COLS, _options(), resume=True, overwrite=True)
+    assert read_rows(part, output_format(str(path))) == before  # every refusal left the partial as it was
+    w = RowWriter(str(path), COLS, _options(), resume=True)
+    assert w.kept == 2
+    for r in _rows(2)[2:]:
+        w.write(r)
+    w.close()
+    assert [r["file"] for r in read_rows(str(path))] == [r["file"] for r in _rows(2)]
+    assert not os.path.lexists(part) and not os.path.exists(part + ".json")
+    # --overwrite discards an interrupted run's rows
+    w = RowWriter(str(path), COLS, _options(), flush_seconds=0.0)
+    w.write(_rows(1)[0])
+    w.abort()
+    _write(path, _rows(1)[:0], overwrite=True)
+    assert read_rows(str(path)) == [] and not os.path.lexists(part)
+
+
+def test_resume_of_a_binary_partial_rewrites_nothing(tmp_path):
+    """The earlier run's Arrow streams stay byte for byte: a kill during the resume cannot lose them."""
+    path = tmp_path / "b.parquet"
+    w = RowWriter(str(path), COLS, _options(), flush_seconds=0.0)
+    for r in _rows(2)[:2]:
+        w.write(r)
+    w.abort()
+    part = partial_path(str(path))
+    streams = {n: open(os.path.join(part, n), "rb").read() for n in os.listdir(part) if n.endswith(".arrows")}
+    w = RowWriter(str(path), COLS, _options(), resume=True, flush_seconds=0.0)
+    w.write(_rows(2)[2])
+    w.abort()  # killed again
+    for name, data in streams.items():
+        assert open(os.path.join(part, name), "rb").read() == data
+    assert read_partial_batches(part).num_rows == 3
+
+
+# ---------------------------------------------------------------- names in any encoding (issue 24, item 6)
+
+ODD_NAMES = [
+    "/data/dür/ü.fits.gz",  # UTF-8: FITS wrote str columns as ASCII and raised UnicodeEncodeError
+    "/data/spec-\udcff.fits.gz",  # a byte that is not UTF-8 (Python holds it as a lone surrogate)
+    "/data/a\nb.fits.gz",  # a newline: it duplicated a row after --resume
+    "/data/日本\t語.fits",
+]
+
+
+@pytest.mark.parametrize("ext", [".csv", ".ecsv", ".parquet", ".fits", ".vot"])
+def test_names_in_any_encoding_are_written_and_resumed_faithfully(tmp_path, ext):
+    rows = _rows(len(ODD_NAMES))[: len(ODD_NAMES)]
+    for row, name in zip(rows, ODD_NAMES):
+        row["file"] = name
+    rows[0]["spec_id"] = "ü-1"
+    path = tmp_path / f"ö-\udcfe{ext}"  # the output's own name is neither ASCII nor UTF-8
+    meta = META | {"command": f"specllm infer ü.fits.gz -o ö{ext}"}
+    w = RowWriter(str(path), COLS, meta, batch_rows=2, flush_seconds=1e9)
+    for r in rows[:3]:
+        w.write(r)
+    w._close_streams()  # as a kill leaves it: the partial file
+    w = RowWriter(str(path), COLS, meta, resume=True)
+    assert w.kept == 3
+    for r in rows:
+        if r["file"] not in w.done_files:  # how infer skips a FITS input already written
+            w.write(r)
+    w.close()
+    back = read_rows(str(path))
+    assert [r["file"] for r in back] == ["/data/dür/ü.fits.gz", "/data/spec-\\udcff.fits.gz", "/data/a\\nb.fits.gz",
+                                         "/data/日本\\t語.fits"]  # fmt: skip
+    assert back[0]["spec_id"] == "ü-1"
+    again = RowWriter(str(path), COLS, meta, resume=True)  # a finished output: every name is found again
+    assert again.kept == len(rows)
+    assert all(name in again.done_files for name in ODD_NAMES)
+    assert all((r["file"], r["spec_id"]) in again.done for r in rows)
+    again.close()
+    assert read_rows(str(path)) == back
+    if ext == ".fits":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = Table.read(str(path))
+        assert t["file"][0] == "/data/dür/ü.fits.gz".encode() or t["file"][0] == "/data/dür/ü.fits.gz"
+        assert "\\xfc.fits.gz" in t.meta["COMMAND"]  # FITS headers are ASCII: other characters escaped
+
+
+# ---------------------------------------------------------------- outputs read back (issue 26)
+
+PRED_COLS = ["file", "spec_id", "obsid", "ra", "dec", "class", "teff", "logg", "feh", "teff_err", "logg_err"]
+PRED_COLS += ["feh_err", "coverage", "partial", "status", "flag", "flag_reason"]
+
+
+def _predictions(n: int = 12) -> list[dict]:
+    rows = []
+    for i in range(n):
+        rows.append({"file": f"spec-{i}.fits.gz", "spec_id": str(999999 + i), "obsid": 999999 + i, "ra": 10.0 + i,
+                     "dec": -5.0, "class": "GK"[i % 2], "teff": 5000.0 + 37 * i, "logg": 4.0 - 0.1 * i,
+                     "feh": -0.3 + 0.05 * i, "teff_err": 50.0, "logg_err": 0.1, "feh_err": 0.05, "coverage": 0.99,
+                     "partial": False, "status": "ok", "flag": i % 3, "flag_reason": "low SNR" if i % 3 else ""})  # fmt: skip
+    rows.append({"file": "bad.fits", "status": "unreadable: no such file"})
+    return rows
+
+
+@pytest.mark.parametrize("ext", sorted(set(FORMATS) - {".xml"}))
+def test_obsid_999999_and_descriptions_read_back(tmp_path, ext):
+    """A real obsid 999999 is no null in any format; FITS descriptions reach astropy; VOTable fields carry UCDs."""
+    path = tmp_path / f"n{ext}"
+    w = RowWriter(str(path), PRED_COLS, META)
+    for r in _predictions(2):
+        w.write(r)
+    w.close()
+    table = read_predictions(str(path))
+    assert table.column("obsid").to_pylist() == [999999, 1000000, None]
+    assert table.schema.field("obsid").type == pa.int64() and table.column("spec_id").to_pylist()[0] == "999999"
+    if ext != ".parquet":  # astropy's own reader (its Parquet reader knows no Arrow nulls: read_table above)
+        t = _read(path)
+        assert int(t["obsid"][0]) == 999999 and not t["obsid"].mask[0] and t["obsid"].mask[2]
+        if ext != ".csv":
+            assert t["obsid"].description == COLUMNS["obsid"].description
+            assert t["flag_reason"].description == COLUMNS["flag_reason"].description
+    if ext == ".fits":
+        from astropy.io import fits
+
+        header = fits.getheader(path, 1)
+        assert header["TNULL3"] < 0 and header["TCOMM1"] == COLUMNS["file"].description
+    if ext == ".vot":
+        from astropy.io import votable
+        from astropy.io.votable.ucd import check_ucd
+
+        fields = {f.name: f.ucd for f in votable.parse(str(path)).get_first_table().fields}
+        assert fields["ra"] == "pos.eq.ra;meta.main" and fields["teff_err"] == "stat.error;phys.temperature.effective"
+        assert all(check_ucd(u, check_controlled_vocabulary=True) for u in fields.values() if u)
+    if ext != ".csv":
+        assert dict(read_table(str(path)).meta)["modelsha"] == META["modelsha"]
+
+
+def test_compare_external_gives_the_same_table_from_every_format(tmp_path):
+    from specllm.config import ExternalConfig
+    from specllm.external import compare_external
+
+    rows = _predictions()
+    cat = tmp_path / "cat.csv"
+    lines = ["obsid,ra,dec,teff,logg,feh"]
+    lines += [f"{r['obsid']},{r['ra']},{r['dec']},{r['teff'] - 80},{r['logg'] + 0.1},{r['feh']}" for r in rows[:-1]]
+    cat.write_text("\n".join(lines) + "\n")
+    tables = {}
+    for ext in sorted(set(FORMATS) - {".xml"}):
+        path = tmp_path / f"p{ext}"
+        w = RowWriter(str(path), PRED_COLS, META)
+        for r in rows:
+            w.write(r)
+        w.close()
+        result = compare_external(str(path), str(cat), str(tmp_path / ext[1:]), ExternalConfig(survey="lamost"))
+        assert result.counts["matched"] == 12 and result.counts["predicted"] == 12, ext
+        tables[ext] = ((tmp_path / ext[1:] / "table7.csv").read_text(), result.counts)
+    assert len({text for text, _ in tables.values()}) == 1
+    assert len({json.dumps(c, sort_keys=True) for _, c in tables.values()}) == 1

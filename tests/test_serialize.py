@@ -101,7 +101,8 @@ def test_run_serialize_writes_loadable_qa_shards(spectra, tmp_path, fmt):
     assert manifest["kind"] == "qa" and manifest["format"] == fmt and manifest["stage"] == 1
     assert manifest["counts"]["written"] == 4 and manifest["counts"]["splits"] == {"train": 2, "test": 2}
     assert manifest["counts"]["skipped"] == {"no label": 1}
-    assert manifest["source_content_hash"] == "abc" and len(manifest["source_manifest_hash"]) == 64
+    assert len(manifest["source_shards_sha256"]) == 64 and len(manifest["source_manifest_hash"]) == 64
+    assert "source_content_hash" not in manifest  # the input's claim is not copied (issue 24): its verified shards
     assert manifest["content_hash"] == result.content_hash and manifest["shards"] == ["part-00000.parquet"]
     import datasets
 
@@ -121,7 +122,7 @@ def test_rerun_gives_the_same_content_hash_and_replaces_the_output(spectra, tmp_
     assert sorted(os.listdir(out)) == ["manifest.json", "part-00000.parquet"]  # earlier part-00001 removed
     third = ser.run_serialize(str(spectra), 1, "compact", str(out), count=False)
     assert third.content_hash == second.content_hash
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".serialize-")]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".") and ".serialize-" in n]
 
 
 def test_stage2_reads_prefixed_columns(tmp_path):
@@ -152,7 +153,7 @@ def test_stage2_reads_prefixed_columns(tmp_path):
 
 def _assert_untouched(tmp_path: Path, out: Path):
     assert not out.exists()
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".serialize-")]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".") and ".serialize-" in n]
 
 
 def test_bad_input_one_clear_error_nothing_written(spectra, tmp_path):

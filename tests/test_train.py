@@ -363,11 +363,15 @@ def test_qlora_with_zero3_on_two_cpu_ranks(tmp_path):
 
     base = tiny_llama_dir(tmp_path, hidden=64)
     data = write_qa(tmp_path / "qa", "patch", n=20, test_every=5)
-    args = _cli_args(data, tmp_path / "q3", base, 2, max_steps=2, quantize="nf4") + [
+    args = _cli_args(data, tmp_path / "q3", base, 2, max_steps=2, quantize="nf4", report_test=True) + [
         "--gradient-checkpointing", "--deepspeed", str(ROOT / "specllm" / "recipes" / "zero3.json"),
     ]  # fmt: skip
-    proc = _launch("deepspeed", args, tmp_path)
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    proc = _launch("deepspeed", args, tmp_path, {"SPECLLM_PROBE_EVAL": str(counts)})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # ZeRO-3: the ranks share the 4 test examples in lock-step, 2 each
+    assert [(counts / f"eval-rank-{r}.txt").read_text().split() for r in (0, 1)] == [["2"], ["2"]]
     assert "4-bit nf4" in proc.stderr
     spec = json.loads((tmp_path / "q3" / "model" / "spec.json").read_text())
     assert spec["quantize"] == "nf4" and spec["manifest"]["parallel"]["deepspeed_zero_stage"] == 3
@@ -457,3 +461,62 @@ def test_validation_split_is_held_out_and_test_read_only_when_asked(tmp_path, ti
     reported = run_train(options(data, tmp_path / "run2", tiny, max_steps=2, report_test=True, validation=False))
     assert reported["spec"].manifest["metrics"]["teff"]["all"]["n"] == 10
     assert reported["spec"].manifest["train_examples"] == 30 and reported["spec"].error_scale is None
+
+
+def test_zero3_bf16_step_under_cuda_autocast_semantics(tmp_path):
+    """The paper's recipe (QLoRA, ZeRO-3) in the dtype regime of a GPU run, emulated on one CPU rank
+    (tests/distprobe.py, SPECLLM_PROBE_CUDA_BF16): DeepSpeed's bf16 engine casts every parameter of a model it did not
+    partition while loading (a 4-bit base is partitioned by deepspeed.initialize), the patch projector and read-out
+    heads included, to bf16, and runs the module with autocast off; training steps through the read-out, the closing
+    evaluation and the save all go through."""
+    import bitsandbytes as bnb  # noqa: F401  (dev dependencies)
+    import deepspeed  # noqa: F401
+
+    base = tiny_llama_dir(tmp_path, hidden=64)
+    data = write_qa(tmp_path / "qa", "patch", n=12, test_every=4)
+    args = _cli_args(data, tmp_path / "bf16", base, 2, max_steps=2, report_test=True, quantize="nf4") + [
+        "--bf16", "--deepspeed", str(ROOT / "specllm" / "recipes" / "zero3.json"),
+    ]  # fmt: skip
+    proc = _launch("deepspeed", args, tmp_path, {"SPECLLM_PROBE_CUDA_BF16": "1"}, ranks=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "bf16" / "model" / "spec.json").read_text())["manifest"]
+    assert manifest["parallel"]["deepspeed_zero_stage"] == 3 and manifest["parallel"]["deepspeed_bf16"] is True
+    hist = json.loads((tmp_path / "bf16" / "history.json").read_text())
+    assert len(hist) == 2 and all(np.isfinite(h["value"]) and np.isfinite(h["text"]) for h in hist)
+    assert manifest["metrics"]["teff"]["all"]["n"] == 3
+
+
+def test_two_ranks_share_the_evaluation(tmp_path, tiny):
+    """torchrun, 2 ranks: each rank predicts an equal block of the test split (3 examples: 2 + 1 padded with a
+    duplicate that is dropped), and the metrics are those of 1 rank trained on the same global batch."""
+    data = write_qa(tmp_path / "qa", "patch", n=15, test_every=5)  # 12 train, 3 test
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    args = _cli_args(data, tmp_path / "two", tiny, 2, max_steps=2, report_test=True, dist_timeout=5)
+    proc = _launch("torchrun", args, tmp_path, {"SPECLLM_PROBE_EVAL": str(counts)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [(counts / f"eval-rank-{r}.txt").read_text().split() for r in (0, 1)] == [["2"], ["2"]]
+    assert proc.stderr.count("test class accuracy") == 1  # rank 0 alone scores and reports
+    recipe = TrainConfig(
+        lr=1e-3, epochs=1, batch_size=4, grad_accum=1, bf16=False, gradient_checkpointing=False, warmup_fraction=0.0
+    )
+    one = run_train(
+        options(data, tmp_path / "one", tiny, recipe=recipe, max_steps=2, report_test=True, validation=False)
+    )
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())["test"]
+    assert two["teff"]["all"]["n"] == one["metrics"]["teff"]["all"]["n"] == 3
+    for label in ("teff", "logg", "feh"):
+        for key in ("mu", "sigma", "within_1sigma"):
+            assert two[label]["all"][key] == pytest.approx(one["metrics"][label]["all"][key], rel=1e-3, abs=1e-6)
+    assert two["class_accuracy"] == one["metrics"]["class_accuracy"]
+
+
+def test_rank_share_is_equal_and_covers_every_example():
+    from specllm.train import Ranks, rank_share
+
+    for n in (0, 1, 2, 3, 7, 8):
+        for world in (1, 2, 3):
+            parts = [rank_share(n, Ranks(r, world)) for r in range(world)]
+            assert len({len(p) for p in parts}) == 1
+            if n:
+                assert np.concatenate(parts)[:n].tolist() == list(range(n))

@@ -1,6 +1,6 @@
 """`specllm compare-external`: predictions against an independent survey (paper Tables 7-8, Figures 1-8).
 
-predictions (the table `infer` writes: CSV or Parquet) + a reference catalogue -> rows joined by id or by sky
+predictions (the table `infer` writes, in any of its formats) + a reference catalogue -> rows joined by id or by sky
 position -> the survey's quality cuts -> per-class mu +- sigma of (prediction - reference) for Teff, log g, [Fe/H]
 (Table 7), per-element N, mu, sigma of [X/Fe] (Table 8), a one-to-one density plot per label, and a Markdown report.
 Rows whose spectrum covered only part of the grid (`partial`, e.g. MILES beyond 7410 A) are reported separately, and
@@ -19,7 +19,7 @@ from dataclasses import asdict
 import numpy as np
 import pyarrow as pa
 
-from .. import __version__
+from .._version import __version__
 from ..config import ExternalConfig
 from ..errors import SpecllmError
 from ..flags import FLAGS
@@ -28,7 +28,7 @@ from ..io.tables import Table, read_table
 from ..labels import STAGE1_NAMES, element_label, element_title, split_element_column
 from ..metrics import OVERALL
 from ..progress import say
-from ..shards import atomic_write_json, atomic_write_text, write_table
+from ..shards import atomic_write_json, atomic_write_text, exclusive_output, write_table
 from .figures import plot_one_to_one
 from .reference import NPZ_SPECTRUM_KEYS, PREDICTION_IDS, Join, Reference, check_survey, elements, join, read_reference
 from .report import render_report, write_csv
@@ -40,6 +40,19 @@ REPORT = "report.md"
 SUMMARY = "summary.json"
 MATCHED = "matched.parquet"
 MATCH_METHODS = ("auto", "id", "sky")
+
+
+def read_prediction_table(path: str) -> Table:
+    """Predictions in any format `infer` writes (by extension: `specllm.outputs.read_predictions`, the one reader
+    of predictions); any other table (another tool's CSV, an npz) as a catalogue."""
+    from ..outputs import FORMATS, read_predictions
+
+    if os.path.splitext(path)[1].lower() not in FORMATS:
+        return read_table(path, skip_npz=NPZ_SPECTRUM_KEYS)
+    table = read_predictions(path)
+    if table.num_rows == 0:
+        raise SpecllmError(f"{path}: the table is empty")
+    return Table(path, table)
 
 
 def _partial_flags(pred: Table, config: ExternalConfig) -> tuple[np.ndarray, str]:
@@ -70,6 +83,7 @@ def _truthy(v) -> bool:
     return bool(v) if v is not None else False
 
 
+@exclusive_output("out")
 def compare_external(
     predictions: str,
     catalog: str,
@@ -80,7 +94,7 @@ def compare_external(
     check_survey(config.survey)
     if config.match not in MATCH_METHODS:
         raise SpecllmError(f"unknown match method {config.match!r}; choose {', '.join(MATCH_METHODS)}")
-    pred = read_table(predictions, skip_npz=NPZ_SPECTRUM_KEYS)
+    pred = read_prediction_table(predictions)
     label_cols = {n: pred.first((n,)) for n in STAGE1_NAMES}
     predicted_elements = elements(pred)
     if not any(label_cols.values()) and not predicted_elements:

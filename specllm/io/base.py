@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import os
+import stat
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +36,82 @@ class RawSpectrum:
     ivar: np.ndarray | None = None
     ormask: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular(path: str) -> None:
+    """Raise `SpectrumRejected('not a regular file')` for a FIFO, device, socket or directory (reading one could
+    hang or never end), before anything is read; a missing file raises `SpectrumRejected('unreadable')`."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SpectrumRejected("unreadable", "no such file") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        raise SpectrumRejected(
+            "unreadable", str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        ) from None
+    if not stat.S_ISREG(mode):
+        raise SpectrumRejected("not a regular file", f"{_kind_of(mode)}; only regular files are read")
+
+
+def open_regular(path: str):
+    """`open(path, 'rb')` for regular files only: opened without blocking (a FIFO opens at once) and checked on the
+    open descriptor, so that nothing that is not a regular file is ever read, even when swapped in after a check."""
+    check_regular(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SpectrumRejected("not a regular file", f"{_kind_of(mode)}; only regular files are read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def megabytes(size: float) -> str:
+    return f"{size / 2**20:,.0f} MB" if size >= 2**20 else f"{size / 2**20:.3g} MB"
+
+
+def too_large(what: str, limit: int) -> SpectrumRejected:
+    """The one-line reject of an input beyond `ReadConfig.max_input_mb`: `what` says what was too large."""
+    return SpectrumRejected("too large", f"{what}; the cap is {megabytes(limit)}, set by --max-input-mb")
+
+
+def check_size(path: str, max_bytes: int) -> None:
+    """Refuse (`too large`) a regular file of more than `max_bytes`, or a gzip that inflates to more (counted by
+    inflating it in 1 MB pieces, so that memory stays flat); for readers that hand the path to a library which
+    would inflate it whole."""
+    with open_regular(path) as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                raise too_large(f"the file holds {megabytes(size)}", max_bytes)
+            return
+        fh.seek(0)
+        total = 0
+        try:
+            with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+                while chunk := gz.read(2**20):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise too_large(f"the gzip inflates to more than {megabytes(max_bytes)}", max_bytes)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise SpectrumRejected("unreadable", f"corrupt or truncated gzip ({exc})") from None
 
 
 INT64_MAX = 2**63 - 1

@@ -10,6 +10,9 @@ same interface, so astropy stays the reference reader and error reporter.
 from __future__ import annotations
 
 import gzip
+import io
+import math
+import os
 import re
 import warnings
 import zlib
@@ -18,10 +21,16 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 
+from ..config import ReadConfig
+from ..errors import SpectrumRejected
+from .base import megabytes, open_regular, too_large
+
 BLOCK = 2880
 _BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 _TFORM = {"E": ">f4", "D": ">f8", "J": ">i4", "I": ">i2", "K": ">i8", "B": ">u1"}
 _END = re.compile(rb"END {77}")
+DEFAULT_MAX_BYTES = ReadConfig().max_bytes
+HOLD_BYTES = 16 * 2**20  # a gzip inflating to more is first counted, then read (memory stays flat on a bomb)
 
 
 class Hdu:
@@ -33,7 +42,7 @@ class Hdu:
 
     @property
     def is_table(self) -> bool:
-        return self.header.get("XTENSION", "").strip() == "BINTABLE"
+        return str(self.header.get("XTENSION", "")).strip() == "BINTABLE"
 
     @property
     def columns(self) -> list[str]:
@@ -75,12 +84,62 @@ class FastPathUnsupported(Exception):
     """The bytes use an encoding the fast path does not decode; reopen with `open_fits(path, fast=False)`."""
 
 
-def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        data = fh.read()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    return data
+def _read_bytes(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The file's bytes (gzip inflated), at most `max_bytes` of them: a larger file, or a gzip that inflates to
+    more (a gzip bomb), is refused (`too large`) having held no more than that in memory. Only a regular file is
+    opened (a FIFO or device is refused before any read)."""
+    with open_regular(path) as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+        fh.seek(0)
+        if not gzipped:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                raise too_large(f"the file holds {megabytes(size)}", max_bytes)
+            return fh.read()
+        hold = min(max_bytes, HOLD_BYTES)
+        with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+            data = gz.read(hold + 1)
+            if len(data) <= hold:
+                return data  # every real spectrum: one pass
+            total, data = len(data), None  # larger: counted to the end without being held (a bomb: flat memory)
+            while total <= max_bytes and (chunk := gz.read(2**20)):
+                total += len(chunk)
+            if total > max_bytes:
+                raise too_large(f"the gzip inflates to more than {megabytes(max_bytes)}", max_bytes)
+        fh.seek(0)
+        with gzip.GzipFile(fileobj=fh, mode="rb") as gz:  # within the cap: inflated again, now kept
+            return gz.read()
+
+
+def declared_size(header) -> int:
+    """The data size in bytes a FITS header declares (|BITPIX|/8 x GCOUNT x (PCOUNT + NAXIS1 x ... x NAXISn)),
+    in exact integers; ValueError for values that are not sizes."""
+    naxis = int(header.get("NAXIS", 0))
+    if not 0 <= naxis <= 999:
+        raise ValueError(f"NAXIS = {naxis} is outside 0..999")
+    if naxis == 0:
+        return 0
+    axes = [int(header[f"NAXIS{i}"]) for i in range(1, naxis + 1)]
+    if min(axes) < 0:
+        raise ValueError(f"negative NAXISn ({axes})")
+    pcount, gcount = int(header.get("PCOUNT", 0)), int(header.get("GCOUNT", 1))
+    if pcount < 0 or gcount < 0:
+        raise ValueError(f"negative PCOUNT or GCOUNT ({pcount}, {gcount})")
+    return abs(int(header["BITPIX"])) // 8 * gcount * (pcount + math.prod(axes))
+
+
+def check_declared(header, max_bytes: int, which: int) -> None:
+    """Refuse (`too large`) an HDU whose header declares more data than `max_bytes`, before any of it is read, and
+    (`unreadable`) one whose NAXIS, NAXISn, BITPIX, PCOUNT or GCOUNT are no sizes (text, negative, NAXIS > 999)."""
+    try:
+        size = declared_size(header)
+    except KeyError:
+        return  # a keyword missing: the reader reports the file as unreadable
+    except (ValueError, TypeError, OverflowError) as exc:  # NAXIS = 10^14 would keep astropy busy for hours
+        raise SpectrumRejected("unreadable", f"not a readable FITS file (HDU {which}: {exc})") from None
+    if size > max_bytes:
+        dims = " x ".join(str(header.get(f"NAXIS{i}")) for i in range(1, int(header.get("NAXIS", 0)) + 1))
+        raise too_large(f"HDU {which} declares {megabytes(size)} of data (NAXISn {dims})", max_bytes)
 
 
 def _card_value(text: str):
@@ -117,7 +176,7 @@ def _parse_header(block: bytes) -> dict:
     return header
 
 
-def _parse(data: bytes) -> list[Hdu]:
+def _parse(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Hdu]:
     hdus, pos = [], 0
     while pos < len(data):
         m = _END.search(data, pos)
@@ -125,13 +184,15 @@ def _parse(data: bytes) -> list[Hdu]:
             raise FastPathUnsupported
         header_end = pos + ((m.end() - pos + BLOCK - 1) // BLOCK) * BLOCK
         header = _parse_header(data[pos : m.end()])
+        check_declared(header, max_bytes, len(hdus))
         naxis = int(header.get("NAXIS", 0))
         size = 0
         if naxis:
             if int(header.get("PCOUNT", 0)):
                 raise FastPathUnsupported  # a heap (variable-length arrays): astropy's job
-            pixels = int(np.prod([int(header[f"NAXIS{i}"]) for i in range(1, naxis + 1)]))
-            size = abs(int(header["BITPIX"])) // 8 * int(header.get("GCOUNT", 1)) * pixels
+            if int(header.get("BITPIX", 0)) not in _BITPIX:
+                raise FastPathUnsupported
+            size = declared_size(header)
         if header_end + size > len(data):
             raise FastPathUnsupported  # truncated: let astropy produce its own error
         hdus.append(Hdu(header, data[header_end : header_end + size]))
@@ -143,20 +204,24 @@ def _parse(data: bytes) -> list[Hdu]:
     return hdus
 
 
-def open_fits(path: str, fast: bool = True) -> list[Hdu]:
-    """The HDUs of a FITS file (gzip or plain). Raises OSError/ValueError for files that are not readable FITS."""
+def open_fits(path: str, fast: bool = True, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Hdu]:
+    """The HDUs of a FITS file (gzip or plain). Raises OSError/ValueError for files that are not readable FITS,
+    `SpectrumRejected` for a file that is not a regular file or is larger than `max_bytes` (inflated, or as its
+    headers declare: astropy is never asked to read such data)."""
+    try:
+        data = _read_bytes(path, max_bytes)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise OSError(f"corrupt or truncated gzip ({exc})") from None
     if fast:
         try:
-            data = _read_bytes(path)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise OSError(f"corrupt or truncated gzip ({exc})") from None
-        try:
-            return _parse(data)
-        except (FastPathUnsupported, UnicodeDecodeError, KeyError, ValueError):
+            return _parse(data, max_bytes)
+        except (FastPathUnsupported, UnicodeDecodeError, KeyError, ValueError, TypeError, OverflowError):
             pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
-        hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+        hdul = fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=False)
+        for k, h in enumerate(hdul):
+            check_declared(h.header, max_bytes, k)
         hdul.verify("silentfix")
         _ = [h.data for h in hdul]  # force reading now, inside the error handling of the caller
         return [Hdu(h.header, astropy_hdu=h) for h in hdul]

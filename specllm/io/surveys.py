@@ -338,7 +338,8 @@ def read_survey(
     excluded = np.zeros(n, dtype=bool)
     for col, bits in exclude_cols:
         if col is not None:
-            flags = np.asarray(pc.fill_null(table.column(col), 0).to_numpy(zero_copy_only=False)).astype(np.int64)
+            values = float_column(table, col, path)  # null -> 0; text that is no number: one line
+            flags = np.clip(np.where(np.isfinite(values), values, 0), -(2**62), 2**62).astype(np.int64)
             dup = (flags & bits) != 0
             if dup.any():
                 notes.append(f"{int(dup.sum())} rows with {col} & {bits} (duplicate entries) are not matched")

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..errors import SpecllmError
+from ..errors import SpecllmError, SpectrumRejected, one_line
 from ..labels import as_float
-from .base import FITS_SUFFIXES, NPZ_SUFFIXES, PARQUET_SUFFIXES
+from .base import FITS_SUFFIXES, NPZ_SUFFIXES, PARQUET_SUFFIXES, check_regular
 
 
 def is_fits(path: str) -> bool:
@@ -66,25 +66,48 @@ def _unreadable(path: str, exc: Exception) -> SpecllmError:
     return SpecllmError(f"{path}: unreadable catalogue ({text})")
 
 
+def _check_catalogue(path: str) -> None:
+    """One line for a catalogue that is missing or is not a regular file (a FIFO or device is never opened)."""
+    if not os.path.exists(path):
+        raise SpecllmError(f"{path}: no such catalogue")
+    try:
+        check_regular(path)
+    except SpectrumRejected as exc:
+        raise SpecllmError(f"{one_line(path)}: unreadable catalogue ({exc.reason}: {exc.detail})") from None
+
+
+def _unique_names(path: str, names: list[str]) -> list[str]:
+    """`names`, or one line naming a column that appears twice (which of the two would be read is ambiguous)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise SpecllmError(f"{one_line(path)}: column {one_line(name)!r} appears more than once")
+        seen.add(name)
+    return names
+
+
 def read_catalog(path: str, columns: list[str] | None = None) -> pa.Table:
     """Read a CSV, FITS (first table HDU), Parquet or npz (1-D arrays) catalogue. Column names keep their case.
 
     `columns` (exact names, as `catalog_columns` gives them) reads only those: a 4 GB allStar file is then read
     column by column from a memory map, never whole.
     """
-    if not os.path.exists(path):
-        raise SpecllmError(f"{path}: no such catalogue")
+    _check_catalogue(path)
     try:
         kind = _kind(path)
         if kind == "npz":
             table = _read_npz_table(path)
             return table.select(columns) if columns is not None else table
         if kind == "parquet":
-            return pq.read_table(path, columns=columns)
+            table = pq.read_table(path, columns=columns)
+            _unique_names(path, table.column_names)
+            return table
         if kind == "fits":
             return _read_fits_table(path, columns)
         options = pacsv.ConvertOptions(include_columns=columns) if columns is not None else None
-        return pacsv.read_csv(path, convert_options=options)
+        table = pacsv.read_csv(path, convert_options=options)
+        _unique_names(path, table.column_names)
+        return table
     except SpecllmError:
         raise
     except Exception as exc:  # pyarrow and astropy raise many types for unreadable files
@@ -93,14 +116,13 @@ def read_catalog(path: str, columns: list[str] | None = None) -> pa.Table:
 
 def catalog_columns(path: str) -> list[str]:
     """The column names of a catalogue, read from its header or schema only (FITS vector columns included)."""
-    if not os.path.exists(path):
-        raise SpecllmError(f"{path}: no such catalogue")
+    _check_catalogue(path)
     try:
         kind = _kind(path)
         if kind == "npz":
             return list(_read_npz_table(path).column_names)
         if kind == "parquet":
-            return list(pq.read_schema(path).names)
+            return _unique_names(path, list(pq.read_schema(path).names))
         if kind == "fits":
             from astropy.io import fits
 
@@ -108,7 +130,7 @@ def catalog_columns(path: str) -> list[str]:
                 hdu = _first_table_hdu(hdul)
                 return list(hdu.columns.names)
         with pacsv.open_csv(path) as reader:
-            return list(reader.schema.names)
+            return _unique_names(path, list(reader.schema.names))
     except SpecllmError:
         raise
     except Exception as exc:
@@ -211,6 +233,7 @@ def read_table(path: str, skip_npz: tuple[str, ...] = ()) -> Table:
     table fails with one line."""
     if not os.path.exists(path):
         raise SpecllmError(f"{path}: no such file")
+    _check_catalogue(path)
     table = _read_npz_table(path, skip_npz) if _kind(path) == "npz" else read_catalog(path)
     if table.num_rows == 0:
         raise SpecllmError(f"{path}: the table is empty")

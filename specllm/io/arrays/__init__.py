@@ -29,17 +29,18 @@ memory-mapped), so memory stays bounded whatever the number of spectra.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ...config import ArrayConfig
+from ...config import ArrayConfig, ReadConfig
 from ...errors import SpectrumRejected
 from ...labels import clean_number
 from ...physics import air_to_vacuum, broaden
-from ..base import RawSpectrum
+from ..base import RawSpectrum, check_regular
 from . import csvfile, fitstable, npz, parquet
 from .common import (
     BAD_PIXEL,
@@ -98,14 +99,32 @@ def is_array_source(path: str) -> bool:
         return False
 
 
-def array_count(path: str) -> int:
+def array_count(path: str, limits: ReadConfig = ReadConfig()) -> int:
     """The number of spectra in an array source (read from headers where the format allows)."""
     loader = _loader(path)
-    if loader is npz:
-        return npz.count(path)
-    info, _, rows = loader.load(path)
-    rows.close()
-    return info.n
+    with _one_line(path):
+        if loader is npz:
+            return npz.count(path, limits.max_bytes)
+        info, _, rows = loader.load(path, limits.max_bytes)
+        rows.close()
+        return info.n
+
+
+@contextlib.contextmanager
+def _one_line(path: str):
+    """Whatever a loader raises for a damaged file (zip, zlib, Arrow, astropy, numpy errors) as one
+    `SpectrumRejected` naming the file; a `SpectrumRejected` passes through with its path."""
+    try:
+        yield
+    except SpectrumRejected as exc:
+        if not getattr(exc, "path", ""):
+            exc.path = path
+        raise
+    except MemoryError:
+        raise rejected(path, "too large", "not enough memory to read it (--max-input-mb caps the size)") from None
+    except Exception as exc:  # noqa: BLE001 - zipfile, zlib, pyarrow, astropy and numpy raise many types
+        text = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise rejected(path, "unreadable", f"{type(exc).__name__}: {text}" if text else type(exc).__name__) from None
 
 
 def _file_stem(path: str) -> str:
@@ -197,7 +216,9 @@ def _make(path: str, index: int, wave, flux, ivar, scalars: dict, info: SourceIn
     )
 
 
-def iter_array_spectra(path: str, config: ArrayConfig = ArrayConfig()) -> Iterator[RawSpectrum | SpectrumRejected]:
+def iter_array_spectra(
+    path: str, config: ArrayConfig = ArrayConfig(), limits: ReadConfig = ReadConfig()
+) -> Iterator[RawSpectrum | SpectrumRejected]:
     """Every spectrum of an array source, in order, one at a time.
 
     Yields a `RawSpectrum` (path `FILE#i`, layout 'array') per spectrum, or a `SpectrumRejected` (its `.path` the
@@ -209,18 +230,26 @@ def iter_array_spectra(path: str, config: ArrayConfig = ArrayConfig()) -> Iterat
     if loader is None:
         raise rejected(path, "unknown layout", "not an npz, Parquet, CSV or FITS table of spectra")
     if not os.path.isfile(path):
+        check_regular(path)  # names what it is (a FIFO, a device) or that it is missing
         raise rejected(path, "unreadable", "no such file")
-    info, columns, rows = loader.load(path)
+    with _one_line(path):
+        check_regular(path)
+        info, columns, rows = loader.load(path, limits.max_bytes)
     try:
-        for i, item in enumerate(rows):
-            wave, flux, ivar, scalars = item
-            yield _make(
-                path, i, wave, flux, ivar, {**columns.row(i), **scalars} if columns.values else scalars, info, config
-            )
-    except SpectrumRejected as exc:
-        if not getattr(exc, "path", ""):
-            exc.path = path
-        raise
+        i = 0
+        while True:
+            with _one_line(path):
+                try:
+                    wave, flux, ivar, scalars = next(rows)
+                except StopIteration:
+                    return
+            try:
+                scalars = {**columns.row(i), **scalars} if columns.values else scalars
+                yield _make(path, i, wave, flux, ivar, scalars, info, config)
+            except (ValueError, TypeError, IndexError, ArithmeticError) as exc:  # values no reader foresaw
+                text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+                yield rejected(virtual_path(path, i), "bad values", text)
+            i += 1
     finally:
         rows.close()
 
@@ -230,17 +259,17 @@ def iter_array_spectra(path: str, config: ArrayConfig = ArrayConfig()) -> Iterat
 _CURSOR: dict = {}
 
 
-def read_array_row(path: str, config: ArrayConfig = ArrayConfig()) -> RawSpectrum:
+def read_array_row(path: str, config: ArrayConfig = ArrayConfig(), limits: ReadConfig = ReadConfig()) -> RawSpectrum:
     """One spectrum of an array source by its virtual path `FILE#i`; raises `SpectrumRejected` when unusable."""
     parts = split_virtual(path)
     if parts is None:
         raise rejected(path, "unreadable", "not a FILE#index path of an array source")
     base, index = parts
-    key = (os.getpid(), os.path.abspath(base), config)
+    key = (os.getpid(), os.path.abspath(base), config, limits)
     if _CURSOR.get("key") != key or _CURSOR["next"] > index:
         if _CURSOR.get("it") is not None:
             _CURSOR["it"].close()
-        _CURSOR.update(key=key, next=0, it=iter_array_spectra(base, config))
+        _CURSOR.update(key=key, next=0, it=iter_array_spectra(base, config, limits))
     try:
         while True:
             item = next(_CURSOR["it"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..base import CSV_SUFFIXES
+from ..base import CSV_SUFFIXES, check_size
 from .common import Columns, SourceInfo, has_wave_and_flux, rejected
 from .layout import batch_arrays, count_long, long_groups, table_layout
 
@@ -18,10 +18,12 @@ def identify(path: str) -> bool:
     return has_wave_and_flux(pacsv.open_csv(path).schema.names)
 
 
-def load(path: str) -> tuple[SourceInfo, Columns, Iterator]:
-    """(what the file says about all its spectra, no per-spectrum columns, a generator of (wave, flux, ivar, scalars))."""
+def load(path: str, max_bytes: int) -> tuple[SourceInfo, Columns, Iterator]:
+    """(what the file says about all its spectra, no per-spectrum columns, a generator of (wave, flux, ivar, scalars)).
+    A file (inflated) larger than `max_bytes` is refused before it is parsed."""
     import pyarrow.csv as pacsv
 
+    check_size(path, max_bytes)
     try:
         reader = pacsv.open_csv(path)
     except Exception as exc:  # pyarrow's CSV errors come in several types
@@ -34,4 +36,4 @@ def load(path: str) -> tuple[SourceInfo, Columns, Iterator]:
     else:
         info.n = 1
     batches = (batch_arrays(b) for b in reader)
-    return info, Columns(), long_groups(batches, layout, path)
+    return info, Columns(), long_groups(batches, layout, path, max_bytes=max_bytes)

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..base import FITS_SUFFIXES
+from ...errors import SpectrumRejected
+from ..base import FITS_SUFFIXES, check_regular, check_size
 from .common import HEADER_KEYS, Columns, SourceInfo, has_wave_and_flux, medium_of, noise_to_ivar, rejected
 from .layout import count_long, long_groups, table_layout
 
@@ -65,7 +66,7 @@ def _table_hdu(hdul) -> int | None:
     if _survey_primary(hdul[0].header):
         return None  # LAMOST and SDSS files are survey spectra
     for k, hdu in enumerate(hdul[1:], start=1):
-        if hdu.header.get("XTENSION", "").strip() not in ("BINTABLE", "TABLE"):
+        if str(hdu.header.get("XTENSION", "")).strip() not in ("BINTABLE", "TABLE"):
             continue
         if has_wave_and_flux(hdu.columns.names):
             return k
@@ -94,17 +95,30 @@ def _native(values: np.ndarray) -> np.ndarray:
     return values.astype(values.dtype.newbyteorder("="))
 
 
-def load(path: str) -> tuple[SourceInfo, Columns, Iterator]:
-    """(what the file says about all its spectra, its per-spectrum scalars, a generator of (wave, flux, ivar, scalars))."""
+def load(path: str, max_bytes: int) -> tuple[SourceInfo, Columns, Iterator]:
+    """(what the file says about all its spectra, its per-spectrum scalars, a generator of (wave, flux, ivar, scalars)).
+    A gzip inflating to more than `max_bytes`, or an HDU declaring more data, is refused before its data is read."""
     import warnings
 
     from astropy.io import fits
     from astropy.utils.exceptions import AstropyWarning
 
+    from ..fitsfile import check_declared
+
+    if path.lower().endswith(".gz"):
+        check_size(path, max_bytes)  # astropy inflates a .gz whole
+    else:
+        check_regular(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
             hdul = fits.open(path, memmap=True)
+            try:
+                for j, hdu in enumerate(hdul):
+                    check_declared(hdu.header, max_bytes, j)
+            except SpectrumRejected:
+                hdul.close()
+                raise
             k = _table_hdu(hdul)
     except (OSError, ValueError, EOFError) as exc:
         raise rejected(path, "unreadable", f"not a readable FITS file ({str(exc).splitlines()[0][:120]})") from None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..base import megabytes, too_large
 from .common import ERROR_KEYS, FLUX_KEYS, ID_KEYS, IVAR_KEYS, WAVE_KEYS, first, lower_map, noise_to_ivar, rejected
 
 
@@ -44,9 +45,12 @@ def table_layout(path: str, names: list[str], is_list) -> TableLayout:
     return TableLayout(wave, flux, ivar or err, bool(err), id_column, scalars, wide)
 
 
-def long_groups(batches, layout: TableLayout, path: str, extra: dict | None = None) -> Iterator[tuple]:
-    """Long tables: consecutive rows with the same id form one spectrum (the whole table when there is no id)."""
-    current, parts, seen = None, [], set()
+def long_groups(
+    batches, layout: TableLayout, path: str, extra: dict | None = None, max_bytes: int | None = None
+) -> Iterator[tuple]:
+    """Long tables: consecutive rows with the same id form one spectrum (the whole table when there is no id); a
+    spectrum of more than `max_bytes` (its wave, flux and noise values) is refused (`too large`) as it grows."""
+    current, parts, seen, held = None, [], set(), 0
 
     def emit():
         wave = np.concatenate([p[0] for p in parts])
@@ -63,7 +67,7 @@ def long_groups(batches, layout: TableLayout, path: str, extra: dict | None = No
             key = ids[a].item() if hasattr(ids[a], "item") else ids[a]
             if parts and key != current:
                 yield emit()
-                parts = []
+                parts, held = [], 0
             if not parts:
                 if key in seen:
                     raise rejected(path, "bad layout", f"rows of id {key!r} are not contiguous in the table")
@@ -78,6 +82,9 @@ def long_groups(batches, layout: TableLayout, path: str, extra: dict | None = No
                     scalars,
                 )
             )
+            held += sum(p.nbytes for p in parts[-1][:3] if p is not None)
+            if max_bytes is not None and held > max_bytes:
+                raise too_large(f"one spectrum of the table holds more than {megabytes(max_bytes)}", max_bytes)
     if parts:
         yield emit()
 

@@ -9,12 +9,13 @@ FWHM 2.5 A.
 from __future__ import annotations
 
 import itertools
+import math
 import zipfile
 from collections.abc import Iterator
 
 import numpy as np
 
-from ..base import NPZ_SUFFIXES
+from ..base import NPZ_SUFFIXES, check_regular, megabytes, too_large
 from .common import (
     ERROR_KEYS,
     FLUX_KEYS,
@@ -75,16 +76,28 @@ def _rows(zf: zipfile.ZipFile, name: str) -> Iterator[np.ndarray]:
 
 
 def _shape(zf: zipfile.ZipFile, name: str) -> tuple:
+    """A member's shape from its header; one declaring more data than the member holds is refused (truncated)."""
     with zf.open(name) as fh:
         header = _npy_header(fh)
-    return header[0] if header is not None else _member(zf, name).shape
+    if header is None:
+        return _member(zf, name).shape
+    shape, _, dtype = header
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > zf.getinfo(name).file_size:
+        raise rejected("", "unreadable", f"{name} declares {shape} {dtype} but holds fewer bytes (truncated)")
+    return shape
 
 
-def _open(path: str) -> tuple[zipfile.ZipFile, dict[str, str], str, str, tuple]:
+def _open(path: str, max_bytes: int) -> tuple[zipfile.ZipFile, dict[str, str], str, str, tuple]:
+    check_regular(path)  # a FIFO or device is never opened
     try:
         zf = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
         raise rejected(path, "unreadable", f"not a readable npz file ({exc})") from None
+    inflated = sum(info.file_size for info in zf.infolist())  # the central directory's sizes: nothing inflated yet
+    if inflated > max_bytes:
+        zf.close()
+        raise too_large(f"the npz inflates to {megabytes(inflated)}", max_bytes)
     members = lower_map(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
     flux_key, wave_key = first(members, FLUX_KEYS), first(members, WAVE_KEYS)
     if flux_key is None or wave_key is None:
@@ -92,22 +105,22 @@ def _open(path: str) -> tuple[zipfile.ZipFile, dict[str, str], str, str, tuple]:
         missing = "flux" if flux_key is None else "wave"
         raise rejected(path, "missing column", f"the npz has no '{missing}' array (has: {', '.join(members)})")
     shape = _shape(zf, flux_key + ".npy")
-    if len(shape) not in (1, 2):
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] and shape[1] < 10):
         zf.close()
         raise rejected(path, "bad shape", f"flux has shape {shape}; expected (pixels,) or (spectra, pixels)")
     return zf, members, flux_key, wave_key, shape
 
 
-def count(path: str) -> int:
+def count(path: str, max_bytes: int) -> int:
     """The number of spectra, from the flux member's header alone."""
-    zf, _, _, _, shape = _open(path)
+    zf, _, _, _, shape = _open(path, max_bytes)
     zf.close()
     return 1 if len(shape) == 1 else int(shape[0])
 
 
-def load(path: str) -> tuple[SourceInfo, Columns, Iterator]:
+def load(path: str, max_bytes: int) -> tuple[SourceInfo, Columns, Iterator]:
     """(what the file says about all its spectra, its per-spectrum scalars, a generator of (wave, flux, ivar, {}))."""
-    zf, members, flux_key, wave_key, shape = _open(path)
+    zf, members, flux_key, wave_key, shape = _open(path, max_bytes)
     n = 1 if len(shape) == 1 else shape[0]
     info = SourceInfo(n=n, loglam=wave_key.lower() == "loglam", miles="miles_id" in members)
     columns = Columns()

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..base import PARQUET_SUFFIXES
+from ..base import PARQUET_SUFFIXES, check_regular, megabytes, too_large
 from .common import FWHM_KEYS, MEDIUM_KEYS, Columns, SourceInfo, has_wave_and_flux, medium_of, noise_to_ivar, rejected
 from .layout import batch_arrays, count_long, long_groups, table_layout
 
@@ -26,15 +26,22 @@ def _list_value(scalar) -> np.ndarray:
     return np.asarray(scalar.values.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def load(path: str) -> tuple[SourceInfo, Columns, Iterator]:
-    """(what the file says about all its spectra, its per-spectrum scalars, a generator of (wave, flux, ivar, scalars))."""
+def load(path: str, max_bytes: int) -> tuple[SourceInfo, Columns, Iterator]:
+    """(what the file says about all its spectra, its per-spectrum scalars, a generator of (wave, flux, ivar, scalars)).
+    A row group (what is decoded at once) larger than `max_bytes` uncompressed is refused before it is read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    check_regular(path)
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise rejected(path, "unreadable", f"not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
+    meta = pf.metadata
+    for g in range(meta.num_row_groups):
+        size = meta.row_group(g).total_byte_size
+        if size > max_bytes:
+            raise too_large(f"row group {g} holds {megabytes(size)} uncompressed", max_bytes)
     schema = pf.schema_arrow
 
     def is_list(name: str) -> bool:
@@ -43,7 +50,9 @@ def load(path: str) -> tuple[SourceInfo, Columns, Iterator]:
 
     layout = table_layout(path, schema.names, is_list)
     info = SourceInfo(loglam=layout.wave.lower() == "loglam")
-    meta = {k.decode().lower(): v.decode() for k, v in (schema.metadata or {}).items()}
+    meta = {
+        k.decode("utf-8", "replace").lower(): v.decode("utf-8", "replace") for k, v in (schema.metadata or {}).items()
+    }
     info.medium = medium_of(next((meta[k] for k in MEDIUM_KEYS if k in meta), "vacuum"))
     fwhm = next((meta[k] for k in FWHM_KEYS if k in meta), None)
     info.fwhm = float(fwhm) if fwhm is not None else None
@@ -68,4 +77,4 @@ def load(path: str) -> tuple[SourceInfo, Columns, Iterator]:
         else 1
     )
     batches = (batch_arrays(b) for b in pf.iter_batches(batch_size=65536))
-    return info, Columns(), long_groups(batches, layout, path)
+    return info, Columns(), long_groups(batches, layout, path, max_bytes=max_bytes)
