@@ -17,8 +17,8 @@ together, of Ray's services, and the 1-minute load average before the run (the m
 shared-memory pages of Ray's object store that a process has touched.
 
 --stages measures the two stages a cluster is sized by, in this process: reading+cleaning (spectra/s on one CPU,
-`infer.unit_items`) and the model (spectra/s, `infer.label_rows` on cleaned spectra, this machine's torch threads).
-Prints a Markdown table on stdout and, with --json, writes every number.
+`labelling.unit_items`) and the model (spectra/s, `labelling.label_rows` on cleaned spectra, this machine's torch
+threads). Prints a Markdown table on stdout and, with --json, writes every number.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def stage_rates(spectra: Path, n: int = 300) -> dict:
 
     from specllm.config import CleanConfig, GridConfig, InferConfig
     from specllm.device import pick_device
-    from specllm.infer import label_rows, unit_items
+    from specllm.labelling import label_rows, unit_items
     from specllm.predict import default_model_dir, load_for_inference
 
     files = sorted(spectra.glob("*.fits.gz"))[:n]

@@ -64,7 +64,7 @@ def paper_format(k: int) -> dict:
 
     from specllm.config import CleanConfig, GridConfig, PatchConfig
     from specllm.device import autocast
-    from specllm.infer import iter_items
+    from specllm.labelling import iter_items
     from specllm.predict import default_model_dir
     from specllm.prompting import PromptBuilder
     from specllm.runs import load_model_dir

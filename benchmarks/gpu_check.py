@@ -404,7 +404,7 @@ def main() -> None:
         raise SystemExit("gpu-check: no CUDA device (run with --smoke for the CPU toy check)")
     timeout = args.part_timeout or size("part_timeout", args.smoke)
     out = Path(args.out)
-    from specllm.shards import atomic_write_json
+    from specllm.files import atomic_write_json
 
     report = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

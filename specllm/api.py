@@ -34,8 +34,8 @@ import numpy as np
 from .config import CleanConfig, GridConfig, InferConfig, check_ranges
 from .device import pick_device
 from .errors import SpecllmError
-from .infer import HEADER_COLUMNS, Item, PathList, iter_items, label_rows, output_columns, raw_item
 from .io import RawSpectrum
+from .labelling import HEADER_COLUMNS, Item, PathList, iter_items, label_rows, output_columns, raw_item
 from .outputs import rows_to_arrow, run_metadata, to_astropy
 from .predict import default_model_dir, load_for_inference, model_metadata
 

@@ -21,9 +21,9 @@ import numpy as np
 
 from .config import BenchmarkConfig, GRUConfig, LightGBMConfig, NetTrainConfig, ResNetConfig, SmallCNNConfig
 from .errors import SpecllmError
+from .files import atomic_write, atomic_write_json
 from .labels import CLASSES
 from .progress import say
-from .shards import atomic_write, atomic_write_json
 
 CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
 

@@ -3,8 +3,9 @@ training set grows.
 
 Every model is an object with `fit(train)` and `predict(test)` (see `specllm.baselines`). The baselines are trained
 here on the train split (and on nested subsets of it for `--sizes`); the LLM is trained elsewhere (`specllm train`)
-and only predicts, through `specllm.infer.predict_table`, imported when it is needed. All models are evaluated on the
-same test split; the report directory receives Markdown, CSV and JSON tables, residual plots and the scaling plot.
+and only predicts, through `specllm.labelling.predict_table`, imported when it is needed. All models are evaluated
+on the same test split; the report directory receives Markdown, CSV and JSON tables, residual plots and the scaling
+plot.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ def code_version() -> str:
 
 class LLMModel:
     """Adapter for the fine-tuned LLM: `fit` does nothing (train it with `specllm train`); `predict` calls
-    `specllm.infer.predict_table(model_dir, shards, split)` and aligns its rows to the test spectra by spec_id.
+    `specllm.labelling.predict_table(model_dir, shards, split)` and aligns its rows to the test spectra by spec_id.
     The predicted class is read from `class_pred` (or `class`, as `specllm infer` writes it).
 
     Label columns are looked up by name, then without an `apogee_` prefix (the LLM answers `mg_fe` for the shard
@@ -227,9 +228,9 @@ class LLMModel:
 
     def predict(self, data: SpectraSet) -> Prediction:
         try:
-            from .infer import predict_table
+            from .labelling import predict_table
         except ImportError as exc:
-            raise SpecllmError(f"llm: specllm.infer.predict_table is not available ({exc})") from None
+            raise SpecllmError(f"llm: specllm.labelling.predict_table is not available ({exc})") from None
         kwargs = {} if self.verify else {"config": InferConfig(verify=False)}
         table = predict_table(self.model_dir, self.shards, split=self.split, **kwargs)
         if "spec_id" not in table.column_names:

@@ -29,9 +29,10 @@ from .evaluate import (
     stats_rows,
     write_csv,
 )
+from .files import atomic_write_json, atomic_write_text
 from .labels import label_title
 from .metrics import OVERALL
-from .shards import atomic_write_json, atomic_write_text, write_table
+from .shards import write_table
 
 TABLE_NUMBERS = {"teff": 2, "logg": 3, "feh": 4}
 

@@ -48,7 +48,7 @@ def completion_script(shell: str) -> str:
 
 
 def write_completions(directory: str | Path = DEFAULT_DIR) -> list[Path]:
-    from .shards import atomic_write_text
+    from .files import atomic_write_text
 
     paths = []
     for shell in SHELLS:

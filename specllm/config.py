@@ -27,6 +27,9 @@ Stage = Literal[1, 2]
 # 'none' as stored; 'auto' is nf4 on CUDA where bitsandbytes is installed and none elsewhere.
 QuantizeMethod = Literal["auto", "nf4", "none"]
 QUANTIZE_METHODS: tuple[str, ...] = get_args(QuantizeMethod)
+# A QuantizeMethod resolved on this machine ('auto' decided, `runs.resolve_quantize`): the form it keeps from there on,
+# in the model's spec.json (`ModelSpec.quantize`) and in the loader (`models.load_causal_lm`).
+Quantized = Literal["nf4", "none"]
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,10 @@ class InferConfig:
 
     batch_size: int = 16
     """Spectra per forward pass."""
+    chunk_batches: int = 4
+    """Batches labelled as one chunk (`chunk_size` = chunk_batches x batch_size spectra): what the local engine reads
+    ahead before the model runs and flushes to the output together, what `--engine ray` hands a model actor at a
+    time, and `fit-domain`'s step through the train split."""
     decode: DecodeMethod = "head"
     """'head': the numeric read-out, written as the answer text; 'text': constrained greedy decoding."""
     max_new_tokens: int = 64
@@ -302,6 +309,11 @@ class InferConfig:
     """Ingest's cleaning, its SNR cut included: a spectrum below the cut is labelled and flagged `low SNR`."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     read: ReadConfig = field(default_factory=ReadConfig)
+
+    @property
+    def chunk_size(self) -> int:
+        """Spectra per chunk: `chunk_batches` batches of `batch_size`."""
+        return self.batch_size * self.chunk_batches
 
 
 @dataclass(frozen=True)
@@ -637,6 +649,7 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
     },
     "InferConfig": {
         "batch_size": (1, None),
+        "chunk_batches": (1, None),
         "max_new_tokens": (1, None),
         "partial_coverage": (0, 1),
         "partial_edge": (0, 1),

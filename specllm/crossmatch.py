@@ -30,12 +30,11 @@ import pyarrow.parquet as pq
 from ._version import __version__
 from .config import CrossmatchConfig
 from .errors import SpecllmError
+from .files import atomic_write_json, atomic_write_text
 from .io.surveys import SURVEYS, SurveyCatalog, get_survey, read_survey
 from .labels import CLASSES, STAGE2_ELEMENTS, element_label
 from .progress import progress_bar, say
 from .shards import (
-    atomic_write_json,
-    atomic_write_text,
     check_output,
     exclusive_output,
     integrity_fields,

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if changed:
-        from .shards import atomic_write
+        from .files import atomic_write
 
         atomic_write(path, lambda tmp: Path(tmp).write_text(new, encoding="utf-8"))
     print(f"{path}: {'rewrote ' + ', '.join(changed) if changed else 'up to date'}", file=sys.stderr)

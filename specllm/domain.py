@@ -31,7 +31,7 @@ import numpy as np
 
 from .config import DomainConfig
 from .errors import SpecllmError, one_line
-from .shards import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text
 
 DOMAIN_WEIGHTS = "domain.safetensors"
 DOMAIN_JSON = "domain.json"

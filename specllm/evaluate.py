@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write, atomic_write_text
 from .labels import CLASSES, label_title
 from .metrics import OVERALL, per_class, residual_stats
-from .shards import atomic_write, atomic_write_text
 
 GROUPS: tuple[str, ...] = (*CLASSES, OVERALL)
 MISSING_CELL = "—"

@@ -21,7 +21,7 @@ from .config import DomainConfig, InferConfig, SplitConfig
 from .device import pick_device
 from .domain import Domain, edge_cut, fit_domain, patch_features, save_domain, uncertainty_limits
 from .errors import SpecllmError
-from .infer import iter_shard_items
+from .labelling import iter_shard_items
 from .predict import default_model_dir, load_for_inference, predict, questions_for
 from .progress import progress_bar, say
 from .splits import is_validation
@@ -76,12 +76,12 @@ def fit_model_domain(
     cut = rng.random(len(items)) < config.partial_fraction
     flux[cut], mask[cut] = edge_cut(flux[cut], mask[cut], rng, config.partial_span)
     n = len(items)
-    step = infer.batch_size * 4
+    step = infer.chunk_size
     probe = val & ~cut  # validation spectra as observed: the class head's probabilities, the predicted 1-sigma
     if config.features == "patches":
         if loaded.model.patcher is None:
             raise SpecllmError(f"{path}: features 'patches' need a patch-format model")
-        hidden = patch_features(loaded.model.patcher, flux, mask)
+        hidden = patch_features(loaded.model.patcher, flux, mask, batch=step)
     elif config.features == "flux":
         hidden = flux
     else:

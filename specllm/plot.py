@@ -69,7 +69,7 @@ def plot_predictions(
     external: ExternalConfig = ExternalConfig(),
 ) -> PlotResult:
     """Write the Kiel diagram of `predictions` (and, with `reference`, prediction-vs-reference panels) to `out`."""
-    from .external.compare import read_prediction_table
+    from .external.reference import read_prediction_table
 
     fmt = figure_format(out)
     if not (0 < config.width <= 100 and 10 <= config.dpi <= 1200):
@@ -104,7 +104,7 @@ def plot_predictions(
     for ax, (name, p, r, rows) in zip(axes[1:], comparisons):
         _one_to_one(ax, name, p, r, fit[rows], external.survey)
     fig.tight_layout()
-    from .shards import atomic_write
+    from .files import atomic_write
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -22,8 +22,8 @@ from .config import CLASSES, GridConfig, InferConfig, PatchConfig
 from .device import autocast
 from .domain import load_domain
 from .errors import SpecllmError
+from .files import file_sha256
 from .metrics import OVERALL, binned, per_class, residual_stats
-from .models import file_sha256
 from .progress import say
 from .prompting import PromptBuilder
 from .qa import answer, answer_pattern, parse_answer, question

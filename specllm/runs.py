@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from .config import QUANTIZE_METHODS, LoraConfig
+from .config import QUANTIZE_METHODS, LoraConfig, Quantized, QuantizeMethod
 from .device import pick_device
 from .errors import SpecllmError, one_line
+from .files import atomic_write, replace_dir, temp_dir
 from .labels import CLASSES
 from .metrics import OVERALL
 from .models import base_fingerprint, load_causal_lm, load_tokenizer, quiet_offline, resolve_base
 from .progress import say
-from .shards import atomic_write, temp_dir
 from .spectral import PatchEmbedder, SpectralLM
 
 SPEC = "spec.json"
@@ -47,7 +47,7 @@ class ModelSpec:
     patch_width: int | None = None
     grid_size: int | None = None
     layers: int | None = None  # decoder layers kept (None: all)
-    quantize: str = "none"  # base weights as trained: 'nf4' (QLoRA) or 'none' (LoraConfig.quantize, resolved)
+    quantize: Quantized = "none"  # base weights as trained (LoraConfig.quantize resolved); absent in an older spec.json
     # label -> {predicted class or "all": factor} applied to the read-out's sigma (fitted on the validation split)
     error_scale: dict | None = None
     manifest: dict = field(default_factory=dict)
@@ -71,6 +71,8 @@ def _fits(value, hint) -> bool:
     import typing
 
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, a) for a in typing.get_args(hint))
     if hint is type(None):
@@ -89,6 +91,10 @@ def _fits(value, hint) -> bool:
 
 
 def _type_name(hint) -> str:
+    import typing
+
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
@@ -109,7 +115,8 @@ def check_spec(data: dict, path: str | os.PathLike) -> None:
                 raise SpecllmError(f"{where} (no {f.name!r})")
             continue
         if not _fits(data[f.name], hints[f.name]):
-            got = type(data[f.name]).__name__
+            literal = typing.get_origin(hints[f.name]) is typing.Literal
+            got = repr(data[f.name]) if literal else type(data[f.name]).__name__
             raise SpecllmError(f"{where} ({f.name!r} should be {_type_name(hints[f.name])}, got {got})")
     if data["stage"] not in (1, 2):
         raise SpecllmError(f"{where} ('stage' is {data['stage']}; 1 or 2)")
@@ -152,7 +159,7 @@ def bitsandbytes_available() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def resolve_quantize(method: str) -> str:
+def resolve_quantize(method: QuantizeMethod) -> Quantized:
     """'nf4' or 'none' for a LoraConfig.quantize choice on this machine."""
     if method not in QUANTIZE_METHODS:
         raise SpecllmError(f"--quantize {method}: expected one of {', '.join(QUANTIZE_METHODS)}")
@@ -178,7 +185,7 @@ def _base_lm(spec: ModelSpec):
     """The base causal LM of `spec` (quantised as `spec.quantize` says), cut to `spec.layers`, frozen."""
     quiet_offline()
     path = resolve_base(spec.base_model, weights=True)
-    lm = load_causal_lm(path, quantize_4bit=spec.quantize == "nf4")
+    lm = load_causal_lm(path, quantize=spec.quantize)
     if spec.layers is not None:
         inner = lm.model
         if not 0 < spec.layers <= len(inner.layers):
@@ -203,10 +210,9 @@ def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):
 
     lm = _base_lm(spec)
     tokenizer = load_tokenizer(spec.base_model)
-    quantize = spec.quantize == "nf4"
-    if quantize and pick_device().type != "cuda":
+    if spec.quantize == "nf4" and pick_device().type != "cuda":
         _check_cpu_4bit(lm, spec.base_model)
-    if quantize:
+    if spec.quantize == "nf4":
         lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -324,15 +330,7 @@ def save_model_dir(
             (tmp / PARENT).mkdir()
             for name in (SPEC, WEIGHTS):
                 shutil.copyfile(parent / name, tmp / PARENT / name)  # created as the umask allows
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from ._version import __version__
 from .config import GridConfig, PatchConfig, SerializeConfig
 from .errors import SpecllmError
+from .files import file_sha256
 from .progress import progress_bar, say
 from .qa import (
     CONFIG,
@@ -162,13 +163,6 @@ def _out_schema(fmt: str, stage: int, grid_size: int, columns: dict[str, str | N
     return pa.schema(fields)
 
 
-def _file_hash(path: str) -> str | None:
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
-
-
 def _prepare_out(out: str, shards: str) -> None:
     if os.path.abspath(out) == os.path.abspath(shards):
         raise SpecllmError(f"{out}: --out must differ from the input shards")
@@ -279,6 +273,7 @@ def run_serialize(
                     "use a model with a longer context or a shorter format (compact, patch)"
                 )
         result.content_hash = hashlib.sha256("".join(digests).encode()).hexdigest()
+        manifest_path = os.path.join(source, MANIFEST)
         manifest = {
             "specllm": __version__,
             "kind": "qa",
@@ -287,7 +282,7 @@ def run_serialize(
             "label_prefix": label_prefix if stage == 2 else None,
             "labels": [k for k in label_keys(stage) if k == "class" or columns.get(k)],
             "source": os.path.abspath(shards),
-            "source_manifest_hash": _file_hash(os.path.join(source, MANIFEST)),
+            "source_manifest_hash": file_sha256(manifest_path) if os.path.isfile(manifest_path) else None,
             "source_shards_sha256": shards_sha256(source_manifest),  # the verified shards read (not a copied claim)
             "grid_size": grid_size,
             "patch": dataclasses.asdict(PatchConfig()) | {"count": patches} if fmt == "patch" else None,

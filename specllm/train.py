@@ -34,10 +34,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import __version__
+from ._version import __version__
 from .config import CLASSES, STAGE1_LABELS, AugmentConfig, PatchConfig, SplitConfig, TrainOptions
 from .device import autocast, bf16_supported, pick_device
 from .errors import SpecllmError
+from .files import atomic_write, atomic_write_json
+from .labels import element_columns
 from .models import base_fingerprint, resolve_base
 from .predict import Predictions, calibrate_errors, error_factors, predict, split_metrics
 from .progress import console, progress_bar, say
@@ -56,8 +58,6 @@ from .runs import (
 )
 from .shards import (
     arrow_to_vectors,
-    atomic_write,
-    atomic_write_json,
     check_output,
     exclusive_output,
     read_manifest,
@@ -102,7 +102,7 @@ class QAData:
 def value_columns(table: pa.Table, stage: int) -> list[str]:
     if stage == 1:
         return [name for name, _ in STAGE1_LABELS if name in table.column_names]
-    return [c for c in table.column_names if c.endswith("_fe") and c != "fe_h"]
+    return element_columns(table.column_names)  # the [X/Fe] rule of specllm.labels
 
 
 def load_qa(source: str, stage: int, verify: bool = True) -> QAData:

@@ -180,7 +180,7 @@ def test_llm_adapter_aligns_by_spec_id(shards, tmp_path, monkeypatch):
             "teff_err": pa.array(np.ones(len(order))),
         })  # fmt: skip
 
-    monkeypatch.setitem(sys.modules, "specllm.infer", types.SimpleNamespace(predict_table=predict_table))
+    monkeypatch.setitem(sys.modules, "specllm.labelling", types.SimpleNamespace(predict_table=predict_table))
     result = bench.run_benchmark(str(shards), str(tmp_path / "r"), tiny(models=("llm",)), llm="runs/x")
     assert calls == [("runs/x", "test")]
     overall = {s.label: s for s in result.stats if s.group == "all"}

@@ -362,7 +362,7 @@ RUNNER = r"""
 import sys, time
 import pyarrow.parquet as pq
 import specllm.ingest as ingest
-from specllm.shards import atomic_write
+from specllm.files import atomic_write
 mode = sys.argv.pop(1)
 if mode == "slow":
     original = ingest.settle_chunk

@@ -148,7 +148,8 @@ def test_snr_flag_matches_ingest_rejection(tmp_path, tiny_model, shared_data):
 def test_shipped_model_flags_real_non_afg_spectra(tmp_path, shared_data):
     """The issue's examples: K5, dM0, gM0 (DR7), M0 (DR1), a galaxy and a faint Unknown are all flagged."""
     from specllm.domain import load_domain
-    from specllm.infer import default_model_dir, run_infer
+    from specllm.infer import run_infer
+    from specllm.predict import default_model_dir
 
     if load_domain(default_model_dir()) is None:
         pytest.skip("the shipped model has no domain check in this checkout")

@@ -241,6 +241,10 @@ def check_fits(case: dict):
 @example({"layout": "coadd", "ops": [("truncate", 0.2518), ("card", "TTYPE1", "2", 0)], "gzip": False, "gz_ops": []})
 # (seed 25) XTENSION = 1.5 in the COADD table header -> AttributeError ('float' object has no attribute 'strip')
 @example({"layout": "coadd", "ops": [("card", "XTENSION", "1.5", 1)], "gzip": False, "gz_ops": []})
+# (make fuzz, 10^4, seed 24) a damaged, truncated DR1 file -> AttributeError inside astropy's verify('silentfix')
+@example({"gz_ops": [], "layout": "dr1", "gzip": False, "ops": [("flip", 0.0, 0), ("card", "SIMPLE", ",2S&$^'", 2),
+          ("flip", 0.0, 0), ("card", "SNRR", "", 1), ("fill", 0.985, 322, b"\x7f\x80\x00\x00"),
+          ("truncate", 0.5821109173038465)]})  # fmt: skip
 def test_fits_reads_or_rejects_in_one_line(case):
     check_fits(case)
 
@@ -470,6 +474,10 @@ _NO_CHANGE = {"drop": [], "add": [], "ragged": False, "duplicate_rows": False, "
                                                       "0", "x", ""]]})  # fmt: skip
 @example({**_NO_CHANGE, "survey": "lamost", "add": ["teff"], "rows": []})
 @example({**_NO_CHANGE, "survey": "gaia-eso", "add": ["TEFF"], "rows": []})
+# (make fuzz, 10^4, seed 24) a Latin-1 catalogue written to Parquet: its text columns are binary -> ArrowInvalid
+# "Invalid UTF8 payload" from a later string cast; now read as Latin-1 text
+@example({**_NO_CHANGE, "survey": "apogee", "format": "parquet", "encoding": "latin-1", "drop": [1],
+          "rows": [["\u00fc.fits", "1", "2", "5000", "4", "0", "0", "0", "0", "0", "0", ""]]})  # fmt: skip
 def test_catalogues_read_or_fail_in_one_line(case):
     check_catalogue(case)
 
@@ -557,7 +565,7 @@ def shard_input(case: dict) -> Path:
 
 
 def read_shards(folder: str, verify: bool) -> None:
-    from specllm.infer import iter_shard_items
+    from specllm.labelling import iter_shard_items
     from specllm.shards import read_manifest, verified_shard_paths
 
     read_manifest(folder)

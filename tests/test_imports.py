@@ -148,10 +148,11 @@ def test_graph_sees_every_module_and_known_edges():
     """The walker sees what it must: every module, local imports, `from . import x`, `from .io import name`."""
     modules = module_files(PACKAGE_DIR, "specllm")
     graph, _ = import_edges(modules, "specllm")
-    assert {"specllm.cli", "specllm.infer", "specllm.predict", "specllm.io", "specllm.device"} <= set(modules)
+    assert {"specllm.cli", "specllm.infer", "specllm.labelling", "specllm.predict", "specllm.io"} <= set(modules)
     assert "specllm.predict" in graph["specllm.infer"] and "specllm.predict" in graph["specllm.train"]
     assert "specllm.infer" in graph["specllm.cli"]  # a function-local import in cli.py
-    assert "specllm.io" in graph["specllm.infer"]  # `from .io import expand_inputs, iter_spectra`
+    assert "specllm.io" in graph["specllm.labelling"]  # `from .io import expand_inputs, iter_spectra, ...`
+    assert "specllm.labelling" in graph["specllm.infer"] and "specllm.labelling" in graph["specllm.api"]
 
 
 def write_package(root: Path, files: dict[str, str]) -> Path:
@@ -234,19 +235,10 @@ RUN_MODULES = {"specllm.external.compare": "specllm.external"}
 CLI_HELPERS = {"specllm.errors", "specllm.progress"}
 
 # Edges that break the layers today, each with the issue that removes it. An entry that no longer exists fails the
-# test too: take it out of this list once the edge is gone.
-ALLOWED = {
-    # issue 25 item 2, open: infer.py is both the `infer` command and the labelling library (inputs -> items -> rows)
-    # that the Python API and `benchmark --model` use; when that library leaves infer.py these edges point to it.
-    ("specllm.api", "specllm.infer"): "issue 25 item 2: infer.py is command and library",
-    ("specllm.benchmark", "specllm.infer"): "issue 25 item 2: infer.py is command and library",
-    ("specllm.fitdomain", "specllm.infer"): "issue 25 item 2: infer.py is command and library (iter_shard_items)",
-    # `specllm plot` (new) reads predictions with compare-external's read_prediction_table, which lives in that
-    # command's run module: it belongs in a library (specllm.outputs or external.reference).
-    ("specllm.plot", "specllm.external.compare"): "plot takes read_prediction_table from compare-external's run",
-    # issue 25 item 2/3, open: train.py (being restructured) still takes __version__ through the package __init__.
-    ("specllm.train", "specllm"): "issue 25 item 2: train.py imports __version__ from the package, not _version",
-}
+# test too: take it out of this list once the edge is gone. None today: issue 25 item 2 removed the last ones (the
+# labelling library left infer.py for specllm.labelling; plot and compare-external read predictions through
+# external.reference; train takes __version__ from specllm._version).
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def command_modules(modules: dict[str, Path], package: str = "specllm") -> set[str]:

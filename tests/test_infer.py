@@ -80,7 +80,7 @@ def test_parquet_output_and_shard_input(tmp_path, tiny_run):
 
 
 def test_predict_table_reads_one_split(tmp_path, tiny_run):
-    from specllm.infer import predict_table
+    from specllm.labelling import predict_table
 
     qa = write_qa(tmp_path / "qa", "patch", n=12, grid=GridConfig().size, test_every=3)
     table = predict_table(str(tiny_run), str(qa), split="test")
@@ -145,7 +145,7 @@ def test_outputs_by_extension_carry_units_metadata_and_header_positions(tmp_path
     from astropy.io import fits
     from astropy.table import Table
 
-    from specllm.models import file_sha256
+    from specllm.files import file_sha256
     from specllm.outputs import FORMATS
 
     files = real_files(3)

@@ -21,9 +21,10 @@ from typer.testing import CliRunner
 from specllm.cli import app
 from specllm.config import IngestConfig
 from specllm.errors import EXIT_OUTPUT, EXIT_USAGE, SpecllmError, one_line
+from specllm.files import file_sha256
 from specllm.ingest import run_ingest
 from specllm.serialize import run_serialize
-from specllm.shards import MANIFEST, file_sha256, seal_shards, verified_shard_paths
+from specllm.shards import MANIFEST, seal_shards, verified_shard_paths
 
 from .fitsfactory import CATALOG_COLUMNS, make_dataset, write_catalog
 
@@ -650,6 +651,7 @@ def test_non_finite_outputs_give_a_failed_row_never_ok(tiny_run, tmp_path, pipel
         ({"patch_width": -64}, "'patch_width' is -64"),
         ({"stage": 7}, "'stage' is 7"),
         ({"weights_sha256": 5}, "'weights_sha256' should be"),
+        ({"quantize": "int3"}, "'quantize' should be one of 'nf4', 'none', got 'int3'"),
     ],
 )
 def test_spec_json_with_wrong_types_is_one_line(tiny_run, tmp_path, pipeline, change, words):

@@ -1,8 +1,8 @@
-"""Shard helpers (specllm.shards): atomic writes, content digests, vector columns, streaming reads."""
+"""Shard helpers (specllm.shards): content digests, vector columns, streaming reads, shards written as the umask
+allows (the atomic-write helpers themselves: tests/test_files.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -11,12 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from specllm.errors import SpecllmError
+from specllm.files import atomic_write_json, atomic_write_text, temp_dir
 from specllm.shards import (
     MANIFEST,
     arrow_to_vectors,
-    atomic_write,
-    atomic_write_json,
-    atomic_write_text,
     iter_batches,
     read_manifest,
     read_table,
@@ -38,28 +36,6 @@ def _table(n=5, size=7, start=0):
             "mask": vectors_to_arrow(flux > 1, pa.bool_()),
         }
     )
-
-
-def test_atomic_write_success_and_failure(tmp_path):
-    target = tmp_path / "sub" / "a.txt"
-    atomic_write_text(target, "one")
-    assert target.read_text() == "one"
-
-    def broken(tmp):
-        with open(tmp, "w") as fh:
-            fh.write("half")
-        raise RuntimeError("killed mid-write")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(target, broken)
-    assert target.read_text() == "one"  # the old content stays whole
-    assert sorted(os.listdir(target.parent)) == ["a.txt"]  # and no temporary is left behind
-
-
-def test_atomic_write_json_is_stable(tmp_path):
-    atomic_write_json(tmp_path / "m.json", {"b": 1, "a": [1, 2]})
-    text = (tmp_path / "m.json").read_text()
-    assert text.index('"a"') < text.index('"b"') and json.loads(text) == {"a": [1, 2], "b": 1}
 
 
 def test_stale_temporaries_removed(tmp_path):
@@ -127,8 +103,6 @@ def test_iter_batches_and_read_table(tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_atomic_writes_follow_the_umask(tmp_path, umask):
-    from specllm.shards import temp_dir
-
     old = os.umask(umask)
     try:
         atomic_write_text(tmp_path / "a.txt", "x")

@@ -22,15 +22,25 @@ import pyarrow as pa
 from .._version import __version__
 from ..config import ExternalConfig
 from ..errors import SpecllmError
+from ..files import atomic_write_json, atomic_write_text
 from ..flags import FLAGS
 from ..flags import PARTIAL as PARTIAL_FLAG
-from ..io.tables import Table, read_table
+from ..io.tables import Table
 from ..labels import STAGE1_NAMES, element_label, element_title, split_element_column
 from ..metrics import OVERALL
 from ..progress import say
-from ..shards import atomic_write_json, atomic_write_text, exclusive_output, write_table
+from ..shards import exclusive_output, write_table
 from .figures import plot_one_to_one
-from .reference import NPZ_SPECTRUM_KEYS, PREDICTION_IDS, Join, Reference, check_survey, elements, join, read_reference
+from .reference import (
+    PREDICTION_IDS,
+    Join,
+    Reference,
+    check_survey,
+    elements,
+    join,
+    read_prediction_table,
+    read_reference,
+)
 from .report import render_report, write_csv
 from .stats import STAT_FIELDS, Comparison, ExternalResult, table7, table8
 
@@ -40,19 +50,6 @@ REPORT = "report.md"
 SUMMARY = "summary.json"
 MATCHED = "matched.parquet"
 MATCH_METHODS = ("auto", "id", "sky")
-
-
-def read_prediction_table(path: str) -> Table:
-    """Predictions in any format `infer` writes (by extension: `specllm.outputs.read_predictions`, the one reader
-    of predictions); any other table (another tool's CSV, an npz) as a catalogue."""
-    from ..outputs import FORMATS, read_predictions
-
-    if os.path.splitext(path)[1].lower() not in FORMATS:
-        return read_table(path, skip_npz=NPZ_SPECTRUM_KEYS)
-    table = read_predictions(path)
-    if table.num_rows == 0:
-        raise SpecllmError(f"{path}: the table is empty")
-    return Table(path, table)
 
 
 def _partial_flags(pred: Table, config: ExternalConfig) -> tuple[np.ndarray, str]:

@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 
 from ..config import ExternalConfig
+from ..files import atomic_write
 from ..labels import element_label, element_title
-from ..shards import atomic_write
 from .stats import ELEMENT_FORMAT, LABEL_FORMAT, LABELS, Comparison, stats
 
 

@@ -4,11 +4,13 @@ prediction rows to its rows by id, by sky position (`specllm.skymatch`), or both
 APOGEE, GALAH and Gaia-ESO catalogues are read by `specllm.io.surveys.read_survey`, their one description (id,
 position and label columns, placeholders, per-label flags, the paper's cuts, Gaia-ESO's A(X) -> [X/Fe]); the plain
 tables without cuts (`PLAIN_TABLES`: lamost, miles, generic) are described here. Tables are read by
-`specllm.io.tables.read_table` (CSV, FITS, Parquet or npz; columns case-insensitive).
+`specllm.io.tables.read_table` (CSV, FITS, Parquet or npz; columns case-insensitive); predictions (as `infer` writes
+them, or another tool's table) by `read_prediction_table`, which `compare-external` and `plot` share.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,6 +147,19 @@ def read_reference(path: str, name: str) -> Reference:
         classes=classes,
         class_column=class_col,
     )
+
+
+def read_prediction_table(path: str) -> Table:
+    """Predictions in any format `infer` writes (by extension: `specllm.outputs.read_predictions`, the one reader
+    of predictions); any other table (another tool's CSV, an npz) as a catalogue."""
+    from ..outputs import FORMATS, read_predictions
+
+    if os.path.splitext(path)[1].lower() not in FORMATS:
+        return read_table(path, skip_npz=NPZ_SPECTRUM_KEYS)
+    table = read_predictions(path)
+    if table.num_rows == 0:
+        raise SpecllmError(f"{path}: the table is empty")
+    return Table(path, table)
 
 
 def elements(table: Table) -> list[str]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from ..files import atomic_write_text
 from ..labels import element_title
 from ..metrics import OVERALL
-from ..shards import atomic_write_text
 from .stats import (
     ALL,
     ELEMENT_FORMAT,

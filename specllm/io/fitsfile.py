@@ -222,6 +222,9 @@ def open_fits(path: str, fast: bool = True, max_bytes: int = DEFAULT_MAX_BYTES) 
         hdul = fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=False)
         for k, h in enumerate(hdul):
             check_declared(h.header, max_bytes, k)
-        hdul.verify("silentfix")
-        _ = [h.data for h in hdul]  # force reading now, inside the error handling of the caller
+        try:
+            hdul.verify("silentfix")
+            _ = [h.data for h in hdul]  # force reading now, inside the error handling of the caller
+        except (AttributeError, AssertionError, IndexError) as exc:  # astropy's own failures on a damaged file
+            raise OSError(f"damaged FITS structure ({type(exc).__name__}: {exc})") from None
         return [Hdu(h.header, astropy_hdu=h) for h in hdul]

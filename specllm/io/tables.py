@@ -101,17 +101,31 @@ def read_catalog(path: str, columns: list[str] | None = None) -> pa.Table:
         if kind == "parquet":
             table = pq.read_table(path, columns=columns)
             _unique_names(path, table.column_names)
-            return table
+            return text_columns(table)
         if kind == "fits":
             return _read_fits_table(path, columns)
         options = pacsv.ConvertOptions(include_columns=columns) if columns is not None else None
         table = pacsv.read_csv(path, convert_options=options)
         _unique_names(path, table.column_names)
-        return table
+        return text_columns(table)
     except SpecllmError:
         raise
     except Exception as exc:  # pyarrow and astropy raise many types for unreadable files
         raise _unreadable(path, exc) from None
+
+
+def text_columns(table: pa.Table) -> pa.Table:
+    """Binary columns as text: UTF-8 where they are, else Latin-1 (a catalogue exported by another tool; pyarrow
+    reads text that is not UTF-8 as binary, which every later string operation would refuse)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            col = table.column(i)
+            try:
+                text = col.cast(pa.string())
+            except pa.ArrowInvalid:
+                text = pa.array([None if b is None else b.decode("latin-1") for b in col.to_pylist()], pa.string())
+            table = table.set_column(i, field.name, text)
+    return table
 
 
 def catalog_columns(path: str) -> list[str]:
