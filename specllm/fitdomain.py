@@ -112,8 +112,10 @@ def fit_model_domain(
                 class_prob[sl] = preds.class_prob
             errors[sl] = preds.errors
             advance(len(sl))
-    class_prob = class_prob if config.class_prob_quantile > 0 else np.full(n, np.nan)
-    limits = uncertainty_limits(errors[probe], list(spec.value_names), config.uncertain_quantile)
+    names = list(spec.value_names)
+    limits = (
+        uncertainty_limits(errors[probe], names, config.uncertain_quantile) if config.uncertain_quantile < 1 else {}
+    )
     table = np.array([labels[it.spec_id][1] for it in items if it.spec_id in labels]).reshape(-1, len(spec.value_names))
     counts: dict[str, int] = {}
     for it in items:
@@ -129,16 +131,10 @@ def fit_model_domain(
         "partial_spectra": int(cut.sum()),
         "features": FEATURES[config.features],
     }
-    if config.uncertain_quantile >= 1:
-        limits = {}
-    over = np.zeros(n, dtype=bool)
-    for j, name in enumerate(spec.value_names):
-        if name in limits:
-            over |= errors[:, j] > limits[name]
-    info["val_uncertain"] = float(over[probe].mean()) if probe.any() else float("nan")
     domain = fit_domain(
         hidden[~val], hidden[val], class_prob[probe], table, spec.value_names, trained, config, info, limits
     )
+    domain.info["val_uncertain"] = float(domain.uncertain(errors[probe], names).mean()) if probe.any() else float("nan")
     save_domain(domain, target)
     say(
         f"domain check ({config.features}): {len(items)} train spectra ({int(val.sum())} validation), thresholds "
