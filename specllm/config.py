@@ -261,6 +261,9 @@ class TrainOptions:
     density_weight: float = 0.0
     """Weight each example's read-out loss by (density of its Teff label)^-density_weight (normalised to mean 1,
     clipped at 5): rare hot and cool stars count more. 0: off."""
+    synthetic_weight: float = 1.0
+    """Loss weight of synthetic examples (QA rows of split "synthetic", e.g. `benchmarks/synthetic_shards.py`'s),
+    relative to a real spectrum's; they are trained on and never part of the validation or test figures."""
     validation: bool = True
     """Hold out the validation split (`SplitConfig.val_fraction` of the train split, by a hash of the id): the
     run's figures and the uncertainty calibration come from it."""
@@ -645,6 +648,7 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
         "head_lr_mult": (0, None),
         "nll_beta": (0, None),
         "density_weight": (0, None),
+        "synthetic_weight": (0, None),
         "dist_timeout": (0, None),
     },
     "InferConfig": {

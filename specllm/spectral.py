@@ -106,6 +106,13 @@ class SpectralLM(nn.Module):
     def _config(self):
         return self.lm.config
 
+    def param_groups(self, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
+        """The optimizer's parameter groups: the adapter inside the LM at `lr`, the patch projector and read-out
+        heads (everything trainable outside `lm`) at `lr * head_lr_mult`."""
+        adapter = [p for n, p in self.named_parameters() if p.requires_grad and n.startswith("lm.")]
+        heads = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("lm.")]
+        return [{"params": adapter, "lr": lr}, {"params": heads, "lr": lr * head_lr_mult}]
+
     def _inner(self):
         """The causal LM under any PEFT wrapper."""
         lm = self.lm

@@ -403,8 +403,62 @@ def density_weights(teff: np.ndarray, power: float, bins: int = 20, clip: float 
     return weights
 
 
+@dataclass
+class Run:
+    """What `setup` prepares and `fit` and `finish` share: one training run's data, model and optimizer."""
+
+    opts: TrainOptions
+    out: Path
+    ranks: Ranks
+    device: torch.device
+    spec: ModelSpec
+    model: torch.nn.Module  # a SpectralLM
+    builder: PromptBuilder
+    train: QAData  # the examples stepped on (train split outside validation, plus any synthetic ones)
+    val: QAData  # the validation split: the run's figures and its uncertainty calibration
+    test: QAData  # read only with --report-test
+    encoded: list  # the prompts (and answers, with the text objective) of `train`, tokenised
+    z: np.ndarray  # (N, K) standardised labels of `train`
+    weights: np.ndarray  # (N,) per-example read-out loss weights (density, synthetic)
+    trainable: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    engine: object  # the DeepSpeed engine, or None
+    total_steps: int
+    global_batch: int
+    step: int = 0  # optimizer steps done (a resumed run starts from its checkpoint's)
+    hf_ds: object = None  # transformers holds a ZeRO-3 config by a weak reference: kept alive for the run
+
+
+@dataclass
+class Fitted:
+    """What the training loop reports to `finish`."""
+
+    history: list  # one entry per optimizer step: mean loss parts and seconds since the loop began
+    samples: int  # examples seen by all ranks together
+    per_rank: list  # examples seen by each rank
+    elapsed: float  # seconds in the loop
+    first_step_s: float | None  # the first step apart (kernel selection, ZeRO-3's first gathers)
+    steady: float | None  # samples/s after the first step
+
+
+def training_rows(data: QAData, val_mask: np.ndarray) -> np.ndarray:
+    """(N,) bool: the examples stepped on: the train split outside the validation split, and synthetic examples
+    (split "synthetic", never in validation or test: every figure stays one of real spectra)."""
+    return ((data.split == "train") & ~val_mask) | (data.split == "synthetic")
+
+
 @exclusive_output(lambda args: args["opts"].out if int(os.environ.get("RANK", "0")) == 0 else None)  # rank 0 writes
 def run_train(opts: TrainOptions) -> dict:
+    """`specllm train`: set up, fit, then evaluate and write the model (each its own function below)."""
+    run = setup(opts)
+    fitted = fit(run)
+    return finish(run, fitted)
+
+
+def setup(opts: TrainOptions) -> Run:
+    """Join the ranks, read the QA shards and split them, build the model (and restore a checkpoint with --resume),
+    the optimizer and its schedule."""
     from transformers import get_cosine_schedule_with_warmup  # heavy: loaded when training starts, not on import
 
     out = Path(opts.out)
@@ -415,7 +469,8 @@ def run_train(opts: TrainOptions) -> dict:
     data = load_qa(opts.data, opts.stage, opts.verify)
     grid_size = data.flux.shape[1] if data.flux is not None else None
     val_mask = held_out(data, opts.validation)
-    spec, init_state = _spec_for(opts, data, grid_size, (data.split == "train") & ~val_mask)
+    in_training = training_rows(data, val_mask)
+    spec, init_state = _spec_for(opts, data, grid_size, in_training)
     resume_from = latest_checkpoint(out) if opts.resume and (out / CHECKPOINTS / LATEST).exists() else None
     if resume_from is not None:
         spec = ModelSpec.from_json(model_dir(resume_from) / "spec.json")
@@ -433,7 +488,6 @@ def run_train(opts: TrainOptions) -> dict:
     ds_config = _deepspeed_config(opts) if opts.deepspeed else None
     # ZeRO-3 as PEFT documents it for (Q)LoRA: the base is created under the DeepSpeed config, so transformers
     # partitions it while loading (zero.Init; a 4-bit base, stored in bf16, is partitioned by deepspeed.initialize).
-    # transformers holds the config by a weak reference: `hf_ds` keeps it alive for the run.
     hf_ds = None
     if ds_config and ds_config.get("zero_optimization", {}).get("stage") == 3:
         from transformers.integrations import HfDeepSpeedConfig
@@ -446,14 +500,12 @@ def run_train(opts: TrainOptions) -> dict:
     if ranks.world > 1:
         torch.manual_seed(recipe.seed + ranks.rank)  # dropout differs between ranks
 
-    train_idx = np.flatnonzero((data.split == "train") & ~val_mask)
+    train_idx = np.flatnonzero(in_training)
     if opts.max_train:
         train_idx = train_idx[: opts.max_train]
     if train_idx.size == 0:
         raise SpecllmError(f"{opts.data}: no example in the train split (outside the validation split)")
     train = data.take(train_idx)
-    val = data.take(np.flatnonzero(val_mask))
-    test = data.take(np.flatnonzero(data.split == "test"))
     builder = PromptBuilder(tokenizer, PatchConfig(spec.patch_width).count(grid_size) if spec.patch_width else None)
     # Without the text objective the answer tokens would only cost time: the read-out sees the prompt alone.
     encoded = [builder.encode(q, a if opts.text_weight > 0 else None) for q, a in zip(train.question, train.answer)]
@@ -461,36 +513,64 @@ def run_train(opts: TrainOptions) -> dict:
     longest = max(builder.length(e) for e in encoded)
     if context and longest > context:
         raise SpecllmError(f"{opts.data}: examples reach {longest} tokens, over the model's context of {context}")
-    z = (train.values - np.asarray(spec.value_mean)) / np.asarray(spec.value_std)
     names = train.value_names
     teff = train.values[:, names.index("teff")] if "teff" in names else np.full(len(train_idx), np.nan)
     weights = density_weights(teff, opts.density_weight)
+    weights[train.split == "synthetic"] *= opts.synthetic_weight
 
-    head_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("lm.")]
-    lora_params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("lm.")]
-    groups = [{"params": lora_params, "lr": recipe.lr}, {"params": head_params, "lr": recipe.lr * opts.head_lr_mult}]
-    trainable = lora_params + head_params
-    optimizer = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.param_groups(recipe.lr, opts.head_lr_mult), lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
     # --batch-size is per device (as DeepSpeed's train_micro_batch_size_per_gpu): the ranks share each epoch.
-    global_batch = recipe.batch_size * recipe.grad_accum * ranks.world
     micro_per_epoch = math.ceil(len(train_idx) / (recipe.batch_size * ranks.world))
     total_steps = max(1, math.ceil(micro_per_epoch * recipe.epochs / recipe.grad_accum))
     if opts.max_steps:
         total_steps = min(total_steps, opts.max_steps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(recipe.warmup_fraction * total_steps), total_steps)
-
     engine = _deepspeed_engine(model, optimizer, scheduler, ds_config) if ds_config else None
-    step = restore_checkpoint(model, optimizer, scheduler, out, engine, ranks) if resume_from is not None else 0
+    run = Run(
+        opts=opts,
+        out=out,
+        ranks=ranks,
+        device=device,
+        spec=spec,
+        model=model,
+        builder=builder,
+        train=train,
+        val=data.take(np.flatnonzero(val_mask)),
+        test=data.take(np.flatnonzero(data.split == "test")),
+        encoded=encoded,
+        z=(train.values - np.asarray(spec.value_mean)) / np.asarray(spec.value_std),
+        weights=weights,
+        trainable=trainable,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        engine=engine,
+        total_steps=total_steps,
+        global_batch=recipe.batch_size * recipe.grad_accum * ranks.world,
+        hf_ds=hf_ds,
+    )
+    if resume_from is not None:
+        run.step = restore_checkpoint(model, optimizer, scheduler, out, engine, ranks)
     if ranks.main:
         say(
             f"train: {ranks.world} rank(s) x batch {recipe.batch_size} per device x {recipe.grad_accum} accumulation"
-            f" = global batch {global_batch}; {total_steps} optimizer steps"
-            + (f"; resumed from step {step}" if step else "")
+            f" = global batch {run.global_batch}; {total_steps} optimizer steps"
+            + (f"; resumed from step {run.step}" if run.step else "")
         )
+    return run
 
+
+def fit(run: Run) -> Fitted:
+    """The training loop: micro-batches -> loss -> backward; every `grad_accum` of them clip, step, schedule; a
+    checkpoint every `save_every` steps."""
+    opts, recipe, ranks, train, device = run.opts, run.opts.recipe, run.ranks, run.train, run.device
+    model, engine = run.model, run.engine
+    # Every rank walks the same seeded order of the examples, a fresh permutation per epoch.
     order = np.concatenate(
         [
-            np.random.default_rng(recipe.seed + e).permutation(len(train_idx))
+            np.random.default_rng(recipe.seed + e).permutation(len(train.spec_id))
             for e in range(math.ceil(recipe.epochs) + 1)
         ]
     )
@@ -504,29 +584,30 @@ def run_train(opts: TrainOptions) -> dict:
     history, t0, seen = [], time.time(), 0
     parts_names = ("text", "value", "class")
     bar = (
-        progress_bar(f"train stage {opts.stage}", total=total_steps, loss="", rate="")
+        progress_bar(f"train stage {opts.stage}", total=run.total_steps, loss="", rate="")
         if ranks.main
         else contextlib.nullcontext(lambda *a, **k: None)
     )
     with bar as advance:
-        advance(step)
-        while step < total_steps:
+        advance(run.step)
+        while run.step < run.total_steps:
+            step = run.step
             sums = torch.zeros(2 * len(parts_names), dtype=torch.float64, device=device)
             for micro in range(recipe.grad_accum):
                 idx = rank_batch(order, step, micro, recipe.batch_size, recipe.grad_accum, ranks)
                 flux = mask = None
-                if train.flux is not None:
+                if train.flux is not None:  # augmentation drawn from (seed, step, position): the same on resume
                     end = ((step * recipe.grad_accum + micro) * ranks.world + ranks.rank + 1) * recipe.batch_size
                     arng = np.random.default_rng([recipe.seed, step, end])
                     flux, mask = augment(train.flux[idx], train.mask[idx], arng, opts.augment)
-                batch = builder.collate(
-                    [encoded[i] for i in idx], flux, mask, z[idx], train.classes[idx], device, weights[idx]
+                batch = run.builder.collate(
+                    [run.encoded[i] for i in idx], flux, mask, run.z[idx], train.classes[idx], device, run.weights[idx]
                 )
                 with precision():
                     loss, parts, _ = (engine or model)(
                         batch, opts.text_weight, opts.value_weight, opts.class_weight, opts.nll_beta
                     )
-                if engine is not None:
+                if engine is not None:  # DeepSpeed accumulates, clips and steps at its boundaries
                     engine.backward(loss)
                     engine.step()
                 else:
@@ -538,59 +619,66 @@ def run_train(opts: TrainOptions) -> dict:
                 seen += len(idx)
             if engine is None:
                 if ranks.world > 1:
-                    average_gradients(trainable, ranks.world)
-                torch.nn.utils.clip_grad_norm_(trainable, recipe.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                    average_gradients(run.trainable, ranks.world)
+                torch.nn.utils.clip_grad_norm_(run.trainable, recipe.max_grad_norm)
+                run.optimizer.step()
+                run.scheduler.step()
+                run.optimizer.zero_grad(set_to_none=True)
             if ranks.world > 1:
                 torch.distributed.all_reduce(sums)
-            step += 1
+            run.step = step = step + 1
             mean_parts = {n: float(sums[2 * j] / sums[2 * j + 1]) for j, n in enumerate(parts_names) if sums[2 * j + 1]}
             # time_s: seconds since the loop began, at this step's end (rates after warm-up steps: gpu_check)
             history.append({"step": step, **mean_parts, "time_s": round(time.time() - t0, 4)})
             rate = seen * ranks.world / max(1e-9, time.time() - t0)
             advance(1, loss=" ".join(f"{k} {v:.3f}" for k, v in mean_parts.items()), rate=f"{rate:.2f}/s")
-            if step % recipe.save_every == 0 and step < total_steps:
-                save_checkpoint(model, spec, optimizer, scheduler, step, out, engine=engine, ranks=ranks)
+            if step % recipe.save_every == 0 and step < run.total_steps:
+                save_checkpoint(
+                    model, run.spec, run.optimizer, run.scheduler, step, run.out, engine=engine, ranks=ranks
+                )
     elapsed = time.time() - t0
     per_rank = torch.zeros(ranks.world, dtype=torch.float64, device=device)
     per_rank[ranks.rank] = seen
     if ranks.world > 1:
         torch.distributed.all_reduce(per_rank)
     total_seen = int(per_rank.sum())
-    # The first step (kernel selection, ZeRO-3's first gathers, allocator growth) reported apart from the rest.
     first_step_s = history[0]["time_s"] if history else None
-    steady = (len(history) - 1) * global_batch / max(elapsed - first_step_s, 1e-9) if len(history) > 1 else None
+    steady = (len(history) - 1) * run.global_batch / max(elapsed - first_step_s, 1e-9) if len(history) > 1 else None
     if ranks.main:
         say(
-            f"train: {step} steps, {total_seen} samples in {elapsed:.0f} s ({total_seen / max(elapsed, 1e-9):.2f} samples/s"
+            f"train: {run.step} steps, {total_seen} samples in {elapsed:.0f} s ({total_seen / max(elapsed, 1e-9):.2f} samples/s"
             + (f"; {steady:.2f} after the first step, which took {first_step_s:.1f} s)" if steady else ")")
         )
+    return Fitted(history, total_seen, [int(n) for n in per_rank.tolist()], elapsed, first_step_s, steady)
 
+
+def finish(run: Run, fitted: Fitted) -> dict:
+    """Evaluate (validation: figures and calibration; test only with --report-test) and write the model directory,
+    its history and metrics."""
+    opts, ranks, spec, model = run.opts, run.ranks, run.spec, run.model
     model.eval()
     # The ranks share each evaluation in equal parts (predict_shared; under ZeRO-3 in lock-step, as every forward
     # gathers the partitioned weights), so no rank waits on another's whole pass; rank 0 scores the gathered result.
-    # The validation split: the run's figures, and the calibration of its uncertainties. The test split only when
-    # asked for (the model card's figures): choices between runs are made on the validation split.
+    # Choices between runs are made on the validation split; the test split only for the model card.
     metrics, val_metrics = {}, {}
     quiet, console.quiet = console.quiet, console.quiet or not ranks.main
     try:
-        if len(val.spec_id):  # one pass: the factors are fitted on it, then applied to it
-            preds = predict_shared(model, spec, builder, val, device, ranks)
+        if len(run.val.spec_id):  # one pass: the factors are fitted on it, then applied to it
+            preds = predict_shared(model, spec, run.builder, run.val, run.device, ranks)
             if ranks.main:
                 if opts.calibrate:
-                    spec.error_scale = calibrate_errors(preds, val, spec)
+                    spec.error_scale = calibrate_errors(preds, run.val, spec)
                     preds.errors *= error_factors(spec, preds.classes)
-                val_metrics = split_metrics(preds, val, spec, "validation")
-        if opts.report_test and len(test.spec_id):
-            preds = predict_shared(model, spec, builder, test, device, ranks)
+                val_metrics = split_metrics(preds, run.val, spec, "validation")
+        if opts.report_test and len(run.test.spec_id):
+            preds = predict_shared(model, spec, run.builder, run.test, run.device, ranks)
             if ranks.main:
-                metrics = split_metrics(preds, test, spec, "test")
+                metrics = split_metrics(preds, run.test, spec, "test")
     finally:
         console.quiet = quiet
     state = trainable_state(model)  # a collective under ZeRO-3
     if ranks.main:
+        recipe, engine = opts.recipe, run.engine
         data_manifest = read_manifest(opts.data) or {}
         spec.manifest = {
             "specllm": __version__,
@@ -603,31 +691,34 @@ def run_train(opts: TrainOptions) -> dict:
                 "ranks": ranks.world,
                 "batch_per_device": recipe.batch_size,
                 "grad_accum": recipe.grad_accum,
-                "global_batch": global_batch,
-                "samples_per_rank": [int(n) for n in per_rank.tolist()],
+                "global_batch": run.global_batch,
+                "samples_per_rank": fitted.per_rank,
                 "deepspeed_zero_stage": engine.zero_optimization_stage() if engine is not None else None,
                 "deepspeed_bf16": engine.bfloat16_enabled() if engine is not None else None,
             },
-            "train_examples": int(len(train_idx)),
-            "validation_examples": int(len(val.spec_id)),
-            "test_examples": int(len(test.spec_id)),
-            "steps": step,
-            "samples_per_second": total_seen / max(elapsed, 1e-9),
-            "first_step_seconds": first_step_s,
-            "samples_per_second_after_first_step": steady,
-            "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-            "final_loss": history[-1] if history else None,
+            "train_examples": int(len(run.train.spec_id)),
+            "synthetic_examples": int((run.train.split == "synthetic").sum()),
+            "validation_examples": int(len(run.val.spec_id)),
+            "test_examples": int(len(run.test.spec_id)),
+            "steps": run.step,
+            "samples_per_second": fitted.samples / max(fitted.elapsed, 1e-9),
+            "first_step_seconds": fitted.first_step_s,
+            "samples_per_second_after_first_step": fitted.steady,
+            "peak_gpu_memory_gb": (
+                torch.cuda.max_memory_allocated(run.device) / 2**30 if run.device.type == "cuda" else None
+            ),
+            "final_loss": fitted.history[-1] if fitted.history else None,
             "validation_metrics": val_metrics,
             "metrics": metrics,
         }
         dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[opts.save_dtype]
         parent = model_dir(opts.init) if opts.init else None
-        save_model_dir(model, spec, out / "model", dtype=dtype, parent=parent, state=state)
-        atomic_write_json(out / "history.json", history)
-        atomic_write_json(out / "metrics.json", {"validation": val_metrics, "test": metrics})
+        save_model_dir(model, spec, run.out / "model", dtype=dtype, parent=parent, state=state)
+        atomic_write_json(run.out / "history.json", fitted.history)
+        atomic_write_json(run.out / "metrics.json", {"validation": val_metrics, "test": metrics})
     ranks.barrier()  # the others wait until rank 0 has written
-    del hf_ds  # transformers stops treating models as ZeRO-3 ones
-    return {"spec": spec, "metrics": metrics, "history": history}
+    run.hf_ds = None  # transformers stops treating models as ZeRO-3 ones
+    return {"spec": spec, "metrics": metrics, "history": fitted.history}
 
 
 def _deepspeed_config(opts: TrainOptions) -> dict:
@@ -654,4 +745,4 @@ def _deepspeed_engine(model, optimizer, scheduler, config: dict):
     return engine
 
 
-__all__ = ["TrainOptions", "run_train", "load_qa", "trainable_state", "rank_batch", "Ranks"]
+__all__ = ["TrainOptions", "run_train", "setup", "fit", "finish", "load_qa", "trainable_state", "rank_batch", "Ranks"]

@@ -520,3 +520,36 @@ def test_rank_share_is_equal_and_covers_every_example():
             assert len({len(p) for p in parts}) == 1
             if n:
                 assert np.concatenate(parts)[:n].tolist() == list(range(n))
+
+
+def test_synthetic_rows_are_trained_on_but_never_validated():
+    from specllm.train import QAData, held_out, training_rows
+
+    ids = np.array([f"s{i}" for i in range(400)] + [f"synth-{i}" for i in range(100)])
+    split = np.array(["train"] * 300 + ["test"] * 100 + ["synthetic"] * 100)
+    n = len(ids)
+    data = QAData(ids, split, [""] * n, [""] * n, np.zeros(n, int), np.zeros((n, 1)), ["teff"], None, None, "compact")
+    val = held_out(data, True)
+    rows = training_rows(data, val)
+    assert 30 < val.sum() < 90 and not val[300:].any()  # the validation split: real train-split rows only
+    assert rows[400:].all() and not rows[300:400].any()  # every synthetic row is trained on, no test row
+    assert not (rows & val).any() and (rows | val)[:300].all()
+
+
+def test_param_groups_put_heads_at_their_own_rate(tmp_path, tiny):
+    from dataclasses import asdict
+
+    from specllm.runs import ModelSpec, build_model
+
+    spec = ModelSpec(stage=1, format="compact", base_model=str(tiny), base_fingerprint="", value_names=["teff"],
+                     value_mean=[0.0], value_std=[1.0], classes=["A"], lora=asdict(LoraConfig(r=4, alpha=8)))  # fmt: skip
+    model, _ = build_model(spec)
+    adapter, heads = model.param_groups(1e-3, 3.0)
+    assert adapter["lr"] == 1e-3 and heads["lr"] == 3e-3
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in adapter["params"] + heads["params"]} == trainable
+    assert (
+        adapter["params"]
+        and heads["params"]
+        and not {id(p) for p in adapter["params"]} & {id(p) for p in heads["params"]}
+    )
