@@ -17,7 +17,6 @@ from .config import BenchmarkConfig
 from .evaluate import (
     GROUPS,
     Stat,
-    csv_text,
     element_table,
     label_decimals,
     markdown_table,
@@ -27,9 +26,8 @@ from .evaluate import (
     scaling_plot,
     stats_json,
     stats_rows,
-    write_csv,
 )
-from .files import atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text, csv_text, write_csv
 from .labels import label_title
 from .metrics import OVERALL
 from .shards import write_table

@@ -13,8 +13,6 @@ Tables follow *Spectra as Language*:
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write
 from .labels import CLASSES, label_title
 from .metrics import OVERALL, per_class, residual_stats
 
@@ -134,18 +132,6 @@ def markdown_table(table: Table) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
-    atomic_write_text(path, csv_text(header, rows))
 
 
 def stats_rows(stats: Sequence[Stat], extra: dict | None = None) -> tuple[list[str], list[list]]:

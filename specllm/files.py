@@ -1,14 +1,18 @@
 """File helpers every stage shares: atomic writes (a temporary sibling renamed into place, with the permissions the
-umask allows), the SHA-256 of a file, and replacing a directory by a complete new one.
+umask allows), the SHA-256 of a file, replacing a directory by a complete new one, and the one CSV writer of the
+report tables (`csv_text`, `write_csv`).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import secrets
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -107,3 +111,23 @@ def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence], float_format: str | None = None) -> str:
+    """CSV of a header and rows (the csv module's quoting, "\\n" line ends): None is an empty cell, and floats go
+    through `float_format` (e.g. "{:.6g}") where one is given, else Python's shortest exact form."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        if float_format:
+            row = [float_format.format(v) if isinstance(v, float) else v for v in row]
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def write_csv(
+    path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence], float_format: str | None = None
+) -> None:
+    """`csv_text` written atomically to `path`."""
+    atomic_write_text(path, csv_text(header, rows, float_format))

@@ -40,16 +40,16 @@ from .labels import CLASSES
 from .physics import air_to_vacuum, broaden
 from .preprocess import clean_spectrum
 from .shards import (
+    arrow_to_vectors,
     exclusive_output,
     integrity_fields,
     publish,
     read_manifest,
     read_table,
     staged_output,
-    verified_shard_paths,
     vectors_to_arrow,
+    verified_shard_paths,
     write_table,
-    arrow_to_vectors,
 )
 from .splits import is_validation
 
@@ -132,7 +132,9 @@ class CannonModel:
         if vec_class != "PolynomialVectorizer":
             raise SpecllmError(f"{name}: vectorizer {one_line(vec_class)} is not supported (PolynomialVectorizer only)")
         if theta.ndim != 2 or theta.shape != (dispersion.size, len(terms) + 1) or labels.ndim != 2:
-            raise SpecllmError(f"{name}: theta {theta.shape} does not match {dispersion.size} pixels, {len(terms)}+1 terms")
+            raise SpecllmError(
+                f"{name}: theta {theta.shape} does not match {dispersion.size} pixels, {len(terms)}+1 terms"
+            )
         # thecannon computes these in the training labels' own dtype (float32 here), then uses them as they are
         fiducials = np.percentile(labels, 50, axis=0)
         scales = np.ptp(np.percentile(labels, [2.5, 97.5], axis=0), axis=0)
@@ -308,7 +310,8 @@ class Donors:
         self.spec_id = np.asarray(col("spec_id").to_pylist())
         self.teff = np.asarray(col("teff").to_numpy(zero_copy_only=False), dtype=np.float64)
         self.labels = np.stack(
-            [self.teff] + [np.asarray(col(c).to_numpy(zero_copy_only=False), dtype=np.float64) for c in ("logg", "feh")],
+            [self.teff]
+            + [np.asarray(col(c).to_numpy(zero_copy_only=False), dtype=np.float64) for c in ("logg", "feh")],
             axis=1,
         )
         self.z = np.nan_to_num(np.asarray(col("z").to_numpy(zero_copy_only=False), dtype=np.float64))
@@ -346,8 +349,9 @@ class Donors:
         shape = np.interp(gw, native, to_lamost(model, model(clipped), self.z[i], cfg, native))
         ok = ~self.mask[i] & (shape > cfg.line_depth_cut) & np.isfinite(self.flux[i])
         ratio = _fill_masked(self.flux[i] / np.where(shape > 0, shape, 1.0), ok)
-        smooth = gaussian_filter1d(median_filter(ratio, size=cfg.continuum_median_px, mode="nearest"),
-                                   cfg.continuum_smooth_px, mode="nearest")
+        smooth = gaussian_filter1d(
+            median_filter(ratio, size=cfg.continuum_median_px, mode="nearest"), cfg.continuum_smooth_px, mode="nearest"
+        )
         self._continua[i] = np.clip(smooth, 1e-3, None)
         return self._continua[i]
 
@@ -363,18 +367,25 @@ class Synthetic:
 class Generator:
     """Synthetic spectra at given labels, each on a real donor's continuum (see the module docstring)."""
 
-    def __init__(self, models: list[CannonModel], donors: Donors, cfg: SyntheticConfig, grid: GridConfig = GridConfig(),
-                 clean: CleanConfig = CleanConfig()):
+    def __init__(
+        self,
+        models: list[CannonModel],
+        donors: Donors,
+        cfg: SyntheticConfig,
+        grid: GridConfig = GridConfig(),
+        clean: CleanConfig = CleanConfig(),
+    ):
         self.cfg, self.grid, self.clean, self.donors = cfg, grid, clean, donors
         self.native = lamost_pixels(grid, cfg.lamost_log_step)
         lo, hi = self.native[0] / 1.01, self.native[-1] * 1.01  # room for air->vacuum, redshift, the kernel
         self.models = [m.trimmed(lo, hi) for m in models]
         donors.models = self.models
 
-    def spectrum(self, labels, donor: int, snr: dict, rng: np.random.Generator, model: CannonModel | None = None):
-        """(flux on the grid, mask, norm, model used) for one star at `labels` on donor `donor`'s continuum."""
+    def spectrum(self, labels, donor: int, snr: dict, rng: np.random.Generator, noise: bool = True):
+        """(`preprocess.Cleaned`, model used) for one star at `labels` on donor `donor`'s continuum; `noise=False`:
+        the noiseless spectrum (the ivar still follows `snr`)."""
         labels = np.asarray(labels, dtype=np.float64)
-        model = model or pick_model(self.models, labels)
+        model = pick_model(self.models, labels)
         if model is None:
             raise SpecllmError(f"no Cannon model given covers Teff/logg/[Fe/H] = {labels.tolist()}")
         d = self.donors
@@ -390,7 +401,8 @@ class Generator:
         snr_at = np.interp(self.native, [4686.0, 6166.0], [snr_g, snr_r])  # SDSS g, r effective wavelengths
         sigma = np.sqrt(np.clip(flux, 0.0, None) * cont) / snr_at  # photon-like: SNR = snr_at on the continuum
         sigma = np.maximum(sigma, 1e-6 * cont.max())
-        flux = flux + rng.normal(0.0, 1.0, flux.size) * sigma
+        if noise:
+            flux = flux + rng.normal(0.0, 1.0, flux.size) * sigma
         ormask = np.interp(self.native, gw, d.mask[donor].astype(np.float64)) > 0.5  # the donor's masked pixels
         cleaned = clean_spectrum(self.native, flux, 1.0 / sigma**2, ormask.astype(np.int32), self.grid, self.clean)
         return cleaned, model
@@ -423,8 +435,14 @@ class Generator:
                 "coverage": cleaned.coverage,
                 "norm": cleaned.norm,
             }
-            info = {"spec_id": sid, "model": model.name, "donor": str(d.spec_id[donor]),
-                    "donor_teff": float(d.teff[donor]), "snr_g": snr["g"], "snr_r": snr["r"]}
+            info = {
+                "spec_id": sid,
+                "model": model.name,
+                "donor": str(d.spec_id[donor]),
+                "donor_teff": float(d.teff[donor]),
+                "snr_g": snr["g"],
+                "snr_r": snr["r"],
+            }
             out.append(Synthetic(row=row, flux=cleaned.flux, mask=cleaned.mask, info=info))
         return out
 
@@ -459,7 +477,9 @@ def write_synthetic_shards(
     g = manifest.get("grid") or {}
     grid = GridConfig(**{k: g[k] for k in ("start", "stop", "step") if k in g})
     if table.schema.field("flux").type.list_size != grid.size:
-        raise SpecllmError(f"{one_line(real)}: flux has {table.schema.field('flux').type.list_size} values, grid {grid.size}")
+        raise SpecllmError(
+            f"{one_line(real)}: flux has {table.schema.field('flux').type.list_size} values, grid {grid.size}"
+        )
     c = manifest.get("clean") or {}
     clean = CleanConfig(**{k: c[k] for k in (f.name for f in dataclasses.fields(CleanConfig)) if k in c})
     models = [load_cannon(p) for p in cannons]
@@ -477,7 +497,8 @@ def write_synthetic_shards(
             write_table(os.path.join(staging, names[-1]), _synthetic_table(items[k : k + rows_per_shard], table.schema))
         write_table(os.path.join(staging, SIDECAR), pa.Table.from_pylist([s.info for s in items]))
         new = {
-            key: manifest[key] for key in ("specllm", "kind", "grid", "clean", "split", "balance", "catalog", "schema")
+            key: manifest[key]
+            for key in ("specllm", "kind", "grid", "clean", "split", "balance", "catalog", "schema")
             if key in manifest
         }
         new["kind"] = "spectra"

@@ -14,7 +14,6 @@ from specllm.evaluate import (
     MISSING_CELL,
     class_accuracy,
     compute_stats,
-    csv_text,
     element_table,
     markdown_table,
     per_class_table,
@@ -22,8 +21,8 @@ from specllm.evaluate import (
     rmse_table,
     scaling_plot,
     stats_json,
-    write_csv,
 )
+from specllm.files import csv_text, write_csv
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

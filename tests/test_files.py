@@ -56,3 +56,12 @@ def test_replace_dir_new_and_existing_target(tmp_path):
     replace_dir(second, target)
     assert sorted(os.listdir(target)) == ["b.txt"]  # the old directory's files are gone, not merged
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no staging or .old folder left beside it
+
+
+def test_one_csv_writer_quotes_and_formats(tmp_path):
+    from specllm.files import csv_text, write_csv
+
+    assert csv_text(["a", "b"], [[1.0 / 3, None], ["x,y", 2]]) == 'a,b\n0.3333333333333333,\n"x,y",2\n'
+    assert csv_text(["a"], [[1.0 / 3], [7]], "{:.6g}") == "a\n0.333333\n7\n"
+    write_csv(tmp_path / "t.csv", ["a"], [[1]])
+    assert (tmp_path / "t.csv").read_text() == "a\n1\n"

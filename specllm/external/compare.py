@@ -41,7 +41,7 @@ from .reference import (
     read_prediction_table,
     read_reference,
 )
-from .report import render_report, write_csv
+from .report import render_report, write_table_csv
 from .stats import STAT_FIELDS, Comparison, ExternalResult, table7, table8
 
 TABLE7 = "table7.csv"
@@ -224,8 +224,8 @@ def _comparison(pred: Table, ref: Reference, j: Join, compared: list[str], confi
 
 
 def _write_outputs(out, pred: Table, j: Join, comp: Comparison, t7, t8) -> None:
-    write_csv(os.path.join(out, TABLE7), t7, ["subset", "class", "label", *STAT_FIELDS])
-    write_csv(os.path.join(out, TABLE8), t8, ["subset", "element", *STAT_FIELDS])
+    write_table_csv(os.path.join(out, TABLE7), t7, ["subset", "class", "label", *STAT_FIELDS])
+    write_table_csv(os.path.join(out, TABLE8), t8, ["subset", "element", *STAT_FIELDS])
     cols: dict[str, pa.Array] = {}
     for name in ("spec_id", "obsid", "file"):
         if pred.has(name):

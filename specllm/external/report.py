@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, csv_text
 from ..labels import element_title
 from ..metrics import OVERALL
 from .stats import (
@@ -21,20 +21,13 @@ from .stats import (
 )
 
 
-def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
-    atomic_write_text(path, csv_text(rows, columns))
+def table_csv(rows: list[dict], columns: list[str]) -> str:
+    """compare-external's tables as CSV: one row per dict, its `columns` in order, floats to 6 significant digits."""
+    return csv_text(columns, [[r.get(c) for c in columns] for r in rows], "{:.6g}")
 
 
-def csv_text(rows: list[dict], columns: list[str]) -> str:
-    def fmt(v):
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            return f"{v:.6g}"
-        return str(v)
-
-    lines = [",".join(columns)] + [",".join(fmt(r.get(c)) for c in columns) for r in rows]
-    return "\n".join(lines) + "\n"
+def write_table_csv(path: str, rows: list[dict], columns: list[str]) -> None:
+    atomic_write_text(path, table_csv(rows, columns))
 
 
 def _pm(row: dict | None, fmt: str) -> str:
@@ -160,4 +153,4 @@ def render_report(result: ExternalResult, meta: dict) -> str:
 
 def overall_csv(result: ExternalResult) -> str:
     """Table 7 (every subset) as CSV, for stdout."""
-    return csv_text(result.table7, ["subset", "class", "label", *STAT_FIELDS])
+    return table_csv(result.table7, ["subset", "class", "label", *STAT_FIELDS])
