@@ -373,11 +373,9 @@ class ArrayConfig:
     kernel_sigmas: float = 4.0
 
 
-# The names `compare-external --survey` accepts, listed once (light to import for the CLI): galah, gaia-eso and apogee
-# resolve to the survey descriptions of `specllm.io.surveys.SURVEYS`, the others to
-# `specllm.external.reference.PLAIN_TABLES` (tests check that each name resolves to exactly one of them).
+# The names `compare-external --survey` accepts (light to import for the CLI): the names of the one catalogue registry
+# `specllm.io.surveys.CATALOGUES`, in its order (a test keeps the two equal).
 SurveyName = Literal["generic", "galah", "gaia-eso", "apogee", "miles", "lamost"]
-SURVEYS: tuple[str, ...] = get_args(SurveyName)
 MatchMethod = Literal["auto", "id", "sky"]
 
 

@@ -56,24 +56,25 @@ from .splits import is_validation
 SYNTHETIC_SPLIT = "synthetic"
 SIDECAR = "synthetic.parquet"  # one row per synthetic spectrum: its labels, Cannon model, donor and SNR
 
-# numpy's pickle globals, under numpy 1 (numpy.core) and numpy 2 (numpy._core) names: all that an array needs.
+# numpy's pickle globals, under numpy 1 (numpy.core) and numpy 2 (numpy._core) names: all that an array needs with
+# pickle protocol 3 (thedoppler's pickles) to 5 (`_frombuffer`). Protocol 2 writes array bytes through
+# `_codecs.encode`, which is not admitted: such a pickle is refused, naming it.
 _NUMPY_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
+    *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
 }
 
 
 def _numpy_global(module: str, name: str):
     if module == "numpy":
         return getattr(np, name)
-    try:  # numpy >= 2 keeps the old module only as a deprecated alias
-        return getattr(importlib.import_module("numpy._core.multiarray"), name)
+    submodule = module.rpartition(".")[2]
+    try:  # numpy >= 2 keeps numpy.core only as a deprecated alias
+        return getattr(importlib.import_module(f"numpy._core.{submodule}"), name)
     except ImportError:
-        return getattr(importlib.import_module("numpy.core.multiarray"), name)
+        return getattr(importlib.import_module(f"numpy.core.{submodule}"), name)
 
 
 class _ArraysOnly(pickle.Unpickler):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pyarrow as pa
@@ -14,12 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from specllm.cli import app
-from specllm.config import SURVEYS, ExternalConfig, InferConfig
+from specllm.config import ExternalConfig, InferConfig, SurveyName
 from specllm.errors import SpecllmError
 from specllm.external import compare_external
-from specllm.external.reference import PLAIN_TABLES, SURVEY_NAMES, read_reference
+from specllm.external.reference import read_reference
 from specllm.external.stats import stats
-from specllm.io.surveys import SURVEYS as IO_SURVEYS
+from specllm.io.surveys import CATALOGUES, SURVEYS, PlainTable, Survey, register
 from specllm.labels import element_title
 
 try:  # the table writers live in test_surveys.py (tests/ is on sys.path under pytest's default import mode)
@@ -348,8 +349,11 @@ def test_miles_npz_as_catalogue(tmp_path):
 
 
 def test_survey_names_match_config_and_helpers(tmp_path):
-    assert set(PLAIN_TABLES) | set(SURVEY_NAMES) == set(SURVEYS) and not set(PLAIN_TABLES) & set(SURVEY_NAMES)
-    assert SURVEY_NAMES["gaia-eso"] == "gaiaeso" and set(SURVEY_NAMES.values()) == set(IO_SURVEYS)
+    assert tuple(CATALOGUES) == get_args(SurveyName)  # the CLI's choices are the one registry's names
+    assert all(isinstance(d, Survey | PlainTable) for d in CATALOGUES.values())
+    assert CATALOGUES["gaia-eso"].key == "gaiaeso" and set(SURVEYS) == {"apogee", "galah", "gaiaeso"}
+    with pytest.raises(ValueError, match="already registered"):
+        register("miles", CATALOGUES["miles"])
     with pytest.raises(SpecllmError, match="unknown survey"):
         read_reference(str(tmp_path / "c.csv"), "sdss")
     assert element_title("TIII") == "[Ti II/Fe]" and element_title("MG") == "[Mg/Fe]"

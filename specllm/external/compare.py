@@ -25,6 +25,7 @@ from ..errors import SpecllmError
 from ..files import atomic_write_json, atomic_write_text
 from ..flags import FLAGS
 from ..flags import PARTIAL as PARTIAL_FLAG
+from ..io.surveys import catalogue
 from ..io.tables import Table
 from ..labels import STAGE1_NAMES, element_label, element_title, split_element_column
 from ..metrics import OVERALL
@@ -35,7 +36,6 @@ from .reference import (
     PREDICTION_IDS,
     Join,
     Reference,
-    check_survey,
     elements,
     join,
     read_prediction_table,
@@ -88,7 +88,7 @@ def compare_external(
     config: ExternalConfig = ExternalConfig(),
 ) -> ExternalResult:
     """Join `predictions` with `catalog`, apply the survey's cuts, and write tables, figures and a report to `out`."""
-    check_survey(config.survey)
+    catalogue(config.survey)  # an unknown name: one line, before any reading
     if config.match not in MATCH_METHODS:
         raise SpecllmError(f"unknown match method {config.match!r}; choose {', '.join(MATCH_METHODS)}")
     pred = read_prediction_table(predictions)

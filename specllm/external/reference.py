@@ -15,58 +15,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import SURVEYS, ExternalConfig
+from ..config import ExternalConfig
 from ..errors import SpecllmError
 from ..io.arrays import FLUX_KEYS, WAVE_KEYS, miles_spec_id
 from ..io.lamost_catalog import file_key
-from ..io.surveys import get_survey, read_survey
+from ..io.surveys import Survey, catalogue, read_survey
 from ..io.tables import Table, read_table
 from ..labels import clean_number, element_columns, reduce_class, split_element_column
 from ..skymatch import SkyIndex
 
 NPZ_SPECTRUM_KEYS = (*WAVE_KEYS, *FLUX_KEYS, "ivar", "error")  # npz members that are spectra, not columns
 PREDICTION_IDS = ("obsid", "spec_id", "file", "filename")  # a prediction row's join keys, tried in this order
-
-
-@dataclass(frozen=True)
-class PlainTable:
-    """A reference table that is no survey of `specllm.io.surveys` (no quality cuts): where it keeps what the
-    comparison needs (column names in any case, first present wins).
-
-    ids: id columns tried in order; values of `filename`-like columns are compared by file stem, of `miles_id` as
-        `miles-NNNN`. labels: Teff, log g, [Fe/H] columns; [X/Fe] is read from `<x>_fe`, valid only where the
-        first of `element_flag` present is 0. classes: the catalogue's own spectral class (first present; LAMOST
-        SUBCLASS reduced to A/F/G/K/M), by which compare-external groups where it has one.
-    """
-
-    name: str
-    title: str
-    ids: tuple[str, ...]
-    labels: dict = field(default_factory=dict)
-    element_flag: tuple[str, ...] = ()
-    classes: tuple[str, ...] = ()
-    ra: tuple[str, ...] = ("ra", "ra_deg", "raj2000")
-    dec: tuple[str, ...] = ("dec", "dec_deg", "dej2000")
-
-
-_STD_LABELS = {"teff": ("teff",), "logg": ("logg",), "feh": ("feh", "fe_h", "m_h")}
-PLAIN_TABLES: dict[str, PlainTable] = {
-    "generic": PlainTable(
-        "generic",
-        "reference",
-        ids=("spec_id", "obsid", "filename", "file", "sobject_id", "tmass_id", "apogee_id", "cname", "miles_id", "id"),
-        labels=_STD_LABELS,
-        element_flag=("flag_{x}_fe", "{x}_fe_flag"),
-    ),
-    "lamost": PlainTable(
-        "lamost", "LAMOST", ids=("obsid", "filename", "spec_id"), labels=_STD_LABELS, classes=("subclass", "class")
-    ),
-    "miles": PlainTable("miles", "MILES", ids=("miles_id", "spec_id"), labels=_STD_LABELS),
-}
-# The other names of config.SURVEYS (galah, apogee, gaia-eso) are surveys of `specllm.io.surveys`, read (columns,
-# flags, cuts) by its `read_survey` alone: name -> `specllm.io.surveys.SURVEYS` key (tests check that every survey
-# there has a name).
-SURVEY_NAMES: dict[str, str] = {name: get_survey(name).key for name in SURVEYS if name not in PLAIN_TABLES}
 
 
 @dataclass
@@ -93,21 +52,16 @@ class Reference:
     class_column: str | None = None
 
 
-def check_survey(name: str) -> None:
-    if name not in SURVEYS:
-        raise SpecllmError(f"unknown survey {name!r}; choose one of {', '.join(SURVEYS)}")
-
-
 def _prediction_label(survey_label: str) -> str:
     """io/surveys' `fe_h` is the predictions' `feh`; `teff`, `logg` and `<x>_fe` are spelled alike."""
     return "feh" if survey_label == "fe_h" else survey_label
 
 
 def read_reference(path: str, name: str) -> Reference:
-    """The reference catalogue `path` read as `name`, one of config.SURVEYS."""
-    check_survey(name)
-    if name in SURVEY_NAMES:
-        cat = read_survey(path, SURVEY_NAMES[name], quality_cuts=True, need_position=False, all_ids=True)
+    """The reference catalogue `path` read as `name`, a name of the registry `specllm.io.surveys.CATALOGUES`."""
+    table = catalogue(name)
+    if isinstance(table, Survey):
+        cat = read_survey(path, table, quality_cuts=True, need_position=False, all_ids=True)
         return Reference(
             name=name,
             title=cat.survey.title,
@@ -121,7 +75,6 @@ def read_reference(path: str, name: str) -> Reference:
             cuts=cat.cuts,
             notes=[f"catalogue: {note}" for note in cat.notes],
         )
-    table = PLAIN_TABLES[name]
     ref = read_table(path, skip_npz=NPZ_SPECTRUM_KEYS)
     ra_col, dec_col = ref.first(table.ra), ref.first(table.dec)
     no_position = np.full(ref.n, np.nan)

@@ -1,4 +1,5 @@
-"""Label catalogues of other surveys (APOGEE, GALAH, Gaia-ESO), each described once in `SURVEYS` and read by
+"""Label catalogues of other surveys (APOGEE, GALAH, Gaia-ESO), each described once and registered in `CATALOGUES` (the one
+registry, with the plain tables: LAMOST, MILES, any table), and read by
 `read_survey` for both `specllm crossmatch` and `specllm compare-external`.
 
 A `Survey` names, per canonical label, the columns that may carry it (first one present wins, case-insensitive), the
@@ -162,7 +163,89 @@ GAIA_ESO = Survey(
     ),
 )
 
-SURVEYS: dict[str, Survey] = {s.key: s for s in (APOGEE, GALAH, GAIA_ESO)}
+
+# ---------------------------------------------------------------- the one catalogue registry
+# name -> description, for `specllm crossmatch` and `compare-external`. Two kinds of description, each with its reader:
+# a `Survey` (above: label columns, per-label flags, star-level quality cuts, positions or 2MASS-style designations;
+# read by `read_survey`) or a `PlainTable` (id and label columns only, no cuts; read by
+# `specllm.external.reference.read_reference`). A new catalogue is one description and one `register(name, ...)` line
+# here, like specutils' loaders (and its name in the CLI's choice list `config.SurveyName`, which a test keeps equal
+# to this registry).
+
+
+@dataclass(frozen=True)
+class PlainTable:
+    """A reference table without quality cuts: where it keeps what the comparison needs (column names in any case,
+    first present wins).
+
+    ids: id columns tried in order; values of `filename`-like columns are compared by file stem, of `miles_id` as
+        `miles-NNNN`. labels: Teff, log g, [Fe/H] columns; [X/Fe] is read from `<x>_fe`, valid only where the
+        first of `element_flag` present is 0. classes: the catalogue's own spectral class (first present; LAMOST
+        SUBCLASS reduced to A/F/G/K/M), by which compare-external groups where it has one.
+    """
+
+    name: str
+    title: str
+    ids: tuple[str, ...]
+    labels: dict = field(default_factory=dict)
+    element_flag: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    ra: tuple[str, ...] = ("ra", "ra_deg", "raj2000")
+    dec: tuple[str, ...] = ("dec", "dec_deg", "dej2000")
+
+
+Catalogue = Survey | PlainTable
+CATALOGUES: dict[str, Catalogue] = {}
+
+
+def register(name: str, description: Catalogue) -> Catalogue:
+    """Add a catalogue under `name` (its `--survey` value); a name is registered once."""
+    if name in CATALOGUES:
+        raise ValueError(f"catalogue {name!r} is already registered")
+    CATALOGUES[name] = description
+    return description
+
+
+def catalogue(name: str) -> Catalogue:
+    """The description registered as `name`; an unknown name is one SpecllmError line listing the known ones."""
+    if name not in CATALOGUES:
+        raise SpecllmError(f"unknown survey {name!r}; choose one of {', '.join(CATALOGUES)}")
+    return CATALOGUES[name]
+
+
+_STD_LABELS = {"teff": ("teff",), "logg": ("logg",), "feh": ("feh", "fe_h", "m_h")}
+_GENERIC_IDS = (
+    "spec_id",
+    "obsid",
+    "filename",
+    "file",
+    "sobject_id",
+    "tmass_id",
+    "apogee_id",
+    "cname",
+    "miles_id",
+    "id",
+)
+
+register(
+    "generic",
+    PlainTable(
+        "generic", "reference", ids=_GENERIC_IDS, labels=_STD_LABELS, element_flag=("flag_{x}_fe", "{x}_fe_flag")
+    ),
+)
+register("galah", GALAH)
+register("gaia-eso", GAIA_ESO)
+register("apogee", APOGEE)
+register("miles", PlainTable("miles", "MILES", ids=("miles_id", "spec_id"), labels=_STD_LABELS))
+register(
+    "lamost",
+    PlainTable(
+        "lamost", "LAMOST", ids=("obsid", "filename", "spec_id"), labels=_STD_LABELS, classes=("subclass", "class")
+    ),
+)
+
+# The surveys with cuts, by their column prefix (`apogee`, `galah`, `gaiaeso`): what crossmatch matches against.
+SURVEYS: dict[str, Survey] = {d.key: d for d in CATALOGUES.values() if isinstance(d, Survey)}
 
 
 def get_survey(survey: str | Survey) -> Survey:
