@@ -44,6 +44,7 @@ import pyarrow as pa
 
 from ._version import __version__
 from .errors import SpecllmError, one_line
+from .labels import element_title
 
 # ---------------------------------------------------------------- the columns
 
@@ -134,7 +135,9 @@ def column(name: str) -> Column:
         base = column(name[: -len("_err")])
         return Column(base.kind, base.unit, base.decimals, f"1-sigma uncertainty of {name[:-4]}")
     if name.endswith("_fe"):
-        return Column(ABUNDANCE.kind, ABUNDANCE.unit, ABUNDANCE.decimals, f"[{name[:-3].capitalize()}/Fe]")
+        return Column(
+            ABUNDANCE.kind, ABUNDANCE.unit, ABUNDANCE.decimals, element_title(name[:-3])
+        )  # `tiii_fe` -> [Ti II/Fe]
     return FALLBACK
 
 

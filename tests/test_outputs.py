@@ -397,3 +397,11 @@ def test_compare_external_gives_the_same_table_from_every_format(tmp_path):
         tables[ext] = ((tmp_path / ext[1:] / "table7.csv").read_text(), result.counts)
     assert len({text for text, _ in tables.values()}) == 1
     assert len({json.dumps(c, sort_keys=True) for _, c in tables.values()}) == 1
+
+
+def test_abundance_columns_are_described_as_labels_names_them():
+    from specllm.labels import element_title
+    from specllm.outputs import column
+
+    assert column("tiii_fe").description == "[Ti II/Fe]" == element_title("TIII")
+    assert column("ci_fe").description == "[C I/Fe]" and column("mg_fe").description == "[Mg/Fe]"
