@@ -31,7 +31,7 @@ import numpy as np
 
 from .config import DomainConfig
 from .errors import SpecllmError, one_line
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text, file_sha256
 
 DOMAIN_WEIGHTS = "domain.safetensors"
 DOMAIN_JSON = "domain.json"
@@ -250,11 +250,13 @@ def save_domain(domain: Domain, model_dir: str | os.PathLike) -> None:
         model_dir / DOMAIN_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "specllm": "domain"})
     )
     meta = {k: v for k, v in asdict(domain).items() if k not in dtypes}
+    meta["weights_sha256"] = file_sha256(model_dir / DOMAIN_WEIGHTS)  # checked by every load (`load_domain`)
     atomic_write_text(model_dir / DOMAIN_JSON, json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def load_domain(model_dir: str | os.PathLike) -> Domain | None:
-    """The domain check stored in a model directory, or None when it has none."""
+    """The domain check stored in a model directory, or None when it has none. domain.safetensors must match the
+    SHA-256 its domain.json records (files written before the hash was recorded load unchecked)."""
     model_dir = Path(model_dir)
     if not (model_dir / DOMAIN_JSON).exists() or not (model_dir / DOMAIN_WEIGHTS).exists():
         return None
@@ -262,6 +264,12 @@ def load_domain(model_dir: str | os.PathLike) -> Domain | None:
 
     try:
         meta = json.loads((model_dir / DOMAIN_JSON).read_text())
+        expected = meta.pop("weights_sha256", None) if isinstance(meta, dict) else None
+        if expected is not None and file_sha256(model_dir / DOMAIN_WEIGHTS) != expected:
+            raise SpecllmError(
+                f"{model_dir / DOMAIN_WEIGHTS}: its SHA-256 differs from the one domain.json records "
+                "(damaged or replaced; re-fit it with `specllm fit-domain`)"
+            )
         arrays = load_file(str(model_dir / DOMAIN_WEIGHTS))
         names = ("mean", "components", "reference", "scale")
         return Domain(**{k: arrays[k].astype(np.float64) for k in names if k in arrays}, **meta)

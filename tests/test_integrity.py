@@ -612,6 +612,24 @@ def test_the_shipped_model_records_its_weights_hash():
     assert read_weights(path)  # verified
 
 
+def test_domain_check_hash_is_recorded_and_a_flipped_bit_refused(tmp_path):
+    from specllm.domain import DOMAIN_JSON, DOMAIN_WEIGHTS, load_domain
+    from specllm.predict import default_model_dir
+
+    shipped = default_model_dir()
+    assert json.loads((shipped / DOMAIN_JSON).read_text())["weights_sha256"] == file_sha256(shipped / DOMAIN_WEIGHTS)
+    model = tmp_path / "m"
+    model.mkdir()
+    for name in (DOMAIN_JSON, DOMAIN_WEIGHTS):
+        (model / name).write_bytes((shipped / name).read_bytes())
+    assert load_domain(model) is not None
+    data = bytearray((model / DOMAIN_WEIGHTS).read_bytes())
+    data[-3] ^= 0x01  # one bit of one value: still a readable safetensors file
+    (model / DOMAIN_WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(SpecllmError, match="domain.safetensors: its SHA-256 differs"):
+        load_domain(model)
+
+
 def test_non_finite_weights_are_refused_in_one_line(tiny_run, tmp_path, pipeline):
     import torch
     from safetensors.torch import load_file, save_file
