@@ -13,8 +13,11 @@ after a delay drawn (seeded) from [0, 1.2 x the reference's wall time]. After ea
 Prints one JSON object per stage (points, refused, finished before the kill, accepted partial results (must be 0),
 identical reruns) and writes them to OUT/results.json.
 
-Stages: ingest, serialize, infer-<fmt> for csv, ecsv, parquet, fits, vot (a tiny model trained first, two steps).
-Not covered here: crossmatch, train checkpoints, benchmark.
+Stages: ingest, crossmatch (an APOGEE-like table at the spectra's positions), serialize, train (a tiny model, 12
+steps, a checkpoint every 2: killed runs are continued with --resume; the next stage's check is what `infer --model`
+does, `read_weights`, which verifies the weights against spec.json), infer-<fmt> for csv, ecsv, parquet, fits, vot
+(a tiny model trained first, two steps), benchmark (lightgbm and smallcnn, 2 epochs: the report says
+`"complete": true` only once every model is in; the rerun must give the same metrics.csv and predictions).
 """
 
 from __future__ import annotations
@@ -84,6 +87,86 @@ def shard_stage(name: str, cmd, out: Path, points: int, rng: random.Random) -> d
     return result
 
 
+def train_stage(cmd, out: Path, points: int, rng: random.Random) -> dict:
+    """kill -9 during `train` (checkpoints every 2 steps); the consumer's check is `read_weights` on OUT/model (what
+    infer and --init call: spec.json present and the weights matching its SHA-256); the rerun is --resume."""
+    from specllm.errors import SpecllmError
+    from specllm.runs import read_weights
+
+    def weights_hash() -> str | None:
+        try:
+            read_weights(out / "model")
+        except (SpecllmError, OSError):
+            return None
+        return json.loads((out / "model" / "spec.json").read_text())["weights_sha256"]
+
+    shutil.rmtree(out, ignore_errors=True)
+    rc, wall, err = run(cmd)
+    assert rc == 0, err
+    reference = weights_hash()
+    result = {"stage": "train", "points": points, "reference_s": round(wall, 2), "refused": 0, "finished": 0}
+    result |= {"accepted_partial": 0, "identical_rerun": 0, "resumed_from_checkpoint": 0}
+    for _ in range(points):
+        shutil.rmtree(out, ignore_errors=True)
+        killed(cmd, rng.uniform(0, 1.2 * wall))
+        got = weights_hash()
+        if got is None:
+            result["refused"] += 1
+        else:
+            result["finished" if got == reference else "accepted_partial"] += 1
+        result["resumed_from_checkpoint"] += (out / "checkpoints" / "latest").exists()
+        rc, _, err = run(cmd + ["--resume"])
+        if rc == 0 and weights_hash() == reference:
+            result["identical_rerun"] += 1
+    return result
+
+
+def benchmark_stage(cmd, out: Path, points: int, rng: random.Random) -> dict:
+    """kill -9 during `benchmark`: a report is whole only where report.json says `"complete": true`; the rerun
+    (the same command over what the kill left) must give the reference's metrics.csv and predictions."""
+    import pyarrow.parquet as pq
+
+    def content() -> tuple | None:
+        try:
+            report = json.loads((out / "report.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if report.get("complete") is not True:
+            return None
+        return (out / "metrics.csv").read_text(), pq.read_table(out / "predictions.parquet").to_pylist()
+
+    shutil.rmtree(out, ignore_errors=True)
+    rc, wall, err = run(cmd)
+    assert rc == 0, err
+    reference = content()
+    assert reference is not None
+    result = {"stage": "benchmark", "points": points, "reference_s": round(wall, 2), "refused": 0, "finished": 0}
+    result |= {"accepted_partial": 0, "identical_rerun": 0}
+    for _ in range(points):
+        shutil.rmtree(out, ignore_errors=True)
+        killed(cmd, rng.uniform(0, 1.2 * wall))
+        got = content()
+        if got is None:
+            result["refused"] += 1
+        else:
+            result["finished" if got == reference else "accepted_partial"] += 1
+        rc, _, err = run(cmd)
+        if rc == 0 and content() == reference:
+            result["identical_rerun"] += 1
+    return result
+
+
+def apogee_like(path: Path, rows: list[dict]) -> Path:
+    """An APOGEE allStar-like CSV with one star at each spectrum's position (labels offset from the LAMOST ones)."""
+    lines = ["APOGEE_ID,RA,DEC,TEFF,LOGG,FE_H,FE_H_FLAG,ASPCAPFLAG,MG_FE,MG_FE_FLAG"]
+    for i, r in enumerate(rows):
+        lines.append(
+            f"2M{i:08d},{r['ra']},{r['dec']},{float(r['teff']) + 50},{float(r['logg']) - 0.1},{r['feh']},0,0,0.1,0"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def infer_stage(fmt: str, inputs: Path, model: Path, work: Path, points: int, rng: random.Random) -> dict:
     out = work / f"o.{fmt}"
     base = [*CLI, "infer", str(inputs), "--model", str(model), "-q", "--batch-size", "2", "-o", str(out)]
@@ -116,7 +199,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", type=int, default=20)
     ap.add_argument("--seed", type=int, default=24)
-    ap.add_argument("--stages", default="ingest,serialize,infer-csv,infer-ecsv,infer-parquet,infer-fits,infer-vot")
+    ap.add_argument(
+        "--stages",
+        default="ingest,crossmatch,serialize,train,infer-csv,infer-ecsv,infer-parquet,infer-fits,infer-vot,benchmark",
+    )
     ap.add_argument("--out", default="out/kill-campaign")
     args = ap.parse_args()
     from tests.fitsfactory import CATALOG_COLUMNS, make_dataset, write_catalog
@@ -142,19 +228,37 @@ def main() -> None:
         return [*CLI, "serialize", str(shards), "--stage", "1", "--format", "patch", "--out", str(out),
                 "--no-count-tokens"]  # fmt: skip
 
+    if "crossmatch" in stages:
+        apogee = apogee_like(work / "apogee.csv", rows)
+
+        def crossmatch_cmd(out):
+            return [*CLI, "crossmatch", str(shards), "--apogee", str(apogee), "--out", str(out)]
+
+        results.append(shard_stage("crossmatch", crossmatch_cmd, work / "xm-k", args.points, rng))
     if "serialize" in stages:
         results.append(shard_stage("serialize", serialize_cmd, work / "qa-k", args.points, rng))
     infer_fmts = [s.split("-", 1)[1] for s in stages if s.startswith("infer-")]
-    if infer_fmts:
+    if infer_fmts or "train" in stages:
         from specllm.config import GridConfig
         from specllm.train import run_train
         from tests.llmfactory import tiny_llama_dir, tiny_train_options, write_qa
 
         tiny = tiny_llama_dir(work)
         data = write_qa(work / "qa-tiny", "patch", n=8, grid=GridConfig().size, test_every=8)
+    if "train" in stages:
+        train_cmd = [*CLI, "train", "--stage", "1", "--data", str(data), "--out", str(work / "train-k"),
+                     "--base-model", str(tiny), "--lora-r", "4", "--lora-alpha", "8", "--lr", "0.01", "--epochs", "40",
+                     "--batch-size", "4", "--no-bf16", "--no-gradient-checkpointing", "--max-steps", "12",
+                     "--save-every", "2", "--no-validation", "--quantize", "none"]  # fmt: skip
+        results.append(train_stage(train_cmd, work / "train-k", args.points, rng))
+    if infer_fmts:
         run_train(tiny_train_options(data, work / "run", tiny))
         for fmt in infer_fmts:
             results.append(infer_stage(fmt, work / "fits", work / "run", work, args.points, rng))
+    if "benchmark" in stages:
+        bench_cmd = [*CLI, "benchmark", str(shards), "--out", str(work / "bench-k"), "--models", "lightgbm,smallcnn",
+                     "--quick", "--max-epochs", "2", "--no-save-models"]  # fmt: skip
+        results.append(benchmark_stage(bench_cmd, work / "bench-k", args.points, rng))
     for r in results:
         print(json.dumps(r))
     (work / "results.json").write_text(json.dumps({"seed": args.seed, "results": results}, indent=1) + "\n")

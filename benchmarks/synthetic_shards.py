@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         if args.out:
             manifest = write_synthetic_shards(args.real, args.cannon, args.out, cfg)
             print(
-                f"{args.out}: {manifest['counts']['real']} real + {manifest['counts']['synthetic']} synthetic rows",
+                f"{args.out}: {manifest['counts']['rows copied']} rows copied + {manifest['counts']['synthetic added']} synthetic rows added",
                 file=sys.stderr,
             )
         if args.check:

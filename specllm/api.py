@@ -132,23 +132,17 @@ def _items(spectra, grid: GridConfig, clean: CleanConfig) -> Iterator[Item]:
         spectra = list(spectra)
     except TypeError:
         raise SpecllmError(f"{INPUTS}, not {type(spectra).__name__}") from None
-    if spectra and all(isinstance(x, Mapping) for x in spectra):
-        n = 0
-        for d in spectra:
-            for raw in dict_spectra(d, start=n):
-                n += 1
-                yield raw_item(raw, grid, clean)
-        return
-    if all(_is_path(x) for x in spectra):
+    if all(_is_path(x) for x in spectra):  # the empty list too
         yield from iter_items(PathList([str(x) for x in spectra]), grid, clean)
         return
-    if all(_is_spectrum1d(x) for x in spectra):
-        n = 0
-        for s in spectra:
-            for raw in spectrum1d_spectra(s, start=n):
-                n += 1
-                yield raw_item(raw, grid, clean)
-        return
+    for is_kind, expand in ((lambda x: isinstance(x, Mapping), dict_spectra), (_is_spectrum1d, spectrum1d_spectra)):
+        if all(is_kind(x) for x in spectra):
+            n = 0  # the spectra are numbered on across the objects (each may hold several)
+            for obj in spectra:
+                for raw in expand(obj, start=n):
+                    n += 1
+                    yield raw_item(raw, grid, clean)
+            return
     raise SpecllmError(INPUTS)
 
 

@@ -348,7 +348,7 @@ def run_benchmark(
             todo = sizes if cfg.sizes else [len(train)]
             for size in todo:
                 _run_baseline(result, name, cfg, train.subset(subsets[size]), test, main=size == len(train))
-        write_report(result, test, plots=False)
+        write_report(result, test, final=False)
     write_report(result, test)
     return result
 

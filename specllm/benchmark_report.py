@@ -134,12 +134,21 @@ def _settings(cfg: BenchmarkConfig) -> str:
     )
 
 
-def report_markdown(result: BenchmarkResult) -> str:
+def report_markdown(result: BenchmarkResult, complete: bool = True) -> str:
     m, cfg = result.meta, result.config
     counts = lambda c: ", ".join(f"{k} {v}" for k, v in c.items() if v)  # noqa: E731
     lines = [
         "# specllm benchmark",
         "",
+        *(
+            []
+            if complete
+            else [
+                f"**Incomplete**: written after {len({s.model for s in result.stats})} of its models (the run stopped "
+                "or is still running); rerun it for the whole report.",
+                "",
+            ]
+        ),
         f"- data: `{m['shards']}`, shards SHA-256 `{m.get('shards_sha256')}`",
         f"- train split: {result.n_train} spectra ({counts(m['train_counts'])}); {m['split']} split: {counts(m['test_counts'])}",
         f"- code: specllm {m['code_version']}; torch {m['torch']}, lightgbm {m['lightgbm']}, Python {m['python']}; {m['platform']}",
@@ -182,9 +191,10 @@ def report_markdown(result: BenchmarkResult) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: BenchmarkResult, test: SpectraSet, plots: bool = True) -> None:
-    """Everything into `result.out`, each file written atomically. Called without plots after every model, so a
-    stopped run still leaves the tables of the models done so far, and with plots at the end."""
+def write_report(result: BenchmarkResult, test: SpectraSet, final: bool = True) -> None:
+    """Everything into `result.out`, each file written atomically. Called after every model (`final` False: no plots,
+    and report.json says `"complete": false`, report.md opens with a warning), so a stopped run still leaves the
+    tables of the models done so far, never taken for a whole report; and once at the end (`final`)."""
     out = Path(result.out)
     stats = result.stats
     header, rows = stats_rows(stats)
@@ -202,11 +212,12 @@ def write_report(result: BenchmarkResult, test: SpectraSet, plots: bool = True) 
     if result.scaling:
         keys = ["model", "n_train", "label", "group", "n", "mu", "sigma", "rmse"]
         write_csv(out / "scaling.csv", keys, [[p[k] for k in keys] for p in result.scaling])
-        if plots:
+        if final:
             scaling_plot(out / "scaling.png", [p for p in result.scaling if p["group"] == OVERALL], result.labels)
     atomic_write_json(
         out / "report.json",
         {
+            "complete": final,  # False: a run stopped (or still running) before its last model
             "meta": result.meta,
             "config": dataclasses.asdict(result.config),
             "labels": list(result.labels),
@@ -220,7 +231,7 @@ def write_report(result: BenchmarkResult, test: SpectraSet, plots: bool = True) 
             "notes": list(dict.fromkeys(result.notes)),
         },
     )
-    for j, label in enumerate(result.labels if plots else ()):
+    for j, label in enumerate(result.labels if final else ()):
         residual_plot(
             out / f"residuals_{label}.png",
             label,
@@ -229,7 +240,7 @@ def write_report(result: BenchmarkResult, test: SpectraSet, plots: bool = True) 
             {k: p.labels[:, j] for k, p in result.predictions.items()},
         )
     _write_predictions(out / "predictions.parquet", result, test)
-    atomic_write_text(out / "report.md", report_markdown(result))
+    atomic_write_text(out / "report.md", report_markdown(result, final))
 
 
 def _write_predictions(path: Path, result: BenchmarkResult, test: SpectraSet) -> None:

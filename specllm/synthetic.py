@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from scipy import constants
 from scipy.ndimage import gaussian_filter1d, median_filter
 
@@ -486,7 +487,10 @@ def write_synthetic_shards(
     models = [load_cannon(p) for p in cannons]
     donors = Donors(table, models, cfg, grid)
     gen = Generator(models, donors, cfg, grid, clean)
-    items = gen.draw(cfg.n)
+    # Chained runs (a folder of this function's as `real`): the new rows are numbered on after the synthetic ones
+    # already there, and the provenance lists every run.
+    items = gen.draw(cfg.n, start=table.column("split").to_pylist().count("synthetic"))
+    earlier = manifest.get("synthetic") or []
     with staged_output(out, "synthetic") as staging:
         names = []
         for p in paths:
@@ -496,20 +500,26 @@ def write_synthetic_shards(
         for k in range(0, len(items), rows_per_shard):
             names.append(f"part-{first + k // rows_per_shard:05d}.parquet")
             write_table(os.path.join(staging, names[-1]), _synthetic_table(items[k : k + rows_per_shard], table.schema))
-        write_table(os.path.join(staging, SIDECAR), pa.Table.from_pylist([s.info for s in items]))
+        info = [s.info for s in items]
+        if os.path.exists(os.path.join(real, SIDECAR)):  # a chained run: the earlier runs' rows first
+            info = pq.read_table(os.path.join(real, SIDECAR)).to_pylist() + info
+        write_table(os.path.join(staging, SIDECAR), pa.Table.from_pylist(info))
         new = {
             key: manifest[key]
             for key in ("specllm", "kind", "grid", "clean", "split", "balance", "catalog", "schema")
             if key in manifest
         }
         new["kind"] = "spectra"
-        new["counts"] = {"real": table.num_rows, "synthetic": len(items)}
-        new["synthetic"] = {
-            "config": dataclasses.asdict(cfg),
-            "cannon": [os.path.basename(p) for p in cannons],
-            "real": os.path.abspath(real),
-            "sidecar": SIDECAR,
-        }
+        new["counts"] = {"rows copied": table.num_rows, "synthetic added": len(items)}
+        new["synthetic"] = [
+            *(earlier if isinstance(earlier, list) else [earlier]),
+            {
+                "config": dataclasses.asdict(cfg),
+                "cannon": [os.path.basename(p) for p in cannons],
+                "real": os.path.abspath(real),
+                "sidecar": SIDECAR,
+            },
+        ]
         new |= integrity_fields(staging, names)
         publish(staging, out, new)
     return new

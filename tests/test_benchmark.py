@@ -104,6 +104,7 @@ def test_benchmark_writes_the_paper_tables_and_plots(shards, tmp_path, capsys):
     assert "Table 2" in report and "Table 6" in report and "llm skipped" in report
     assert "spectra/s" in report
     meta = json.loads((out / "report.json").read_text())
+    assert meta["complete"] is True and "Incomplete" not in report
     assert meta["meta"]["shards_sha256"] == sealed
     assert meta["meta"]["code_version"].startswith("0.")
     assert {m["model"] for m in meta["models"]} == {"lightgbm", "resnet50", "smallcnn", "gru"}
@@ -222,3 +223,19 @@ def test_missing_flux_column_names_the_file(tmp_path):
     shards = make_shards(tmp_path / "s", drop="flux")
     with pytest.raises(SpecllmError, match=r"part-00000\.parquet: missing column\(s\) flux"):
         bench.load_split(str(shards), "train", ("teff",))
+
+
+def test_a_report_written_between_models_says_it_is_incomplete(shards, tmp_path, monkeypatch):
+    from specllm import benchmark_report
+
+    written = []
+    real = benchmark_report.write_report
+
+    def spy(result, test, final=True):
+        real(result, test, final)
+        report = json.loads((tmp_path / "report" / "report.json").read_text())
+        written.append((final, report["complete"], "**Incomplete**" in (tmp_path / "report" / "report.md").read_text()))
+
+    monkeypatch.setattr(bench, "write_report", spy)
+    bench.run_benchmark(str(shards), str(tmp_path / "report"), tiny(models=("lightgbm", "smallcnn")))
+    assert written == [(False, False, True), (False, False, True), (True, True, False)]

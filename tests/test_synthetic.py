@@ -234,7 +234,10 @@ def test_synthetic_shards_verify_and_keep_the_real_rows(tmp_path):
     out = tmp_path / "synth"
     manifest = write_synthetic_shards(str(real), [str(_line_model(tmp_path / "m.pkl"))], str(out), cfg)
     got = read_table(verified_shard_paths(out))
-    assert got.num_rows == table.num_rows + 3 and manifest["counts"] == {"real": table.num_rows, "synthetic": 3}
+    assert got.num_rows == table.num_rows + 3 and manifest["counts"] == {
+        "rows copied": table.num_rows,
+        "synthetic added": 3,
+    }
     splits = got.column("split").to_pylist()
     assert splits[: table.num_rows] == table.column("split").to_pylist() and splits[-3:] == ["synthetic"] * 3
     assert got.column("spec_id").to_pylist()[-3:] == ["synth-0", "synth-1", "synth-2"]
