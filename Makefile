@@ -73,6 +73,10 @@ MODEL_RECIPE ?= shipped-stage1
 # SYNTH_MP metal-poor F/G stars ([Fe/H] -2.5..-1); 0 and 0 train on the real spectra alone.
 SYNTH_HOT ?= 0
 SYNTH_MP ?= 0
+# Negatives of the domain check's classifier (specllm fit-domain --negatives), from the same Cannon models: NEG_COOL
+# stars below 4,000 K and NEG_GIANT at log g < 0.7, outside the training labels' range (never an acceptance set).
+NEG_COOL ?= 0
+NEG_GIANT ?= 0
 DOPPLER_SDIST := thedoppler-1.1.32.tar.gz
 DOPPLER_SHA256 := 1098890206c7c52115944a4e3071e567e358522e92f072da29964b631cb004b8
 CANNON := out/cache/thedoppler-1.1.32/doppler/data/cannongrid_3000_18000
@@ -92,7 +96,11 @@ model: $(STAMP)
 	rm -rf out/model-run
 	$(BIN)/specllm train --stage 1 --data out/model-qa --out out/model-run --recipe $(MODEL_RECIPE) --report-test
 	rm -rf specllm/models/default && mkdir -p specllm/models && cp -r out/model-run/model specllm/models/default
-	$(BIN)/specllm fit-domain out/model-shards specllm/models/default
+	$(SYNTH) --real out/model-shards --n $(NEG_COOL) --teff-min 3500 --teff-max 3990 --logg-min 0 --logg-max 5 \
+		--feh-min -2.5 --feh-max 0.5 --seed 3 --out out/model-negatives-cool
+	$(SYNTH) --real out/model-negatives-cool --n $(NEG_GIANT) --teff-min 3800 --teff-max 5500 --logg-min 0 \
+		--logg-max 0.7 --feh-min -2.5 --feh-max 0.5 --seed 4 --out out/model-negatives
+	$(BIN)/specllm fit-domain out/model-shards specllm/models/default $(if $(filter-out 0,$(NEG_COOL) $(NEG_GIANT)),--negatives out/model-negatives)
 	$(BIN)/python -c "from specllm.runs import write_model_card as w; \
 	w('specllm/models/default', 'make model', started=float(open('out/model-started').read()))"
 

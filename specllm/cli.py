@@ -283,6 +283,7 @@ def serialize(
     "class_weight",
     "nll_beta",
     "density_weight",
+    "synthetic_weight",
     "validation",
     "calibrate",
     "report_test",
@@ -455,6 +456,8 @@ def compare_external(
     "partial_fraction",
     "class_prob_quantile",
     "seed",
+    "negatives",
+    "classifier_l2",
 )
 def fit_domain(
     shards: Annotated[

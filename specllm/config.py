@@ -354,6 +354,14 @@ class DomainConfig:
     on those spectra, so their probabilities are optimistic: a 1% quantile flagged 3.3% of the DR10 test split)."""
     seed: int = 0
     """Seed of the random cuts."""
+    negatives: str | None = None
+    """Ingest shards whose rows of split 'synthetic' are spectra outside the training labels' range (e.g.
+    `benchmarks/synthetic_shards.py` with thedoppler's Cannon models below 4,000 K or at log g < 0.8; never an
+    acceptance set): a logistic classifier, the training spectra against these, on the leading components (and
+    their squares) and the residual, becomes a third score; its threshold is the `quantile` of the validation
+    spectra's probabilities. None: the two distances alone."""
+    classifier_l2: float = 1.0
+    """L2 penalty of that classifier's weights (its inputs are whitened components: unit variance)."""
 
 
 # ---------------------------------------------------------------- external spectra and comparison (issue 7)
@@ -665,6 +673,7 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
         "partial_fraction": (0, 1),
         "class_prob_quantile": (0, 1),
         "seed": (0, None),
+        "classifier_l2": (0, None),
     },
     "ExternalConfig": {"radius_arcsec": (0, None), "partial_coverage": (0, 1), "min_n": (1, None)},
     "SerializeConfig": {"shard_size": (1, None), "batch_size": (1, None)},

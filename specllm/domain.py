@@ -54,6 +54,8 @@ class Domain:
     scale: np.ndarray | None = None  # (K,) the components' standard deviations; None (older files): no residual
     residual_threshold: float | None = None
     error_max: dict = field(default_factory=dict)  # label -> the `uncertain` bit's limit on its 1-sigma
+    # {"weights", "bias", "threshold", ...}: the logistic classifier against out-of-range spectra (`fit_classifier`)
+    classifier: dict | None = None
 
     def project(self, hidden: np.ndarray) -> np.ndarray:
         return (np.asarray(hidden, np.float64) - self.mean) @ self.components.T
@@ -64,12 +66,28 @@ class Domain:
         return distances(features, self.mean, self.components, self.scale, self.reference, self.neighbours, chunk)
 
     def score(self, features: np.ndarray, chunk: int = 512) -> np.ndarray:
-        """`domain_score`: the larger of the two distances, each over its threshold (> 1: out of domain)."""
+        """`domain_score`: the larger of the two distances, each over its threshold, and of the classifier's
+        probability over its threshold where there is one (> 1: out of domain)."""
         knn, residual = self.distances(features, chunk)
         score = knn / self.threshold
         if residual is not None and self.residual_threshold:
             score = np.maximum(score, residual / self.residual_threshold)
+        if self.classifier:
+            score = np.maximum(score, self.classifier_probability(features, residual) / self.classifier["threshold"])
         return score
+
+    def design(self, features: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """The classifier's inputs: the whitened leading components, their squares and the residual over its
+        threshold."""
+        pcs = self.project(features)
+        return np.column_stack([pcs, pcs**2, residual / self.residual_threshold])
+
+    def classifier_probability(self, features: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        """(N,) the classifier's probability that a spectrum is one of the out-of-range kind it was shown."""
+        if residual is None:
+            residual = self.distances(features)[1]
+        logit = self.design(features, residual) @ np.asarray(self.classifier["weights"]) + self.classifier["bias"]
+        return 1.0 / (1.0 + np.exp(-np.clip(logit, -500, 500)))
 
     def out_of_range(self, values: np.ndarray, names: list[str]) -> np.ndarray:
         """(N,) True where a predicted label lies outside the training labels' range."""
@@ -232,6 +250,43 @@ def fit_domain(
         residual_threshold=residual_threshold,
         error_max=dict(error_max or {}),
     )
+
+
+def fit_classifier(
+    domain: Domain, positives: np.ndarray, negatives: np.ndarray, held_out: np.ndarray, quantile: float, l2: float
+) -> dict:
+    """A logistic regression (L-BFGS, L2 penalty `l2`, the two classes weighted equally) of `negatives` (spectra
+    outside the training labels' range) against `positives` (the fit spectra) on `Domain.design`; its threshold is
+    the `quantile` of the `held_out` (validation) spectra's probabilities. Sets and returns `domain.classifier`."""
+    from scipy.optimize import minimize
+
+    if domain.scale is None or not domain.residual_threshold:
+        raise SpecllmError("the classifier needs a domain check with a residual (features fitted by this version)")
+    x = np.vstack([domain.design(f, domain.distances(f)[1]) for f in (positives, negatives)])
+    y = np.concatenate([np.zeros(len(positives)), np.ones(len(negatives))])
+    w = np.where(y == 1, 0.5 / len(negatives), 0.5 / len(positives))
+
+    def loss(theta):
+        z = x @ theta[:-1] + theta[-1]
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+        value = np.sum(w * (np.logaddexp(0.0, z) - y * z)) + 0.5 * l2 * theta[:-1] @ theta[:-1] / len(y)
+        grad_z = w * (p - y)
+        return value, np.append(x.T @ grad_z + l2 * theta[:-1] / len(y), grad_z.sum())
+
+    fit = minimize(loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
+    domain.classifier = {"weights": fit.x[:-1].tolist(), "bias": float(fit.x[-1]), "threshold": 1.0}
+    held = domain.classifier_probability(held_out)
+    negative_p = domain.classifier_probability(negatives)
+    domain.classifier.update(
+        threshold=float(max(np.quantile(held, quantile), 1e-6)),
+        quantile=quantile,
+        l2=l2,
+        positives=len(positives),
+        negatives=len(negatives),
+        converged=bool(fit.success),
+    )
+    domain.classifier["negatives_above_threshold"] = float(np.mean(negative_p > domain.classifier["threshold"]))
+    return domain.classifier
 
 
 def save_domain(domain: Domain, model_dir: str | os.PathLike) -> None:

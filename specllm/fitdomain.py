@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import DomainConfig, InferConfig, SplitConfig
 from .device import pick_device
-from .domain import Domain, edge_cut, fit_domain, patch_features, save_domain, uncertainty_limits
+from .domain import Domain, edge_cut, fit_classifier, fit_domain, patch_features, save_domain, uncertainty_limits
 from .errors import SpecllmError
 from .labelling import iter_shard_items
 from .predict import default_model_dir, load_for_inference, predict, questions_for
@@ -135,12 +135,34 @@ def fit_model_domain(
         hidden[~val], hidden[val], class_prob[probe], table, spec.value_names, trained, config, info, limits
     )
     domain.info["val_uncertain"] = float(domain.uncertain(errors[probe], names).mean()) if probe.any() else float("nan")
+    if config.negatives:  # a classifier against spectra outside the training labels' range (synthetic)
+        negative = [it for it in iter_shard_items(config.negatives, "synthetic")]
+        if len(negative) < 2:
+            raise SpecllmError(f"{config.negatives}: no rows of split 'synthetic' to use as negatives")
+        neg_flux = np.stack([it.flux for it in negative])
+        neg_mask = np.stack([it.mask for it in negative])
+        neg_cut = rng.random(len(negative)) < config.partial_fraction  # partial coverage is no feature of either
+        neg_flux[neg_cut], neg_mask[neg_cut] = edge_cut(neg_flux[neg_cut], neg_mask[neg_cut], rng, config.partial_span)
+        neg = neg_flux if config.features == "flux" else None
+        if neg is None:
+            raise SpecllmError("--negatives needs the 'flux' features")
+        fit_classifier(domain, hidden[~val], neg, hidden[val], config.quantile, config.classifier_l2)
+        held = domain.score(hidden[val])
+        domain.info["val_out_of_domain_with_classifier"] = float(np.mean(held > 1))
+        domain.info["negatives"] = str(config.negatives)
     save_domain(domain, target)
     say(
         f"domain check ({config.features}): {len(items)} train spectra ({int(val.sum())} validation), thresholds "
         f"{domain.threshold:.3g} (neighbours) {domain.residual_threshold:.3g} (residual), "
         f"{domain.info['val_out_of_domain']:.1%} of validation out; uncertain above "
         + ", ".join(f"{k} {v:.3g}" for k, v in limits.items())
-        + f"; trained classes {','.join(trained)} -> {target}"
+        + f"; trained classes {','.join(trained)}"
+        + (
+            f"; classifier against {domain.classifier['negatives']} out-of-range spectra: validation out of domain "
+            f"{domain.info['val_out_of_domain_with_classifier']:.1%} with it"
+            if domain.classifier
+            else ""
+        )
+        + f" -> {target}"
     )
     return domain

@@ -482,8 +482,15 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
         + "; numeric read-out heads",
         f"- Weights: `{WEIGHTS}` ({size / 1e6:.1f} MB in this directory), safetensors",
         f"- Data: `{Path(str(m.get('data'))).name}` (content hash `{str(m.get('data_content_hash'))[:16]}`), "
-        f"{m.get('train_examples')} train / {m.get('validation_examples')} validation / {m.get('test_examples')} test "
-        "spectra (validation: a hash of the id carves it from the train split; every choice was made on it)",
+        f"{(m.get('train_examples') or 0) - (m.get('synthetic_examples') or 0)} train / {m.get('validation_examples')}"
+        f" validation / {m.get('test_examples')} test "
+        "spectra (validation: a hash of the id carves it from the train split; every choice was made on it)"
+        + (
+            f"; plus {m['synthetic_examples']} synthetic spectra in training only (`benchmarks/synthetic_shards.py`: "
+            "thedoppler's Cannon models on the continua of real train-split spectra; never in validation or test)"
+            if m.get("synthetic_examples")
+            else ""
+        ),
         f"- Recipe: {json.dumps(m.get('recipe'))}",
         f"- Options: {json.dumps(m.get('options'))}",
         f"- Augmentation: {json.dumps(m.get('augment'))}",

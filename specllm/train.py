@@ -696,7 +696,7 @@ def finish(run: Run, fitted: Fitted) -> dict:
                 "deepspeed_zero_stage": engine.zero_optimization_stage() if engine is not None else None,
                 "deepspeed_bf16": engine.bfloat16_enabled() if engine is not None else None,
             },
-            "train_examples": int(len(run.train.spec_id)),
+            "train_examples": int(len(run.train.spec_id)),  # every example stepped on, the synthetic ones included
             "synthetic_examples": int((run.train.split == "synthetic").sum()),
             "validation_examples": int(len(run.val.spec_id)),
             "test_examples": int(len(run.test.spec_id)),

@@ -126,3 +126,30 @@ def test_uncertain_limits_and_older_files(tmp_path):
     x = rng.normal(size=(6, 5))
     assert old.scale is None and old.error_max == {}
     assert np.allclose(old.score(x), old.distances(x)[0] / old.threshold)
+
+
+def test_classifier_against_out_of_range_spectra(tmp_path):
+    from specllm.domain import fit_classifier
+
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(8, 40))  # 8 directions the "training spectra" vary along, in 40 features
+
+    def spectra(n, shift=0.0):
+        x = rng.normal(size=(n, 8)) @ base + 0.05 * rng.normal(size=(n, 40))
+        x[:, :4] += shift  # the out-of-range kind: a band the training spectra never show this deep
+        return x
+
+    fit, val, neg = spectra(300), spectra(200), spectra(150, shift=-1.5)
+    domain = fit_domain(fit, val, None, rng.normal(size=(300, 2)), ["teff", "logg"], ["G"],
+                        DomainConfig(components=8, neighbours=5, quantile=0.98, residual_quantile=0.98))  # fmt: skip
+    before = (domain.score(spectra(200, shift=-1.5)) > 1).mean()
+    info = fit_classifier(domain, fit, neg, val, 0.98, 1.0)
+    assert info["converged"] and info["negatives"] == 150 and 0 < info["threshold"] < 1
+    assert (domain.classifier_probability(val) > info["threshold"]).mean() <= 0.03  # the quantile, on validation
+    unseen_out = domain.score(spectra(200, shift=-1.5)) > 1
+    assert unseen_out.mean() >= max(before, 0.9)  # new spectra of the negatives' kind are caught
+    assert (domain.score(spectra(200)) > 1).mean() < 0.1  # new training-like spectra mostly pass
+    save_domain(domain, tmp_path)
+    again = load_domain(tmp_path)
+    assert again.classifier["weights"] == info["weights"]
+    assert np.allclose(again.score(val[:20]), domain.score(val[:20]), rtol=1e-4)
