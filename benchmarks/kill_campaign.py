@@ -42,15 +42,15 @@ from specllm.shards import read_manifest, verified_shard_paths  # noqa: E402
 CLI = [sys.executable, "-m", "specllm"]
 
 
-def run(cmd: list[str], timeout: float = 600) -> tuple[int, float, str]:
+def run(cmd: list[str], timeout: float = 600, env: dict | None = None) -> tuple[int, float, str]:
     start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     return proc.returncode, time.monotonic() - start, proc.stderr
 
 
-def killed(cmd: list[str], delay: float) -> bool:
+def killed(cmd: list[str], delay: float, env: dict | None = None) -> bool:
     """Run `cmd`, SIGKILL it after `delay` seconds; True if it had finished before."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env)
     try:
         proc.wait(timeout=delay)
         return True
@@ -89,7 +89,12 @@ def shard_stage(name: str, cmd, out: Path, points: int, rng: random.Random) -> d
 
 def train_stage(cmd, out: Path, points: int, rng: random.Random) -> dict:
     """kill -9 during `train` (checkpoints every 2 steps); the consumer's check is `read_weights` on OUT/model (what
-    infer and --init call: spec.json present and the weights matching its SHA-256); the rerun is --resume."""
+    infer and --init call: spec.json present and the weights matching its SHA-256); the rerun is --resume. Torch runs
+    on one thread here: with two, two uninterrupted runs already differ in the last bits of the weights (the CPU
+    kernels' parallel reductions), which would hide what a kill and a resume change."""
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     from specllm.errors import SpecllmError
     from specllm.runs import read_weights
 
@@ -101,21 +106,21 @@ def train_stage(cmd, out: Path, points: int, rng: random.Random) -> dict:
         return json.loads((out / "model" / "spec.json").read_text())["weights_sha256"]
 
     shutil.rmtree(out, ignore_errors=True)
-    rc, wall, err = run(cmd)
+    rc, wall, err = run(cmd, env=env)
     assert rc == 0, err
     reference = weights_hash()
     result = {"stage": "train", "points": points, "reference_s": round(wall, 2), "refused": 0, "finished": 0}
     result |= {"accepted_partial": 0, "identical_rerun": 0, "resumed_from_checkpoint": 0}
     for _ in range(points):
         shutil.rmtree(out, ignore_errors=True)
-        killed(cmd, rng.uniform(0, 1.2 * wall))
+        killed(cmd, rng.uniform(0, 1.2 * wall), env)
         got = weights_hash()
         if got is None:
             result["refused"] += 1
         else:
             result["finished" if got == reference else "accepted_partial"] += 1
         result["resumed_from_checkpoint"] += (out / "checkpoints" / "latest").exists()
-        rc, _, err = run(cmd + ["--resume"])
+        rc, _, err = run(cmd + ["--resume"], env=env)
         if rc == 0 and weights_hash() == reference:
             result["identical_rerun"] += 1
     return result

@@ -301,9 +301,7 @@ def save_domain(domain: Domain, model_dir: str | os.PathLike) -> None:
         for name, t in dtypes.items()
         if getattr(domain, name) is not None
     }
-    atomic_write(
-        model_dir / DOMAIN_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "specllm": "domain"})
-    )
+    atomic_write(model_dir / DOMAIN_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     meta = {k: v for k, v in asdict(domain).items() if k not in dtypes}
     meta["weights_sha256"] = file_sha256(model_dir / DOMAIN_WEIGHTS)  # checked by every load (`load_domain`)
     atomic_write_text(model_dir / DOMAIN_JSON, json.dumps(meta, indent=2, default=str) + "\n")

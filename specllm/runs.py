@@ -321,9 +321,9 @@ def save_model_dir(
         state = trainable_state(model) if state is None else state
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        sha = atomic_write(
-            tmp / WEIGHTS, lambda t: save_file(state, t, metadata={"format": "pt", "specllm": "model"}), digest=True
-        )
+        # One metadata key: safetensors writes the metadata map in a per-process random order, so two keys made the
+        # same weights a different file (and SHA-256) from one run to the next.
+        sha = atomic_write(tmp / WEIGHTS, lambda t: save_file(state, t, metadata={"format": "pt"}), digest=True)
         spec_data = asdict(spec) | {"weights_sha256": sha}  # checked by every load (`read_weights`)
         (tmp / SPEC).write_text(json.dumps(spec_data, indent=2, default=str) + "\n")
         if parent is not None:

@@ -900,3 +900,23 @@ def test_api_config_outside_its_declared_range_is_one_specllm_error():
     with pytest.raises(SpecllmError, match="an InferConfig is expected"):
         Model(None, config={"batch_size": 4})
     check_ranges(InferConfig())  # the defaults are inside their ranges
+
+
+def test_the_same_weights_are_the_same_file(tmp_path):
+    """Two processes writing equal tensors write equal bytes (safetensors' metadata map is serialised in a
+    per-process random order: one key keeps the file, and so the weights' SHA-256, reproducible)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from specllm.domain import Domain, save_domain; import numpy as np; "
+        "from specllm.runs import WEIGHTS; from safetensors.torch import save_file; "
+        "from specllm.files import atomic_write; from pathlib import Path; out = Path(sys.argv[1]); out.mkdir(); "
+        "d = Domain(np.zeros(3), np.ones((2, 3)), np.zeros((4, 2)), 1.0, 2, ['teff'], [0.0], [1.0], ['G'], 0.0, "
+        "scale=np.ones(2), residual_threshold=1.0); save_domain(d, out)"
+    )
+    names = ("a", "b", "c", "d", "e", "f")  # two metadata keys: all six alike by chance 1 time in 32
+    for name in names:
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True)
+    blobs = {(tmp_path / n / "domain.safetensors").read_bytes() for n in names}
+    assert len(blobs) == 1
