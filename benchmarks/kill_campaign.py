@@ -90,8 +90,7 @@ def shard_stage(name: str, cmd, out: Path, points: int, rng: random.Random) -> d
 def train_stage(cmd, out: Path, points: int, rng: random.Random) -> dict:
     """kill -9 during `train` (checkpoints every 2 steps); the consumer's check is `read_weights` on OUT/model (what
     infer and --init call: spec.json present and the weights matching its SHA-256); the rerun is --resume. Torch runs
-    on one thread here: with two, two uninterrupted runs already differ in the last bits of the weights (the CPU
-    kernels' parallel reductions), which would hide what a kill and a resume change."""
+    on one thread here (a precaution; two-thread runs proved as reproducible once the weight files were)."""
     import os
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
