@@ -43,7 +43,7 @@ def check(real: str, cannons: list[str], cfg: SyntheticConfig, png: str, targets
 
     models = [load_cannon(p) for p in cannons]
     grid = GridConfig()
-    donors = Donors(read_table(verified_shard_paths(real)), models, cfg, grid)
+    donors = Donors(read_table(verified_shard_paths(real)), cfg, grid)
     gen = Generator(models, donors, cfg, grid)
     gw = grid.wavelengths()
     rng = np.random.default_rng(cfg.seed)

@@ -137,18 +137,14 @@ def _settings(cfg: BenchmarkConfig) -> str:
 def report_markdown(result: BenchmarkResult, complete: bool = True) -> str:
     m, cfg = result.meta, result.config
     counts = lambda c: ", ".join(f"{k} {v}" for k, v in c.items() if v)  # noqa: E731
-    lines = [
-        "# specllm benchmark",
-        "",
-        *(
-            []
-            if complete
-            else [
-                f"**Incomplete**: written after {len({s.model for s in result.stats})} of its models (the run stopped "
-                "or is still running); rerun it for the whole report.",
-                "",
-            ]
-        ),
+    lines = ["# specllm benchmark", ""]
+    if not complete:
+        lines += [
+            f"**Incomplete**: written after {len({s.model for s in result.stats})} of its models (the run stopped "
+            "or is still running); rerun it for the whole report.",
+            "",
+        ]
+    lines += [
         f"- data: `{m['shards']}`, shards SHA-256 `{m.get('shards_sha256')}`",
         f"- train split: {result.n_train} spectra ({counts(m['train_counts'])}); {m['split']} split: {counts(m['test_counts'])}",
         f"- code: specllm {m['code_version']}; torch {m['torch']}, lightgbm {m['lightgbm']}, Python {m['python']}; {m['platform']}",

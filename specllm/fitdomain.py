@@ -136,17 +136,16 @@ def fit_model_domain(
     )
     domain.info["val_uncertain"] = float(domain.uncertain(errors[probe], names).mean()) if probe.any() else float("nan")
     if config.negatives:  # a classifier against spectra outside the training labels' range (synthetic)
-        negative = [it for it in iter_shard_items(config.negatives, "synthetic")]
+        if config.features != "flux":
+            raise SpecllmError("--negatives needs the 'flux' features")
+        negative = list(iter_shard_items(config.negatives, "synthetic"))
         if len(negative) < 2:
             raise SpecllmError(f"{config.negatives}: no rows of split 'synthetic' to use as negatives")
         neg_flux = np.stack([it.flux for it in negative])
         neg_mask = np.stack([it.mask for it in negative])
         neg_cut = rng.random(len(negative)) < config.partial_fraction  # partial coverage is no feature of either
         neg_flux[neg_cut], neg_mask[neg_cut] = edge_cut(neg_flux[neg_cut], neg_mask[neg_cut], rng, config.partial_span)
-        neg = neg_flux if config.features == "flux" else None
-        if neg is None:
-            raise SpecllmError("--negatives needs the 'flux' features")
-        fit_classifier(domain, hidden[~val], neg, hidden[val], config.quantile, config.classifier_l2)
+        fit_classifier(domain, hidden[~val], neg_flux, hidden[val], config.quantile, config.classifier_l2)
         held = domain.score(hidden[val])
         domain.info["val_out_of_domain_with_classifier"] = float(np.mean(held > 1))
         domain.info["negatives"] = str(config.negatives)

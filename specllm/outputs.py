@@ -134,10 +134,8 @@ def column(name: str) -> Column:
     if name.endswith("_err"):
         base = column(name[: -len("_err")])
         return Column(base.kind, base.unit, base.decimals, f"1-sigma uncertainty of {name[:-4]}")
-    if name.endswith("_fe"):
-        return Column(
-            ABUNDANCE.kind, ABUNDANCE.unit, ABUNDANCE.decimals, element_title(name[:-3])
-        )  # `tiii_fe` -> [Ti II/Fe]
+    if name.endswith("_fe"):  # `tiii_fe` -> [Ti II/Fe]
+        return Column(ABUNDANCE.kind, ABUNDANCE.unit, ABUNDANCE.decimals, element_title(name[:-3]))
     return FALLBACK
 
 

@@ -296,7 +296,7 @@ class Donors:
     """The real spectra a synthetic one borrows from: the TRAIN split only, without its validation part
     (`splits.is_validation`), so no validation or test spectrum leaks into training."""
 
-    def __init__(self, table: pa.Table, models: list[CannonModel], cfg: SyntheticConfig, grid: GridConfig):
+    def __init__(self, table: pa.Table, cfg: SyntheticConfig, grid: GridConfig):
         split = SplitConfig()
         ids = table.column("spec_id").to_pylist()
         splits = table.column("split").to_pylist()
@@ -307,7 +307,7 @@ class Donors:
         if not keep.any():
             raise SpecllmError("no real train-split spectrum (outside validation) with a Teff to take a continuum from")
         self.table = table.filter(pa.array(keep))
-        self.cfg, self.grid, self.models = cfg, grid, models
+        self.cfg, self.grid = cfg, grid
         col = self.table.column
         self.spec_id = np.asarray(col("spec_id").to_pylist())
         self.teff = np.asarray(col("teff").to_numpy(zero_copy_only=False), dtype=np.float64)
@@ -336,7 +336,7 @@ class Donors:
         votes = [self.cls[i] for i in self.nearest(teff, self.cfg.class_neighbours) if self.cls[i] in CLASSES]
         return max(sorted(set(votes)), key=votes.count) if votes else None
 
-    def continuum(self, i: int, native: np.ndarray) -> np.ndarray:
+    def continuum(self, i: int, native: np.ndarray, models: list[CannonModel]) -> np.ndarray:
         """Donor i's smooth continuum on the grid (its normalised flux, max 1): its flux divided by the Cannon model
         at its own catalogue labels (clipped into the model's ranges) made LAMOST-like the same way, deep line cores
         and masked pixels skipped, then a median filter and a Gaussian smoothing. Dividing by the model, rather than
@@ -345,7 +345,7 @@ class Donors:
             return self._continua[i]
         cfg = self.cfg
         labels = self.labels[i]
-        model = nearest_model(self.models, labels)
+        model = nearest_model(models, labels)
         clipped = np.clip(np.nan_to_num(labels, nan=float(np.median(model.ranges))), *model.ranges.T)
         gw = self.grid.wavelengths()
         shape = np.interp(gw, native, to_lamost(model, model(clipped), self.z[i], cfg, native))
@@ -381,7 +381,6 @@ class Generator:
         self.native = lamost_pixels(grid, cfg.lamost_log_step)
         lo, hi = self.native[0] / 1.01, self.native[-1] * 1.01  # room for air->vacuum, redshift, the kernel
         self.models = [m.trimmed(lo, hi) for m in models]
-        donors.models = self.models
 
     def spectrum(self, labels, donor: int, snr: dict, rng: np.random.Generator, noise: bool = True):
         """(`preprocess.Cleaned`, model used) for one star at `labels` on donor `donor`'s continuum; `noise=False`:
@@ -394,7 +393,7 @@ class Generator:
         z = float(d.z[donor])
         norm_flux = to_lamost(model, model(labels), z, self.cfg, self.native)
         gw = self.grid.wavelengths()
-        cont = np.interp(self.native, gw, d.continuum(donor, self.native))
+        cont = np.interp(self.native, gw, d.continuum(donor, self.native, self.models))
         cont *= blackbody_ratio(self.native / (1.0 + z), labels[0], float(np.clip(d.teff[donor], 2500.0, None)))
         flux = norm_flux * cont
         lo, hi = self.cfg.snr_clip
@@ -485,7 +484,7 @@ def write_synthetic_shards(
     c = manifest.get("clean") or {}
     clean = CleanConfig(**{k: c[k] for k in (f.name for f in dataclasses.fields(CleanConfig)) if k in c})
     models = [load_cannon(p) for p in cannons]
-    donors = Donors(table, models, cfg, grid)
+    donors = Donors(table, cfg, grid)
     gen = Generator(models, donors, cfg, grid, clean)
     # Chained runs (a folder of this function's as `real`): the new rows are numbered on after the synthetic ones
     # already there, and the provenance lists every run.

@@ -196,7 +196,7 @@ def _real_table(n: int, grid: GridConfig) -> pa.Table:
 def test_donors_are_train_split_outside_validation():
     grid = GridConfig()
     table = _real_table(6, grid)
-    donors = Donors(table, [], SyntheticConfig(), grid)
+    donors = Donors(table, SyntheticConfig(), grid)
     for sid in donors.spec_id:
         assert split_of(str(sid), SplitConfig()) == "train" and not is_validation(str(sid), SplitConfig())
     assert len(donors) >= 6
@@ -206,7 +206,7 @@ def test_lamost_like_spectrum(tmp_path):
     grid = GridConfig()
     model = load_cannon(_line_model(tmp_path / "m.pkl"))
     cfg = SyntheticConfig(n=2, teff_range=(9000.0, 12000.0), logg_range=(3.8, 4.2), feh_range=(-0.5, 0.0))
-    donors = Donors(_real_table(6, grid), [model], cfg, grid)
+    donors = Donors(_real_table(6, grid), cfg, grid)
     gen = Generator([model], donors, cfg, grid)
     rng = np.random.default_rng(0)
     cleaned, used = gen.spectrum(np.array([10000.0, 4.0, -0.2]), 0, {"g": 50.0, "r": 60.0}, rng)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..files import atomic_write_text, csv_text
+from ..files import csv_text, write_csv
 from ..labels import element_title
 from ..metrics import OVERALL
 from .stats import (
@@ -20,14 +20,20 @@ from .stats import (
     ExternalResult,
 )
 
+FLOAT_FORMAT = "{:.6g}"  # compare-external's tables: floats to 6 significant digits
+
+
+def _cells(rows: list[dict], columns: list[str]) -> list[list]:
+    return [[r.get(c) for c in columns] for r in rows]
+
 
 def table_csv(rows: list[dict], columns: list[str]) -> str:
-    """compare-external's tables as CSV: one row per dict, its `columns` in order, floats to 6 significant digits."""
-    return csv_text(columns, [[r.get(c) for c in columns] for r in rows], "{:.6g}")
+    """compare-external's tables as CSV: one row per dict, its `columns` in order."""
+    return csv_text(columns, _cells(rows, columns), FLOAT_FORMAT)
 
 
 def write_table_csv(path: str, rows: list[dict], columns: list[str]) -> None:
-    atomic_write_text(path, table_csv(rows, columns))
+    write_csv(path, columns, _cells(rows, columns), FLOAT_FORMAT)
 
 
 def _pm(row: dict | None, fmt: str) -> str:
