@@ -458,6 +458,8 @@ def compare_external(
     "seed",
     "negatives",
     "classifier_l2",
+    "indices",
+    "joint",
 )
 def fit_domain(
     shards: Annotated[

@@ -362,6 +362,15 @@ class DomainConfig:
     spectra's probabilities. None: the two distances alone."""
     classifier_l2: float = 1.0
     """L2 penalty of that classifier's weights (its inputs are whitened components: unit variance)."""
+    indices: bool = True
+    """(`flux` features) Also read 20 spectral band indices (Lick, TiO/CaH, H alpha, the Ca II triplet:
+    `physics.BAND_INDICES`), each against its own local continuum: a spectrum whose farthest index lies outside the
+    fit spectra's range by more than the `quantile` of the validation spectra's excess is out of domain (molecular
+    bands of K/M stars, gravity-sensitive lines). Indices over unobserved pixels are not read."""
+    joint: bool = True
+    """The parts (neighbours, residual, indices, classifier) share one budget: the largest part over its own
+    threshold is divided by its `quantile` over the validation spectra, so that 1 - `quantile` of them is out of
+    domain in all, rather than up to that share per part."""
 
 
 # ---------------------------------------------------------------- external spectra and comparison (issue 7)

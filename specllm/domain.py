@@ -8,16 +8,22 @@ train split of the shards the model was trained on, and stored beside the weight
   training spectra in that whitened space. Features (`features` in domain.json): `flux`, the cleaned spectrum on
   the grid itself (line depths and molecular bands as observed: the default), `patches`, the patch projector's
   output for every patch, concatenated (the model's own view), or `hidden`, the read-out hidden state;
-- `domain.json`: the two thresholds, the neighbour count, the training labels' range, the trained classes,
+- `domain.json`: the thresholds, the band indices' range, the score's shared scale, the neighbour count, the
+  training labels' range, the trained classes,
   `class_prob_min`, the `uncertain` bit's per-label limits on the predicted 1-sigma (`error_max`), and how all of
   it was fitted (counts, quantiles, the held-out part).
 
 A spectrum has two distances from the training set: its mean Euclidean distance to its `neighbours` nearest training
 spectra in the whitened space of the leading components (unlike any training spectrum along the directions the
 training set varies in), and its residual off those components (a feature the training set does not have at all:
-TiO bands, emission lines). `domain_score` is the larger of the two, each divided by its threshold (a quantile of
-held-out training spectra's); a spectrum is out of domain when it exceeds 1, or when a predicted label lies outside
-the training labels' range. Plain numpy: no model code is imported here.
+emission lines, strong molecular bands). With `flux` features, 20 spectral band indices (`physics.BAND_INDICES`:
+Lick, TiO/CaH, H alpha, Ca II triplet, each against its local continuum) add a third part: how far the farthest
+observed index lies outside the fit spectra's range (the weak TiO of a 3,900 K giant is 9 of 4,901 pixels, too little
+for either distance, yet unlike every training spectrum in TiO5). Each part is divided by its threshold (a quantile
+of held-out training spectra's); with one shared budget (`joint_budget`) the largest is divided once more so that the
+parts together flag the quantile's share of held-out spectra. That is `domain_score`; a spectrum is out of domain
+when it exceeds 1, or when a predicted label lies outside the training labels' range. Plain numpy: no model code is
+imported here.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DomainConfig
+from .config import DomainConfig, GridConfig
 from .errors import SpecllmError, one_line
 from .files import atomic_write, atomic_write_text, file_sha256
 
 DOMAIN_WEIGHTS = "domain.safetensors"
 DOMAIN_JSON = "domain.json"
+INDEX_THRESHOLD_MIN = 1e-3  # the band-index threshold's floor (in units of an index's range), never zero
+GRID_SIZE = GridConfig().size
 
 
 @dataclass
@@ -56,6 +64,13 @@ class Domain:
     error_max: dict = field(default_factory=dict)  # label -> the `uncertain` bit's limit on its 1-sigma
     # {"weights", "bias", "threshold", ...}: the logistic classifier against out-of-range spectra (`fit_classifier`)
     classifier: dict | None = None
+    # the band-index check (`flux` features): the fit spectra's range of each `physics.BAND_INDICES` index, and the
+    # threshold on how far outside it a spectrum's farthest index lies (None, older files: no such check)
+    index_low: list | None = None
+    index_high: list | None = None
+    index_threshold: float | None = None
+    # every part over its own threshold, the largest of them is divided by this (the parts' one validation budget)
+    score_scale: float = 1.0
 
     def project(self, hidden: np.ndarray) -> np.ndarray:
         return (np.asarray(hidden, np.float64) - self.mean) @ self.components.T
@@ -65,16 +80,24 @@ class Domain:
         (N,) the residual off those components (None without `scale`)."""
         return distances(features, self.mean, self.components, self.scale, self.reference, self.neighbours, chunk)
 
-    def score(self, features: np.ndarray, chunk: int = 512) -> np.ndarray:
-        """`domain_score`: the larger of the two distances, each over its threshold, and of the classifier's
-        probability over its threshold where there is one (> 1: out of domain)."""
+    def score(self, features: np.ndarray, mask: np.ndarray | None = None, chunk: int = 512) -> np.ndarray:
+        """`domain_score` (> 1: out of domain): the largest of the two distances, the band indices' excess and the
+        classifier's probability (where the check has them), each over its threshold, divided by `score_scale`.
+        `mask` (N, G), True where the grid is not observed: band indices there are not read (None: all observed)."""
         knn, residual = self.distances(features, chunk)
         score = knn / self.threshold
         if residual is not None and self.residual_threshold:
             score = np.maximum(score, residual / self.residual_threshold)
+        if self.index_threshold:
+            score = np.maximum(score, self.index_excess(features, mask) / self.index_threshold)
         if self.classifier:
             score = np.maximum(score, self.classifier_probability(features, residual) / self.classifier["threshold"])
-        return score
+        return score / self.score_scale
+
+    def index_excess(self, features: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """(N,) how far a spectrum's band indices lie outside the fit spectra's range, the farthest of its observed
+        indices in units of that index's range (negative: every index inside; 0 where none is observed)."""
+        return index_excess(grid_indices(features, mask), self.index_low, self.index_high)
 
     def design(self, features: np.ndarray, residual: np.ndarray) -> np.ndarray:
         """The classifier's inputs: the whitened leading components, their squares and the residual over its
@@ -99,9 +122,11 @@ class Domain:
                 out |= np.isfinite(v) & ((v < self.label_min[k]) | (v > self.label_max[k]))
         return out
 
-    def check(self, features: np.ndarray, values: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def check(
+        self, features: np.ndarray, values: np.ndarray, names: list[str], mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(out of domain (N,) bool, `domain_score` (N,))."""
-        score = self.score(features)
+        score = self.score(features, mask)
         return (score > 1) | self.out_of_range(values, names), score
 
     def uncertain(self, errors: np.ndarray, names: list[str]) -> np.ndarray:
@@ -120,6 +145,26 @@ class Domain:
         if self.features == "hidden":
             return hidden
         return patch_features(patcher, flux, mask)
+
+
+def grid_indices(flux: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """`physics.band_indices` of cleaned spectra on the default grid (the `flux` features); NaN where masked."""
+    from .physics import band_indices
+
+    grid = GridConfig().wavelengths()
+    if np.shape(flux)[-1] != grid.size:
+        raise SpecllmError(f"band indices need the {grid.size}-pixel grid's flux, not {np.shape(flux)[-1]} features")
+    return band_indices(flux, grid, mask)
+
+
+def index_excess(indices: np.ndarray, low, high) -> np.ndarray:
+    """(N,) the largest of (index - high) / (high - low) and (low - index) / (high - low) over each row's observed
+    (finite) indices; 0 for a row with none."""
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    width = np.maximum(high - low, 1e-6)
+    excess = np.fmax((indices - high) / width, (low - indices) / width)
+    largest = np.where(np.isnan(excess), -np.inf, excess).max(1)
+    return np.where(np.isfinite(largest), largest, 0.0)
 
 
 def uncertainty_limits(errors: np.ndarray, names: list[str], quantile: float) -> dict[str, float]:
@@ -203,9 +248,14 @@ def fit_domain(
     config: DomainConfig = DomainConfig(),
     info: dict | None = None,
     error_max: dict | None = None,
+    mask_fit: np.ndarray | None = None,
+    mask_val: np.ndarray | None = None,
 ) -> Domain:
     """PCA (whitened) on `hidden_fit`, the fit spectra as reference, the thresholds from the held-out `hidden_val`;
-    `error_max` (the `uncertain` bit's limits, `uncertainty_limits`) stored as given."""
+    with `flux` features and `config.indices`, the band indices' range from the fit spectra and their threshold from
+    the held-out ones (`mask_fit`/`mask_val`: the grid points not observed); `error_max` (the `uncertain` bit's
+    limits, `uncertainty_limits`) stored as given. Each part has its own threshold; `joint_budget` then sets the
+    one shared by all."""
     x = np.asarray(hidden_fit, np.float64)
     mean = x.mean(0).astype(np.float32).astype(np.float64)  # as stored
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
@@ -220,6 +270,12 @@ def fit_domain(
     finite = np.isfinite(labels)
     lo = [float(np.min(labels[finite[:, j], j])) for j in range(labels.shape[1])]
     hi = [float(np.max(labels[finite[:, j], j])) for j in range(labels.shape[1])]
+    index_low = index_high = index_threshold = None
+    if config.indices and config.features == "flux" and x.shape[1] == GRID_SIZE:  # spectra on the grid
+        seen = grid_indices(x, mask_fit)
+        index_low, index_high = np.nanmin(seen, 0).tolist(), np.nanmax(seen, 0).tolist()
+        val_excess = index_excess(grid_indices(hidden_val, mask_val), index_low, index_high)
+        index_threshold = max(float(np.quantile(val_excess, config.quantile)), INDEX_THRESHOLD_MIN)
     cp = class_prob_val[np.isfinite(class_prob_val)] if class_prob_val is not None else np.array([])
     use_prob = cp.size and config.class_prob_quantile > 0
     class_prob_min = float(np.quantile(cp, config.class_prob_quantile)) if use_prob else 0.0
@@ -249,7 +305,20 @@ def fit_domain(
         scale=scale,
         residual_threshold=residual_threshold,
         error_max=dict(error_max or {}),
+        index_low=index_low,
+        index_high=index_high,
+        index_threshold=index_threshold,
     )
+
+
+def joint_budget(domain: Domain, held_out: np.ndarray, mask: np.ndarray | None, quantile: float) -> float:
+    """Sets `domain.score_scale` to the `quantile` of the `held_out` (validation) spectra's score with every part
+    over its own threshold, so that the parts share one budget (1 - quantile of the held-out spectra out of domain)
+    rather than each spending its own; returns the share of them out of domain before."""
+    domain.score_scale = 1.0
+    raw = domain.score(held_out, mask)
+    domain.score_scale = float(np.quantile(raw, quantile))
+    return float(np.mean(raw > 1))
 
 
 def fit_classifier(

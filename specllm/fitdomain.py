@@ -19,7 +19,16 @@ import numpy as np
 
 from .config import DomainConfig, InferConfig, SplitConfig
 from .device import pick_device
-from .domain import Domain, edge_cut, fit_classifier, fit_domain, patch_features, save_domain, uncertainty_limits
+from .domain import (
+    Domain,
+    edge_cut,
+    fit_classifier,
+    fit_domain,
+    joint_budget,
+    patch_features,
+    save_domain,
+    uncertainty_limits,
+)
 from .errors import SpecllmError
 from .labelling import iter_shard_items
 from .predict import default_model_dir, load_for_inference, predict, questions_for
@@ -132,7 +141,17 @@ def fit_model_domain(
         "features": FEATURES[config.features],
     }
     domain = fit_domain(
-        hidden[~val], hidden[val], class_prob[probe], table, spec.value_names, trained, config, info, limits
+        hidden[~val],
+        hidden[val],
+        class_prob[probe],
+        table,
+        spec.value_names,
+        trained,
+        config,
+        info,
+        limits,
+        mask_fit=mask[~val],
+        mask_val=mask[val],
     )
     domain.info["val_uncertain"] = float(domain.uncertain(errors[probe], names).mean()) if probe.any() else float("nan")
     if config.negatives:  # a classifier against spectra outside the training labels' range (synthetic)
@@ -146,14 +165,28 @@ def fit_model_domain(
         neg_cut = rng.random(len(negative)) < config.partial_fraction  # partial coverage is no feature of either
         neg_flux[neg_cut], neg_mask[neg_cut] = edge_cut(neg_flux[neg_cut], neg_mask[neg_cut], rng, config.partial_span)
         fit_classifier(domain, hidden[~val], neg_flux, hidden[val], config.quantile, config.classifier_l2)
-        held = domain.score(hidden[val])
+        held = domain.score(hidden[val], mask[val])
         domain.info["val_out_of_domain_with_classifier"] = float(np.mean(held > 1))
         domain.info["negatives"] = str(config.negatives)
+    if domain.index_threshold:
+        excess = domain.index_excess(hidden[val], mask[val])
+        domain.info["val_out_of_domain_indices"] = float(np.mean(excess > domain.index_threshold))
+    if config.joint:
+        domain.info["val_out_of_domain_parts"] = joint_budget(domain, hidden[val], mask[val], config.quantile)
+        domain.info["val_out_of_domain_joint"] = float(np.mean(domain.score(hidden[val], mask[val]) > 1))
     save_domain(domain, target)
     say(
         f"domain check ({config.features}): {len(items)} train spectra ({int(val.sum())} validation), thresholds "
         f"{domain.threshold:.3g} (neighbours) {domain.residual_threshold:.3g} (residual), "
-        f"{domain.info['val_out_of_domain']:.1%} of validation out; uncertain above "
+        f"{domain.info['val_out_of_domain']:.1%} of validation out"
+        + (f", band indices above {domain.index_threshold:.3g}" if domain.index_threshold else "")
+        + (
+            f"; one budget (score over {domain.score_scale:.3g}): {domain.info['val_out_of_domain_parts']:.1%} -> "
+            f"{domain.info['val_out_of_domain_joint']:.1%} of validation out"
+            if config.joint
+            else ""
+        )
+        + "; uncertain above "
         + ", ".join(f"{k} {v:.3g}" for k, v in limits.items())
         + f"; trained classes {','.join(trained)}"
         + (

@@ -11,7 +11,7 @@ what it was: `ok`, or why the spectrum could not be read or cleaned at all.
 | 1 | 2 | `low SNR` / `no SNR` | SNR_r or SNR_i below the cut `ingest` applies (`--snr-min-r`, `--snr-min-i`, paper: 2), or not measured: `ingest` rejects this spectrum with the same reason |
 | 2 | 4 | `partial` | the spectrum misses part of the 3800-8700 A grid at one end (`partial` column; e.g. MILES stops at 7410 A) |
 | 3 | 8 | `class` | a class the model was not trained on: the header's SUBCLASS (K, M, dM, gM, ...), or the class head's answer, is outside the trained classes, or the class head's probability `class_prob` is below the model's `class_prob_min` (0, i.e. off, for the shipped model) |
-| 4 | 16 | `domain` | the model's own check, no header needed: the spectrum (or the model's view of it: `features` in domain.json) is far from every training spectrum, or has what no training spectrum has (thresholds set on held-out training spectra, `domain.json` in the model directory), or a predicted label lies outside the training labels' range |
+| 4 | 16 | `domain` | the model's own check, no header needed: the spectrum (or the model's view of it: `features` in domain.json) is far from every training spectrum, or has what no training spectrum has, or a band index (TiO, CaH, Ca 4227, ...: with `flux` features) lies outside every training spectrum's range (thresholds set on held-out training spectra, `domain.json` in the model directory), or a predicted label lies outside the training labels' range |
 | 5 | 32 | `uncertain` | a predicted 1-sigma (after calibration) exceeds its label's limit `error_max` (set on held-out training spectra, `domain.json`) |
 
 `usable` (a boolean column beside `flag`) is the one rule for which rows to keep: status `ok` and no bit set but
@@ -41,7 +41,9 @@ SNR = Flag(1, "low SNR", "SNR_r or SNR_i below ingest's cut, or not measured ('n
 PARTIAL = Flag(2, "partial", "part of the wavelength grid is missing at one end")
 CLASS = Flag(3, "class", "a class the model was not trained on (header SUBCLASS, class head, or low class_prob)")
 DOMAIN = Flag(
-    4, "domain", "outside the model's domain by its own check (distance from the training spectra, or label range)"
+    4,
+    "domain",
+    "outside the model's domain by its own check (distance from the training spectra, band indices, or label range)",
 )
 UNCERTAIN = Flag(5, "uncertain", "a predicted 1-sigma (calibrated) above its label's limit (error_max in domain.json)")
 FLAGS: tuple[Flag, ...] = (NOT_STAR, SNR, PARTIAL, CLASS, DOMAIN, UNCERTAIN)

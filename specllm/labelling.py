@@ -351,7 +351,7 @@ def label_rows(items: Iterable[Item], models: list[Loaded], device, config: Infe
         if good and checker is not None:
             preds = results[models.index(checker)][1]
             feats = checker.domain.features_of(flux, mask, checker.model.patcher, preds.hidden)
-            outside, score = checker.domain.check(feats, preds.values, checker.spec.value_names)
+            outside, score = checker.domain.check(feats, preds.values, checker.spec.value_names, mask)
             uncertain = checker.domain.uncertain(preds.errors, checker.spec.value_names)
         k = 0
         for it in chunk:

@@ -525,15 +525,31 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
             f"- Features: {info.get('features')}, projected on its {domain.components.shape[0]} leading principal "
             f"components ({info.get('explained_variance', float('nan')):.0%} of its variance), each scaled to unit variance.",
             f"- Score: the mean distance to the {domain.neighbours} nearest of {domain.reference.shape[0]} training "
-            "spectra in that space, and the residual off those components (what no training spectrum has), each over "
-            "its threshold; `domain_score` is the larger (above 1: flagged `domain`).",
+            "spectra in that space, and the residual off those components (what no training spectrum has)"
+            + (
+                f", and how far the farthest of {len(domain.index_low)} band indices (Lick, TiO/CaH, H alpha, Ca II "
+                "triplet) lies outside the training spectra's range"
+                if domain.index_threshold
+                else ""
+            )
+            + (", and a classifier against synthetic out-of-range spectra" if domain.classifier else "")
+            + "; each over its threshold, the largest of them"
+            + (
+                f" divided by {domain.score_scale:.3g} (one budget shared by the parts: "
+                f"{info.get('val_out_of_domain_parts', float('nan')):.1%} of validation spectra over a part's own "
+                f"threshold, {info.get('val_out_of_domain_joint', float('nan')):.1%} over the shared one)"
+                if domain.score_scale != 1.0
+                else ""
+            )
+            + " is `domain_score` (above 1: flagged `domain`).",
             f"- Fitted on the train split of `{Path(str(info.get('shards'))).name}` ({info.get('train_spectra')} spectra, "
             f"{info.get('partial_spectra')} of them with one end of the grid cut so that partial coverage alone passes); "
             f"thresholds = the {info.get('config', {}).get('quantile')} and {info.get('config', {}).get('residual_quantile')} "
             f"quantiles over its {info.get('held_out_spectra')} validation spectra (the split's hash rule); the test "
             "split is never used.",
-            f"- On those validation spectra `domain` fired on {info.get('val_out_of_domain', float('nan')):.1%} (by "
-            f"distance) and `uncertain` on {info.get('val_uncertain', float('nan')):.1%}.",
+            f"- On those validation spectra `domain` fired on "
+            f"{info.get('val_out_of_domain_joint', info.get('val_out_of_domain', float('nan'))):.1%} (by its score) and "
+            f"`uncertain` on {info.get('val_uncertain', float('nan')):.1%}.",
             "- `uncertain`: a predicted 1-sigma above "
             + (", ".join(f"{k} {v:.4g}" for k, v in domain.error_max.items()) or "(no limits: off)")
             + f" (the {info.get('config', {}).get('uncertain_quantile')} quantile over the validation spectra).",

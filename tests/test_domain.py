@@ -153,3 +153,41 @@ def test_classifier_against_out_of_range_spectra(tmp_path):
     again = load_domain(tmp_path)
     assert again.classifier["weights"] == info["weights"]
     assert np.allclose(again.score(val[:20]), domain.score(val[:20]), rtol=1e-4)
+
+
+def test_band_indices_see_a_molecular_band_the_training_spectra_lack(tmp_path):
+    from specllm.config import GridConfig
+    from specllm.domain import joint_budget
+    from specllm.physics import air_to_vacuum
+
+    rng = np.random.default_rng(11)
+    wave = GridConfig().wavelengths()
+    lo, hi = air_to_vacuum(np.array([7126.0, 7135.0]))
+    band = (wave >= lo) & (wave <= hi)  # TiO5's band: 9 of 4,901 pixels
+
+    def spectra(n, depth=0.0):
+        slope = rng.uniform(-0.3, 0.3, size=(n, 1)) * (wave - 6250) / 2450
+        noise = rng.uniform(0.005, 0.03, size=(n, 1))  # SNR varies from spectrum to spectrum
+        x = 0.8 + slope + noise * rng.normal(size=(n, wave.size))
+        x[:, band] *= 1 - depth
+        return x.astype(np.float32)
+
+    fit, val = spectra(300), spectra(200)
+    config = DomainConfig(components=4, neighbours=5)
+    plain = fit_domain(fit, val, None, rng.normal(size=(300, 1)), ["teff"], ["G"], DomainConfig(components=4,
+                       neighbours=5, indices=False))  # fmt: skip
+    domain = fit_domain(fit, val, None, rng.normal(size=(300, 1)), ["teff"], ["G"], config)
+    assert len(domain.index_low) == 20 and domain.index_threshold > 0
+    banded = spectra(100, depth=0.15)
+    assert (plain.score(banded) > 1).mean() < 0.5  # 9 pixels: the distances hardly see it
+    assert (domain.score(banded) > 1).mean() > 0.95
+    assert (domain.score(spectra(200)) > 1).mean() < 0.05
+    mask = np.zeros(banded.shape, bool)
+    mask[:, band] = True  # the band not observed: not read
+    assert (domain.score(banded, mask) > 1).mean() <= (plain.score(banded) > 1).mean() + 0.02
+    before = joint_budget(domain, val, None, 0.9)  # one budget: 10% of the held-out spectra out in all
+    assert before > 0 and (domain.score(val) > 1).mean() == pytest.approx(0.1, abs=0.01)
+    save_domain(domain, tmp_path)
+    again = load_domain(tmp_path)
+    assert again.score_scale == domain.score_scale and again.index_high == domain.index_high
+    assert np.allclose(again.score(banded[:10]), domain.score(banded[:10]), rtol=1e-4)

@@ -112,6 +112,8 @@ def test_domain_bit_follows_the_stored_threshold(tmp_path, tiny_model, shared_da
         meta.update(
             threshold=threshold, residual_threshold=threshold, label_min=[-1e9] * 3, label_max=[1e9] * 3, error_max={}
         )
+        if meta.get("index_threshold"):  # the band-index part (flux features) follows the same threshold
+            meta.update(index_threshold=threshold, score_scale=1.0)
         (model / "domain.json").write_text(json.dumps(meta))
         run_infer(files, str(model), str(tmp_path / "x.parquet"), InferConfig())
         for r in pq.read_table(tmp_path / "x.parquet").to_pylist():

@@ -35,3 +35,22 @@ def test_broaden_keeps_missing_pixels_missing_and_propagates_ivar():
     out, out_ivar = broaden(wave, flux, ivar, 1.0, 1800.0, 4.0)
     assert np.isnan(out[1000]) and np.allclose(out[np.isfinite(out)], 1.0)
     assert out_ivar.shape == wave.shape and (out_ivar[:900] > 100.0).all()  # averaging lowers the noise
+
+
+def test_band_indices_measure_a_band_against_its_local_continuum():
+    from specllm.physics import BAND_INDICES, band_indices
+
+    wave = 3800.0 + np.arange(4901.0)
+    names = list(BAND_INDICES)
+    tio5 = names.index("TiO5")
+    band = (wave >= air_to_vacuum(np.array([7126.0]))[0]) & (wave <= air_to_vacuum(np.array([7135.0]))[0])
+    sloped = np.tile(np.linspace(0.4, 1.0, wave.size), (3, 1))  # a slope alone: ~0 between two windows
+    sloped[1, band] *= 0.5  # a TiO band absorbing half the flux: +0.75 mag
+    mask = np.zeros_like(sloped, bool)
+    mask[2, band] = True  # the same spectrum as row 1, its band unobserved
+    sloped[2] = sloped[1]
+    out = band_indices(sloped, wave, mask)
+    two_sided = [j for j, (_, blue, red) in enumerate(BAND_INDICES.values()) if blue != red]  # CaH/TiO5: one window
+    assert len(two_sided) == 17 and np.abs(out[0, two_sided]).max() < 0.01
+    assert out[1, tio5] - out[0, tio5] == pytest.approx(2.5 * np.log10(2.0), abs=0.01)
+    assert np.isnan(out[2, tio5]) and np.isfinite(np.delete(out[2], tio5)).all()
