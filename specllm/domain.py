@@ -42,7 +42,7 @@ from .files import atomic_write, atomic_write_text, file_sha256
 DOMAIN_WEIGHTS = "domain.safetensors"
 DOMAIN_JSON = "domain.json"
 INDEX_THRESHOLD_MIN = 1e-3  # the band-index threshold's floor (in units of an index's range), never zero
-GRID_SIZE = GridConfig().size
+GRID_WAVE = GridConfig().wavelengths()  # the `flux` features' pixels
 
 
 @dataclass
@@ -151,10 +151,11 @@ def grid_indices(flux: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray
     """`physics.band_indices` of cleaned spectra on the default grid (the `flux` features); NaN where masked."""
     from .physics import band_indices
 
-    grid = GridConfig().wavelengths()
-    if np.shape(flux)[-1] != grid.size:
-        raise SpecllmError(f"band indices need the {grid.size}-pixel grid's flux, not {np.shape(flux)[-1]} features")
-    return band_indices(flux, grid, mask)
+    if np.shape(flux)[-1] != GRID_WAVE.size:
+        raise SpecllmError(
+            f"band indices need the {GRID_WAVE.size}-pixel grid's flux, not {np.shape(flux)[-1]} features"
+        )
+    return band_indices(flux, GRID_WAVE, mask)
 
 
 def index_excess(indices: np.ndarray, low, high) -> np.ndarray:
@@ -271,11 +272,12 @@ def fit_domain(
     lo = [float(np.min(labels[finite[:, j], j])) for j in range(labels.shape[1])]
     hi = [float(np.max(labels[finite[:, j], j])) for j in range(labels.shape[1])]
     index_low = index_high = index_threshold = None
-    if config.indices and config.features == "flux" and x.shape[1] == GRID_SIZE:  # spectra on the grid
+    if config.indices and config.features == "flux" and x.shape[1] == GRID_WAVE.size:  # spectra on the grid
         seen = grid_indices(x, mask_fit)
         index_low, index_high = np.nanmin(seen, 0).tolist(), np.nanmax(seen, 0).tolist()
         val_excess = index_excess(grid_indices(hidden_val, mask_val), index_low, index_high)
         index_threshold = max(float(np.quantile(val_excess, config.quantile)), INDEX_THRESHOLD_MIN)
+        info = {**(info or {}), "val_out_of_domain_indices": float(np.mean(val_excess > index_threshold))}
     cp = class_prob_val[np.isfinite(class_prob_val)] if class_prob_val is not None else np.array([])
     use_prob = cp.size and config.class_prob_quantile > 0
     class_prob_min = float(np.quantile(cp, config.class_prob_quantile)) if use_prob else 0.0
@@ -311,14 +313,14 @@ def fit_domain(
     )
 
 
-def joint_budget(domain: Domain, held_out: np.ndarray, mask: np.ndarray | None, quantile: float) -> float:
+def joint_budget(domain: Domain, held_out: np.ndarray, mask: np.ndarray | None, quantile: float) -> tuple[float, float]:
     """Sets `domain.score_scale` to the `quantile` of the `held_out` (validation) spectra's score with every part
     over its own threshold, so that the parts share one budget (1 - quantile of the held-out spectra out of domain)
-    rather than each spending its own; returns the share of them out of domain before."""
+    rather than each spending its own; returns the share of them out of domain before and after."""
     domain.score_scale = 1.0
     raw = domain.score(held_out, mask)
     domain.score_scale = float(np.quantile(raw, quantile))
-    return float(np.mean(raw > 1))
+    return float(np.mean(raw > 1)), float(np.mean(raw / domain.score_scale > 1))
 
 
 def fit_classifier(

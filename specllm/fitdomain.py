@@ -168,12 +168,9 @@ def fit_model_domain(
         held = domain.score(hidden[val], mask[val])
         domain.info["val_out_of_domain_with_classifier"] = float(np.mean(held > 1))
         domain.info["negatives"] = str(config.negatives)
-    if domain.index_threshold:
-        excess = domain.index_excess(hidden[val], mask[val])
-        domain.info["val_out_of_domain_indices"] = float(np.mean(excess > domain.index_threshold))
     if config.joint:
-        domain.info["val_out_of_domain_parts"] = joint_budget(domain, hidden[val], mask[val], config.quantile)
-        domain.info["val_out_of_domain_joint"] = float(np.mean(domain.score(hidden[val], mask[val]) > 1))
+        parts, joint = joint_budget(domain, hidden[val], mask[val], config.quantile)
+        domain.info.update(val_out_of_domain_parts=parts, val_out_of_domain_joint=joint)
     save_domain(domain, target)
     say(
         f"domain check ({config.features}): {len(items)} train spectra ({int(val.sum())} validation), thresholds "
