@@ -429,19 +429,19 @@ def main() -> None:
         atomic_write_json(out, report)  # each part's figures on disk as soon as it ends
         print(f"gpu-check: {name} done ({report['total_s']:.0f} s), {out} updated", file=sys.stderr)
 
-    try:
+    try:  # the 8B-shaped part last: the longest and the likeliest to meet its timeout, it holds no other part back
         if runner is not None:
             data = runner_data(runner, work)
             # fp32, as the embedded base is converted (a 135M model: 0.5 GB)
             smol = random_base(_smollm2_config(runner), runner / "bases" / "smollm2", work / "smollm2", "float32")
             part("shipped_train", lambda: shipped_train(work, data, args.smoke, timeout, str(smol)))
-            part("paper_train", lambda: paper_train(work, data, args.smoke, timeout, runner / "bases" / "llama3"))
             part("infer", lambda: predict_rate(work, work / "shards", args.smoke))
+            part("paper_train", lambda: paper_train(work, data, args.smoke, timeout, runner / "bases" / "llama3"))
         else:
             data = prepare(work, shared, args.smoke)
             part("shipped_train", lambda: shipped_train(work, data, args.smoke, timeout))
-            part("paper_train", lambda: paper_train(work, data, args.smoke, timeout))
             part("infer", lambda: infer_rate(work, shared, args.smoke))
+            part("paper_train", lambda: paper_train(work, data, args.smoke, timeout))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report, indent=1))

@@ -36,6 +36,7 @@ from specllm.infer import run_infer
 from specllm.io.lamost import header_meta
 from specllm.io.lamost_catalog import file_key
 from specllm.labels import reduce_class
+from specllm.metrics import FAR_OFF
 from specllm.preprocess import check_snr
 from specllm.splits import split_of
 
@@ -69,9 +70,6 @@ def run(paths: list[str], out: str, model: str | None) -> tuple:
     return pq.read_table(out), time.time() - t0
 
 
-FAR = {"teff": 1000.0, "logg": 1.0, "feh": 0.75}  # "far off" (issue 23), against the catalogue
-
-
 def blank_headers(paths: list[str], folder: str) -> list[str]:
     """Copies of `paths` with CLASS and SUBCLASS blanked in every header (the spectrum untouched)."""
     os.makedirs(folder, exist_ok=True)
@@ -101,7 +99,7 @@ def far_off(table, catalog: str) -> dict:
         if ref is None or r["status"] != "ok" or reduce_class(ref["subclass"]) not in ("A", "F", "G"):
             continue
         n += 1
-        off = any(abs(float(r[k]) - float(ref[k])) > v for k, v in FAR.items() if ref[k] not in ("", None))
+        off = any(abs(float(r[k]) - float(ref[k])) > v for k, v in FAR_OFF.items() if ref[k] not in ("", None))
         far += off
         flagged += r["flag"] != 0
         unflagged += r["flag"] == 0

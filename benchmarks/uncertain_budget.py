@@ -23,10 +23,23 @@ from specllm.config import SplitConfig
 from specllm.domain import uncertainty_limits
 from specllm.fitdomain import _train_labels
 from specllm.labelling import iter_shard_items
+from specllm.metrics import far_off
 from specllm.predict import load_for_inference, predict, questions_for
 from specllm.splits import is_validation
 
-FAR = {"teff": 1000.0, "logg": 1.0, "feh": 0.75}
+
+def validation_predictions(shards: str, model: str):
+    """The validation spectra of SHARDS' train split as observed (flux, mask), their catalogue labels, and the
+    model's predictions of them; with the loaded model (its `spec`, `domain`)."""
+    loaded = load_for_inference(Path(model), torch.device("cpu"))[0]
+    spec = loaded.spec
+    names = list(spec.value_names)
+    items = [it for it in iter_shard_items(shards, "train") if is_validation(it.spec_id, SplitConfig())]
+    labels = _train_labels(shards, names)
+    truth = np.array([labels[it.spec_id][1] for it in items])
+    flux, mask = np.stack([it.flux for it in items]), np.stack([it.mask for it in items])
+    preds = predict(loaded.model, spec, loaded.builder, questions_for(spec, flux), flux, mask, torch.device("cpu"))
+    return loaded, flux, mask, truth, preds
 
 
 def main(argv: list[str]) -> int:
@@ -35,20 +48,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("model")
     ap.add_argument("--quantiles", default="0.95,0.96,0.97,0.98,0.985,0.99")
     args = ap.parse_args(argv)
-    loaded = load_for_inference(Path(args.model), torch.device("cpu"))[0]
-    spec, domain = loaded.spec, loaded.domain
-    names = list(spec.value_names)
-    items = [it for it in iter_shard_items(args.shards, "train") if is_validation(it.spec_id, SplitConfig())]
-    labels = _train_labels(args.shards, names)
-    truth = np.array([labels[it.spec_id][1] for it in items])
-    flux, mask = np.stack([it.flux for it in items]), np.stack([it.mask for it in items])
-    preds = predict(loaded.model, spec, loaded.builder, questions_for(spec, flux), flux, mask, torch.device("cpu"))
+    loaded, flux, mask, truth, preds = validation_predictions(args.shards, args.model)
+    domain, names = loaded.domain, list(loaded.spec.value_names)
     out_domain, _ = domain.check(flux, preds.values, names, mask)
-    diff = np.abs(preds.values - truth)
-    far = np.zeros(len(items), bool)
-    for j, name in enumerate(names):
-        far |= np.nan_to_num(diff[:, j]) > FAR.get(name, np.inf)
-    print(f"{len(items)} validation spectra, {far.sum()} far off; domain flags {out_domain.mean():.1%}")
+    far = far_off(preds.values, truth, names)
+    print(f"{len(flux)} validation spectra, {far.sum()} far off; domain flags {out_domain.mean():.1%}")
     print("| uncertain quantile | uncertain | domain or uncertain | far off caught | far off among unflagged |")
     print("|---|---|---|---|---|")
     for q in [float(x) for x in args.quantiles.split(",")]:

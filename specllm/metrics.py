@@ -31,6 +31,16 @@ from .labels import CLASSES
 OVERALL = "all"  # the row (or column) of statistics over every class together
 MAD_TO_SIGMA = 1.4826  # sigma of a Gaussian / its median absolute deviation
 FIELDS: tuple[str, ...] = ("n", "mu", "sigma", "rmse", "median", "sigma_mad", "within_1sigma")
+# A row "far off" its catalogue (issue 23): any label's |prediction - catalogue| above its limit here.
+FAR_OFF: dict[str, float] = {"teff": 1000.0, "logg": 1.0, "feh": 0.75}
+
+
+def far_off(predicted: np.ndarray, catalogue: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """(N,) True where any label in `names` (columns of both arrays) is further off than `FAR_OFF` says; a label
+    without a limit, or missing on either side, counts as not far off."""
+    diff = np.abs(np.asarray(predicted, np.float64) - np.asarray(catalogue, np.float64))
+    limits = np.array([FAR_OFF.get(n, np.inf) for n in names])
+    return (np.nan_to_num(diff, nan=0.0) > limits).any(1)
 
 
 @dataclass(frozen=True)

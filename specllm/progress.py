@@ -19,8 +19,9 @@ def say(message: str) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, total: int | None = None, disable: bool = False, **fields: str):
-    """Yields `advance(n=1, **fields)`. Extra fields (e.g. loss="") are shown after the bar; `disable` shows nothing.
+def progress_bar(label: str, total: int | None = None, disable: bool = False, done: int = 0, **fields: str):
+    """Yields `advance(n=1, **fields)`. Extra fields (e.g. loss="") are shown after the bar; `disable` shows nothing;
+    `done`: items already done before this run (a resumed run), counted in the total but not in the rate.
 
     The bar is drawn on stderr when it is a terminal; elsewhere (logs, CI) a plain status line is written at most
     every `LOG_EVERY` seconds.
@@ -34,9 +35,9 @@ def progress_bar(label: str, total: int | None = None, disable: bool = False, **
     ]
     columns += [TextColumn(f"{name} {{task.fields[{name}]}}") for name in fields]
     interactive = sys.stderr.isatty() and not disable
-    state = {"done": 0, "last": time.monotonic(), "start": time.monotonic()}
+    state = {"done": done, "last": time.monotonic(), "start": time.monotonic()}
     with Progress(*columns, console=console, disable=not interactive) as progress:
-        task = progress.add_task(label, total=total, **fields)
+        task = progress.add_task(label, total=total, completed=done, **fields)
 
         def advance(n: int = 1, **values) -> None:
             progress.update(task, advance=n, **values)
@@ -48,8 +49,9 @@ def progress_bar(label: str, total: int | None = None, disable: bool = False, **
                 elapsed = now - state["start"]
                 of = f"/{total}" if total else ""
                 eta = ""
-                if total and state["done"] >= max(10, total // 100):  # a rate from a few items only misleads
-                    eta = f", about {(total - state['done']) * elapsed / state['done']:.0f} s left"
+                ran = state["done"] - done  # the rate is this run's: a resumed run's earlier steps took no time here
+                if total and ran >= max(10, total // 100):  # a rate from a few items only misleads
+                    eta = f", about {(total - state['done']) * elapsed / ran:.0f} s left"
                 say(f"{label}: {state['done']}{of} after {elapsed:.0f} s{eta} {shown}".rstrip())
 
         yield advance

@@ -99,8 +99,9 @@ class PromptBuilder:
             input_ids=ids.to(device),
             attention_mask=attn.to(device),
             patch_slots=slots.to(device) if slots is not None else None,
-            flux=torch.as_tensor(flux, dtype=torch.float32, device=device) if P else None,
-            mask=torch.as_tensor(mask, dtype=torch.bool, device=device) if P else None,
+            # read-only arrays (views of Parquet buffers) are copied: torch warns on a tensor over one
+            flux=torch.as_tensor(np.require(flux, np.float32, ["W"]), device=device) if P else None,
+            mask=torch.as_tensor(np.require(mask, np.bool_, ["W"]), device=device) if P else None,
             readout_index=readout.to(device),
             prefix_len=prefix,
             target_ids=targets.to(device) if right else None,

@@ -584,12 +584,11 @@ def fit(run: Run) -> Fitted:
     history, t0, seen = [], time.time(), 0
     parts_names = ("text", "value", "class")
     bar = (
-        progress_bar(f"train stage {opts.stage}", total=run.total_steps, loss="", rate="")
+        progress_bar(f"train stage {opts.stage}", total=run.total_steps, done=run.step, loss="", rate="")
         if ranks.main
         else contextlib.nullcontext(lambda *a, **k: None)
     )
     with bar as advance:
-        advance(run.step)
         while run.step < run.total_steps:
             step = run.step
             sums = torch.zeros(2 * len(parts_names), dtype=torch.float64, device=device)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from specllm.metrics import FIELDS, OVERALL, per_class, residual_stats, stat_of
+from specllm.metrics import FIELDS, OVERALL, far_off, per_class, residual_stats, stat_of
 
 
 def test_known_values_and_missing_rows():
@@ -66,3 +66,18 @@ def test_binned_groups_rows_by_the_reference_value():
     assert out["5000"].n == 2 and out["5000"].mu == pytest.approx(20.0)
     assert out["9000"].n == 1 and out["9000"].mu == pytest.approx(-400.0)  # the NaN prediction is left out
     assert list(binned(pred, true, 1000.0, min_n=2)) == ["5000"]
+
+
+def test_far_off_uses_each_labels_limit_and_skips_missing():
+    names = ["teff", "logg", "feh", "mg_fe"]  # mg_fe: no limit, never far off
+    truth = np.array([[6000, 4.0, 0.0, 0.0]] * 5)
+    pred = np.array(
+        [
+            [6999, 4.99, 0.74, 9.0],  # each just inside its limit
+            [7001, 4.0, 0.0, 0.0],  # Teff > 1,000 K off
+            [6000, 2.9, 0.0, 0.0],  # log g > 1 off
+            [6000, 4.0, -0.76, 0.0],  # [Fe/H] > 0.75 off
+            [np.nan, 4.0, 0.0, 0.0],  # a missing prediction is not far off
+        ]
+    )
+    assert far_off(pred, truth, names).tolist() == [False, True, True, True, False]
