@@ -17,10 +17,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from specllm.config import CleanConfig, DomainConfig, GridConfig, SplitConfig
+from specllm.config import CleanConfig, DomainConfig, GridConfig
 from specllm.domain import edge_cut, fit_classifier, fit_domain, grid_indices, joint_budget
+from specllm.fitdomain import domain_spectra
 from specllm.labelling import iter_items, iter_shard_items
-from specllm.splits import is_validation
 
 
 def stack(items):
@@ -35,11 +35,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--miles", required=True, help="the MILES subset npz measure_flags.py writes")
     args = ap.parse_args(argv)
     base = DomainConfig()
-    flux, mask, items = stack(iter_shard_items(args.shards, "train"))
-    val = np.array([is_validation(it.spec_id, SplitConfig()) for it in items])
-    rng = np.random.default_rng(base.seed)
-    cut = rng.random(len(items)) < base.partial_fraction
-    flux[cut], mask[cut] = edge_cut(flux[cut], mask[cut], rng, base.partial_span)
+    items, flux, mask, val, _, rng = domain_spectra(args.shards, base)  # as `specllm fit-domain` prepares them
     test_flux, test_mask, _ = stack(iter_shard_items(args.shards, "test"))
     miles_flux, miles_mask, _ = stack(iter_items([args.miles], GridConfig(), CleanConfig()))
     d = np.load(args.miles)

@@ -59,6 +59,22 @@ def _train_labels(shards: str, names: list[str]) -> dict[str, tuple[str | None, 
     return out
 
 
+def domain_spectra(shards: str, config: DomainConfig = DomainConfig(), split: SplitConfig = SplitConfig()):
+    """The train-split spectra a domain check is fitted on, as `fit-domain` prepares them: (items, flux, mask, val,
+    cut, rng): `val` marks the validation part (the split's hash rule), `cut` the spectra given one cut end (a random
+    `config.partial_fraction` of all, drawn from `config.seed`; `rng` is that generator, drawn on after the cut)."""
+    items = list(iter_shard_items(shards, "train"))
+    if len(items) < 2 * config.neighbours:
+        raise SpecllmError(f"{shards}: {len(items)} train-split spectra, too few to fit a domain check")
+    val = np.array([is_validation(it.spec_id, split) for it in items])
+    flux = np.stack([it.flux for it in items])
+    mask = np.stack([it.mask for it in items])
+    rng = np.random.default_rng(config.seed)
+    cut = rng.random(len(items)) < config.partial_fraction
+    flux[cut], mask[cut] = edge_cut(flux[cut], mask[cut], rng, config.partial_span)
+    return items, flux, mask, val, cut, rng
+
+
 def fit_model_domain(
     shards: str,
     model: str | None = None,
@@ -74,16 +90,8 @@ def fit_model_domain(
     device = pick_device()
     loaded = load_for_inference(path, device)[0]
     spec = loaded.spec
-    items = list(iter_shard_items(shards, "train"))
-    if len(items) < 2 * config.neighbours:
-        raise SpecllmError(f"{shards}: {len(items)} train-split spectra, too few to fit a domain check")
+    items, flux, mask, val, cut, rng = domain_spectra(shards, config, split)
     labels = _train_labels(shards, list(spec.value_names))
-    val = np.array([is_validation(it.spec_id, split) for it in items])
-    flux = np.stack([it.flux for it in items])
-    mask = np.stack([it.mask for it in items])
-    rng = np.random.default_rng(config.seed)
-    cut = rng.random(len(items)) < config.partial_fraction
-    flux[cut], mask[cut] = edge_cut(flux[cut], mask[cut], rng, config.partial_span)
     n = len(items)
     step = infer.chunk_size
     probe = val & ~cut  # validation spectra as observed: the class head's probabilities, the predicted 1-sigma
