@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
-from uncertain_budget import validation_predictions  # benchmarks/, beside this script
+from uncertain_budget import caught, validation_predictions  # benchmarks/, beside this script
 
 from specllm.config import SplitConfig
-from specllm.domain import grid_indices, load_domain, uncertainty_limits
+from specllm.domain import grid_indices, uncertainty_limits
 from specllm.fitdomain import _train_labels
 from specllm.labelling import iter_shard_items
 from specllm.metrics import far_off
 from specllm.splits import is_validation
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def design(labels: np.ndarray) -> np.ndarray:
@@ -65,8 +62,7 @@ def main(argv: list[str]) -> int:
     loaded, flux, mask, truth, preds = validation_predictions(args.shards, args.model)
     cols = [list(loaded.spec.value_names).index(n) for n in names]
     values, errors, truth = preds.values[:, cols], preds.errors[:, cols], truth[:, cols]
-    domain = loaded.domain or load_domain(ROOT / "specllm" / "models" / "default")  # flux features: any model's
-    out_domain, _ = domain.check(flux, values, names, mask)
+    out_domain, _ = loaded.domain.check(flux, values, names, mask)
     # the index model: the fit spectra (train minus validation), as observed, at their catalogue labels
     fit = [it for it in iter_shard_items(args.shards, "train") if not is_validation(it.spec_id, SplitConfig())]
     labels = _train_labels(args.shards, names)
@@ -93,10 +89,7 @@ def main(argv: list[str]) -> int:
         for cq in [0.9, 0.93, 0.95, 0.97, 0.985, 1.0]:
             cons = s_pred > np.quantile(s_pred, cq) if cq < 1 else np.zeros_like(unc)
             flagged = out_domain | unc | cons
-            print(
-                f"| {uq} | {cq} | {flagged.mean():.1%} | {(far & flagged).sum()}/{far.sum()} | "
-                f"{(far & ~flagged).sum() / max((~flagged).sum(), 1):.1%} |"
-            )
+            print(f"| {uq} | {cq} | {flagged.mean():.1%} | {caught(far, flagged)}")
     return 0
 
 
