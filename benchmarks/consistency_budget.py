@@ -17,14 +17,10 @@ import argparse
 import sys
 
 import numpy as np
-from uncertain_budget import caught, validation_predictions  # benchmarks/, beside this script
+from uncertain_budget import caught, model_predictions, split_spectra  # benchmarks/, beside this script
 
-from specllm.config import SplitConfig
 from specllm.domain import grid_indices, uncertainty_limits
-from specllm.fitdomain import _train_labels
-from specllm.labelling import iter_shard_items
 from specllm.metrics import far_off
-from specllm.splits import is_validation
 
 
 def design(labels: np.ndarray) -> np.ndarray:
@@ -59,15 +55,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("model")
     args = ap.parse_args(argv)
     names = ["teff", "logg", "feh"]
-    loaded, flux, mask, truth, preds = validation_predictions(args.shards, args.model)
-    cols = [list(loaded.spec.value_names).index(n) for n in names]
-    values, errors, truth = preds.values[:, cols], preds.errors[:, cols], truth[:, cols]
+    all_flux, all_mask, all_truth, _, val = split_spectra(args.shards, "train", names)
+    flux, mask, truth = all_flux[val], all_mask[val], all_truth[val]
+    loaded, values, errors = model_predictions(args.model, flux, mask, names)
     out_domain, _ = loaded.domain.check(flux, values, names, mask)
     # the index model: the fit spectra (train minus validation), as observed, at their catalogue labels
-    fit = [it for it in iter_shard_items(args.shards, "train") if not is_validation(it.spec_id, SplitConfig())]
-    labels = _train_labels(args.shards, names)
-    fit_idx = grid_indices(np.stack([it.flux for it in fit]), np.stack([it.mask for it in fit]))
-    coef, scale = fit_forward(fit_idx, np.array([labels[it.spec_id][1] for it in fit]))
+    coef, scale = fit_forward(grid_indices(all_flux[~val], all_mask[~val]), all_truth[~val])
     idx = grid_indices(flux, mask)
     s_pred, s_true = score(idx, values, coef, scale), score(idx, truth, coef, scale)
     far = far_off(values, truth, names)

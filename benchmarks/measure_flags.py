@@ -37,6 +37,7 @@ from specllm.io.lamost import header_meta
 from specllm.io.lamost_catalog import file_key
 from specllm.labels import reduce_class
 from specllm.metrics import FAR_OFF
+from specllm.metrics import far_off as is_far_off
 from specllm.preprocess import check_snr
 from specllm.splits import split_of
 
@@ -99,7 +100,9 @@ def far_off(table, catalog: str) -> dict:
         if ref is None or r["status"] != "ok" or reduce_class(ref["subclass"]) not in ("A", "F", "G"):
             continue
         n += 1
-        off = any(abs(float(r[k]) - float(ref[k])) > v for k, v in FAR_OFF.items() if ref[k] not in ("", None))
+        names = list(FAR_OFF)
+        catalogue = [[np.nan if ref[k] in ("", None) else float(ref[k]) for k in names]]
+        off = bool(is_far_off(np.array([[float(r[k]) for k in names]]), np.array(catalogue), names)[0])
         far += off
         flagged += r["flag"] != 0
         unflagged += r["flag"] == 0

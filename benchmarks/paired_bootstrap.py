@@ -12,20 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
-import torch
-
-from specllm.labelling import iter_shard_items
-from specllm.predict import load_for_inference, predict, questions_for
-
-
-def predictions(model: str, flux, mask, names):
-    loaded = load_for_inference(Path(model), torch.device("cpu"))[0]
-    spec = loaded.spec
-    preds = predict(loaded.model, spec, loaded.builder, questions_for(spec, flux), flux, mask, torch.device("cpu"))
-    return preds.values[:, [list(spec.value_names).index(n) for n in names]]
+from uncertain_budget import model_predictions, split_spectra  # benchmarks/, beside this script
 
 
 def main(argv: list[str]) -> int:
@@ -38,24 +27,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     names = ["teff", "logg", "feh"]
-    items = list(iter_shard_items(args.shards, args.split))
-    flux, mask = np.stack([it.flux for it in items]), np.stack([it.mask for it in items])
-    import pyarrow.parquet as pq
-
-    from specllm.shards import shard_paths
-
-    rows = {}
-    for shard in shard_paths(args.shards):
-        for r in pq.read_table(shard, columns=["spec_id", "class", *names]).to_pylist():
-            rows[r["spec_id"]] = r
-    truth = np.array([[np.nan if rows[it.spec_id][n] is None else rows[it.spec_id][n] for n in names] for it in items])
-    classes = np.array([rows[it.spec_id]["class"] for it in items])
-    res_a = predictions(args.model_a, flux, mask, names) - truth
-    res_b = predictions(args.model_b, flux, mask, names) - truth
+    flux, mask, truth, classes, _ = split_spectra(args.shards, args.split, names)
+    res_a = model_predictions(args.model_a, flux, mask, names)[1] - truth
+    res_b = model_predictions(args.model_b, flux, mask, names)[1] - truth
     print(
-        f"{len(items)} {args.split} spectra; sigma(B) - sigma(A), observed [2.5%, 97.5%] over {args.draws} paired draws"
+        f"{len(flux)} {args.split} spectra; sigma(B) - sigma(A), observed [2.5%, 97.5%] over {args.draws} paired draws"
     )
-    groups = [(n, j, np.ones(len(items), bool)) for j, n in enumerate(names)]
+    groups = [(n, j, np.ones(len(flux), bool)) for j, n in enumerate(names)]
     groups += [(f"teff {c}", 0, classes == c) for c in sorted(set(classes) - {None})]
     for name, j, sel in groups:
         a, b = res_a[sel, j], res_b[sel, j]

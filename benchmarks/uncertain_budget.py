@@ -28,20 +28,28 @@ from specllm.predict import default_model_dir, load_for_inference, predict, ques
 from specllm.splits import is_validation
 
 
-def validation_predictions(shards: str, model: str):
-    """The validation spectra of SHARDS' train split as observed (flux, mask), their catalogue labels, and the
-    model's predictions of them; with the loaded model (its `spec`, `domain`)."""
+def split_spectra(shards: str, split: str = "train", names=("teff", "logg", "feh")):
+    """SHARDS' spectra of `split` as observed: (flux, mask, catalogue labels (N, len(names)), classes, validation),
+    `validation` marking the train split's validation part (the split's hash rule)."""
+    items = list(iter_shard_items(shards, split))
+    labels = _train_labels(shards, list(names), split)
+    flux, mask = np.stack([it.flux for it in items]), np.stack([it.mask for it in items])
+    truth = np.array([labels[it.spec_id][1] for it in items])
+    classes = np.array([labels[it.spec_id][0] for it in items])
+    validation = np.array([is_validation(it.spec_id, SplitConfig()) for it in items])
+    return flux, mask, truth, classes, validation
+
+
+def model_predictions(model: str, flux, mask, names=("teff", "logg", "feh")):
+    """(the loaded model, its predictions' values and errors in `names`' columns), through `infer`'s path on the CPU;
+    a run's model without a domain check gets the shipped one (`flux` features: any model's)."""
     loaded = load_for_inference(Path(model), torch.device("cpu"))[0]
     spec = loaded.spec
-    names = list(spec.value_names)
-    items = [it for it in iter_shard_items(shards, "train") if is_validation(it.spec_id, SplitConfig())]
-    labels = _train_labels(shards, names)
-    truth = np.array([labels[it.spec_id][1] for it in items])
-    flux, mask = np.stack([it.flux for it in items]), np.stack([it.mask for it in items])
     preds = predict(loaded.model, spec, loaded.builder, questions_for(spec, flux), flux, mask, torch.device("cpu"))
-    if loaded.domain is None:  # a run's model before fit-domain: the shipped check (flux features: any model's)
+    if loaded.domain is None:
         loaded.domain = load_domain(default_model_dir())
-    return loaded, flux, mask, truth, preds
+    cols = [list(spec.value_names).index(n) for n in names]
+    return loaded, preds.values[:, cols], preds.errors[:, cols]
 
 
 def caught(far, flagged) -> str:
@@ -55,19 +63,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("model")
     ap.add_argument("--quantiles", default="0.95,0.96,0.97,0.98,0.985,0.99")
     args = ap.parse_args(argv)
-    loaded, flux, mask, truth, preds = validation_predictions(args.shards, args.model)
-    domain, names = loaded.domain, list(loaded.spec.value_names)
-    out_domain, _ = domain.check(flux, preds.values, names, mask)
-    far = far_off(preds.values, truth, names)
+    flux, mask, truth, _, val = split_spectra(args.shards)
+    flux, mask, truth = flux[val], mask[val], truth[val]
+    names = ["teff", "logg", "feh"]
+    loaded, values, errors = model_predictions(args.model, flux, mask, names)
+    domain = loaded.domain
+    out_domain, _ = domain.check(flux, values, names, mask)
+    far = far_off(values, truth, names)
     print(f"{len(flux)} validation spectra, {far.sum()} far off; domain flags {out_domain.mean():.1%}")
     print("| uncertain quantile | uncertain | domain or uncertain | far off caught | far off among unflagged |")
     print("|---|---|---|---|---|")
     for q in [float(x) for x in args.quantiles.split(",")]:
-        domain.error_max = uncertainty_limits(preds.errors, names, q)
-        flagged = out_domain | domain.uncertain(preds.errors, names)
-        print(
-            f"| {q} | {domain.uncertain(preds.errors, names).mean():.1%} | {flagged.mean():.1%} | {caught(far, flagged)}"
-        )
+        domain.error_max = uncertainty_limits(errors, names, q)
+        flagged = out_domain | domain.uncertain(errors, names)
+        print(f"| {q} | {domain.uncertain(errors, names).mean():.1%} | {flagged.mean():.1%} | {caught(far, flagged)}")
     return 0
 
 

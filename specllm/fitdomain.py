@@ -42,7 +42,8 @@ FEATURES = {
 }
 
 
-def _train_labels(shards: str, names: list[str]) -> dict[str, tuple[str | None, list[float]]]:
+def _train_labels(shards: str, names: list[str], split: str = "train") -> dict[str, tuple[str | None, list[float]]]:
+    """spec_id -> (class, [label per name], NaN where missing) for the shards' rows of `split`."""
     import pyarrow.parquet as pq
 
     from .shards import shard_paths
@@ -53,7 +54,7 @@ def _train_labels(shards: str, names: list[str]) -> dict[str, tuple[str | None, 
         cols = ["spec_id", "split", *(c for c in ["class", *names] if c in have)]
         table = pq.read_table(shard, columns=cols).to_pylist()
         for r in table:
-            if r["split"] == "train":
+            if r["split"] == split:
                 vals = [np.nan if r.get(n) is None else float(r[n]) for n in names]
                 out[r["spec_id"]] = (r.get("class"), vals)
     return out
