@@ -2,6 +2,7 @@
 each variant of the model recipe.
 
     python benchmarks/rank_variants.py out/model-qa RUN [RUN ...] [--json out.json]
+    python benchmarks/rank_variants.py out/model-qa RUN --split test   # once, for the chosen model's report
 
 For each run (a `specllm train --out` directory): sigma per class and overall of Teff, log g and [Fe/H], the share
 within 1 sigma (after the run's own calibration, which was fitted on this same split: ~68% by construction), the
@@ -22,15 +23,16 @@ from specllm.progress import console
 from specllm.train import held_out, load_qa
 
 
-def rank(data_dir: str, runs: list[str]) -> list[dict]:
+def rank(data_dir: str, runs: list[str], split: str = "validation") -> list[dict]:
     data = load_qa(data_dir, 1)
-    val = data.take(np.flatnonzero(held_out(data, True)))
+    pick = held_out(data, True) if split == "validation" else np.asarray(data.split) == "test"
+    val = data.take(np.flatnonzero(pick))
     device = torch.device("cpu")
     rows = []
     for run in runs:
         loaded = load_for_inference(run, device)[0]
         console.quiet = True
-        metrics = evaluate_split(loaded.model, loaded.spec, loaded.builder, val, device, "validation")
+        metrics = evaluate_split(loaded.model, loaded.spec, loaded.builder, val, device, split)
         console.quiet = False
         manifest = loaded.spec.manifest
         rows.append({"run": run, "metrics": metrics, "samples_per_second": manifest.get("samples_per_second")})
@@ -53,8 +55,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("data", help="QA shards (stage 1, patch format)")
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--json", help="write every figure here")
+    ap.add_argument("--split", choices=["validation", "test"], default="validation",
+                    help="test: only to report a model already chosen on validation")  # fmt: skip
     args = ap.parse_args(argv)
-    rows = rank(args.data, args.runs)
+    rows = rank(args.data, args.runs, args.split)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)
