@@ -46,6 +46,15 @@ gpu-check: $(STAMP)
 gpu-runner: $(STAMP)
 	$(BIN)/python benchmarks/gpu_runner.py --shared $(SHARED) --out gpu-runner
 
+# Full-length recipe variants (benchmarks/gpu_sweep.json) side by side on one lent GPU: the git-ignored folder
+# gpu-sweep/ (<= 64 MiB with the repository: the 8-layer cut of the embedded base, the train and synthetic rows of
+# SWEEP_QA packed losslessly, the gguf wheel). SWEEP_QA is what `make model SYNTH_HOT=500 SYNTH_MP=500` serializes.
+# The device call and the ranking on validation: docs/BENCHMARKS.md ("Full-length variants with seeds on a lent H200").
+SWEEP_QA ?= out/model-qa
+.PHONY: gpu-sweep
+gpu-sweep: $(STAMP)
+	$(BIN)/python benchmarks/gpu_sweep.py --prepare gpu-sweep --qa $(SWEEP_QA)
+
 lint: $(STAMP)
 	$(BIN)/ruff check specllm tests
 	$(BIN)/ruff format --check specllm tests

@@ -283,6 +283,7 @@ def serialize(
     "class_weight",
     "nll_beta",
     "density_weight",
+    "log_teff",
     "synthetic_weight",
     "validation",
     "calibrate",

@@ -261,6 +261,10 @@ class TrainOptions:
     density_weight: float = 0.0
     """Weight each example's read-out loss by (density of its Teff label)^-density_weight (normalised to mean 1,
     clipped at 5): rare hot and cool stars count more. 0: off."""
+    log_teff: bool = False
+    """Regress log10(Teff) rather than Teff: the read-out's Gaussian then has a width relative to Teff, so that a hot
+    star's large error in K weighs as a cool star's small one. Predictions and their 1-sigma come back in K (the
+    sigma by the delta method); recorded in spec.json as `log_values`."""
     synthetic_weight: float = 1.0
     """Loss weight of synthetic examples (QA rows of split "synthetic", e.g. `benchmarks/synthetic_shards.py`'s),
     relative to a real spectrum's; they are trained on and never part of the validation or test figures."""

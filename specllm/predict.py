@@ -149,8 +149,6 @@ def predict(
     `config.batch_size`. With `return_hidden`, `Predictions.hidden` holds the final hidden state of each prompt."""
     check_decode([spec], config)
     n = len(questions)
-    mean = np.asarray(spec.value_mean)
-    std = np.asarray(spec.value_std)
     values = np.full((n, len(spec.value_names)), np.nan)
     errors = np.full_like(values, np.nan)
     classes: list[str | None] = [None] * n
@@ -171,8 +169,9 @@ def predict(
             mu, log_var, logits = model.readout(last)
         if hidden is not None:
             hidden.append(last.float().cpu().numpy())
-        values[sl] = mu.float().cpu().numpy() * std + mean
-        errors[sl] = np.exp(0.5 * log_var.float().cpu().numpy()) * std
+        values[sl], errors[sl] = spec.unstandardise(
+            mu.float().cpu().numpy(), np.exp(0.5 * log_var.float().cpu().numpy())
+        )
         class_head = logits is not None
         if logits is not None:
             class_prob[sl] = torch.softmax(logits.float(), -1).max(-1).values.cpu().numpy()

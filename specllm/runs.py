@@ -17,6 +17,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import QUANTIZE_METHODS, LoraConfig, Quantized, QuantizeMethod
@@ -50,6 +51,7 @@ class ModelSpec:
     quantize: Quantized = "none"  # base weights as trained (LoraConfig.quantize resolved); absent in an older spec.json
     # label -> {predicted class or "all": factor} applied to the read-out's sigma (fitted on the validation split)
     error_scale: dict | None = None
+    log_values: list[str] = field(default_factory=list)  # labels the read-out regresses as log10 (--log-teff)
     manifest: dict = field(default_factory=dict)
     weights_sha256: str | None = None  # SHA-256 of weights.safetensors, recorded when written, checked on load
 
@@ -63,6 +65,29 @@ class ModelSpec:
             raise SpecllmError(f"{one_line(path)}: not a specllm model spec (a JSON object is expected)")
         check_spec(data, path)
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def _log_columns(self) -> list[int]:
+        return [self.value_names.index(n) for n in self.log_values if n in self.value_names]
+
+    def standardise(self, values: np.ndarray) -> np.ndarray:
+        """Labels (N, len(value_names)) in their units -> the read-out's targets: log10 where `log_values` says,
+        then standardised by `value_mean` and `value_std` (which are of the log10 there)."""
+        v = np.array(values, dtype=np.float64)
+        cols = self._log_columns()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v[:, cols] = np.log10(v[:, cols])
+        return (v - np.asarray(self.value_mean)) / np.asarray(self.value_std)
+
+    def unstandardise(self, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The read-out's standardised means and 1-sigma -> labels and 1-sigma in their units (a log10 label: 10^x,
+        its sigma ln(10) x value x sigma of the log)."""
+        std = np.asarray(self.value_std)
+        values = np.asarray(mu, np.float64) * std + np.asarray(self.value_mean)
+        errors = np.asarray(sigma, np.float64) * std
+        cols = self._log_columns()
+        values[:, cols] = 10.0 ** values[:, cols]
+        errors[:, cols] *= np.log(10.0) * values[:, cols]
+        return values, errors
 
 
 def _fits(value, hint) -> bool:

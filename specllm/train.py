@@ -344,8 +344,14 @@ def latest_checkpoint(out: Path) -> Path:
 def _spec_for(
     opts: TrainOptions, data: QAData, grid_size: int | None, train: np.ndarray
 ) -> tuple[ModelSpec, dict | None]:
-    mean = np.nanmean(data.values[train], axis=0)
-    std = np.nanstd(data.values[train], axis=0)
+    log_values = ["teff"] if opts.log_teff and "teff" in data.value_names else []
+    targets = np.array(data.values[train], dtype=np.float64)
+    for name in log_values:  # the statistics of what the read-out regresses (ModelSpec.standardise)
+        j = data.value_names.index(name)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            targets[:, j] = np.log10(targets[:, j])
+    mean = np.nanmean(targets, axis=0)
+    std = np.nanstd(targets, axis=0)
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     init_state = None
@@ -376,6 +382,7 @@ def _spec_for(
         patch_width=width,
         grid_size=grid_size,
         layers=layers,
+        log_values=log_values,
     )
     return spec, init_state
 
@@ -541,7 +548,7 @@ def setup(opts: TrainOptions) -> Run:
         val=data.take(np.flatnonzero(val_mask)),
         test=data.take(np.flatnonzero(data.split == "test")),
         encoded=encoded,
-        z=(train.values - np.asarray(spec.value_mean)) / np.asarray(spec.value_std),
+        z=spec.standardise(train.values),
         weights=weights,
         trainable=trainable,
         optimizer=optimizer,

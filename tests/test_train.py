@@ -553,3 +553,36 @@ def test_param_groups_put_heads_at_their_own_rate(tmp_path, tiny):
         and heads["params"]
         and not {id(p) for p in adapter["params"]} & {id(p) for p in heads["params"]}
     )
+
+
+def test_log_teff_standardises_the_log_and_comes_back_in_kelvin():
+    from specllm.runs import ModelSpec
+
+    spec = ModelSpec(stage=1, format="patch", base_model="embedded", base_fingerprint="x", value_names=["teff", "logg"],
+                     value_mean=[3.8, 4.0], value_std=[0.1, 0.5], classes=[], log_values=["teff"])  # fmt: skip
+    labels = np.array([[6000.0, 4.2], [12000.0, 3.9]])
+    z = spec.standardise(labels)
+    assert np.allclose(z[:, 0], (np.log10(labels[:, 0]) - 3.8) / 0.1) and np.allclose(z[:, 1], [0.4, -0.2])
+    values, errors = spec.unstandardise(z, np.full_like(z, 0.1))
+    assert np.allclose(values, labels)
+    assert np.allclose(errors[:, 0], np.log(10) * labels[:, 0] * 0.01)  # 1-sigma of log10 Teff: 0.1 x 0.1
+    assert np.allclose(errors[:, 1], 0.05)
+    plain = ModelSpec(**{**spec.__dict__, "log_values": [], "value_mean": [6500.0, 4.0], "value_std": [1000.0, 0.5]})
+    assert np.allclose(plain.unstandardise(plain.standardise(labels), np.ones_like(z))[0], labels)
+
+
+def test_log_teff_run_records_it_and_predicts_in_kelvin(tmp_path, tiny):
+    from specllm.predict import load_for_inference, predict, questions_for
+    from specllm.train import load_qa
+
+    data = write_qa(tmp_path / "qa", "patch", n=8, grid=GridConfig().size, test_every=8)
+    spec = run_train(options(data, tmp_path / "run", tiny, max_steps=2, log_teff=True, validation=False))["spec"]
+    qa = load_qa(str(data), 1)
+    teff = qa.values[:, spec.value_names.index("teff")]
+    assert spec.log_values == ["teff"]
+    assert spec.value_mean[0] == pytest.approx(np.mean(np.log10(teff[qa.split == "train"])))
+    loaded = load_for_inference(tmp_path / "run", torch.device("cpu"))[0]
+    assert loaded.spec.log_values == ["teff"]
+    preds = predict(loaded.model, loaded.spec, loaded.builder, questions_for(loaded.spec, qa.flux), qa.flux, qa.mask,
+                    torch.device("cpu"))  # fmt: skip
+    assert np.all((preds.values[:, 0] > 1000) & (preds.values[:, 0] < 100000)) and np.all(preds.errors[:, 0] > 0)
