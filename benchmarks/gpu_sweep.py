@@ -14,7 +14,8 @@ differences along the wavelength axis, LZMA; the rest as Parquet), the variants 
 `--run` rebuilds each variant's QA folder through the shard writer (sealed: `train` verifies it as any other),
 starts every variant as its own `specllm train` process on the GPU at once (they are small; each is bound by its
 own Python overhead, so they share the device well), stops what is still running at `--deadline` seconds, and packs
-the finished runs (model, history, metrics) into at most six tar files under --out (the device's limits on what
+the finished runs (model, history, metrics) and the latest checkpoint of each stopped one (to be finished here with
+`--resume`) into at most six tar files under --out (the device's limits on what
 comes back). Nothing is chosen there: the validation figures are computed here, on the CPU, through the same
 `rank_variants.py` as every earlier variant, and the test split is not carried.
 """
@@ -224,7 +225,7 @@ def run(folder: Path, out: Path, deadline: float, threads: int) -> dict:
         report["runs"][name] = {"state": state, "steps": steps, "wall_s": time.time() - started, "cmd": cmd,
                                 "log_tail": tail}  # fmt: skip
         print(f"{name}: {state}, {steps} steps", flush=True)
-    _pack(work / "runs", [n for n, r in report["runs"].items() if r["state"] == "finished"], out)
+    _pack(work / "runs", _returned_files(work / "runs", report), out)
     import torch
 
     report.update(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -233,22 +234,36 @@ def run(folder: Path, out: Path, deadline: float, threads: int) -> dict:
     return report
 
 
-def _pack(runs: Path, names: list[str], out: Path) -> None:
-    """The finished runs' model/, history.json and metrics.json (no checkpoints) into tars of <= 15 MiB."""
+def _returned_files(runs: Path, report: dict) -> list[Path]:
+    """What comes back of each run: a finished run's model/, history.json and metrics.json; a run stopped at the
+    deadline, its latest checkpoint (to finish here with `specllm train ... --resume`)."""
+    files = []
+    for name, run in report["runs"].items():
+        folder = runs / name
+        if run["state"] == "finished":
+            files += [p for p in sorted(folder.rglob("*")) if p.is_file() and "checkpoints" not in p.parts]
+        elif (folder / "checkpoints" / "latest").exists():
+            latest = json.loads((folder / "checkpoints" / "latest").read_text())["checkpoint"]
+            files += [folder / "checkpoints" / "latest"]
+            files += [p for p in sorted((folder / "checkpoints" / latest).rglob("*")) if p.is_file()]
+    return files
+
+
+def _pack(runs: Path, files: list[Path], out: Path) -> None:
+    """`files` (under `runs`) into at most MAX_TARS tars of <= 15 MiB each, file by file (a run may span two)."""
     tars, size, current = 0, 0, None
-    for name in names:
-        files = [p for p in (runs / name).rglob("*") if p.is_file() and "checkpoints" not in p.parts]
-        need = sum(p.stat().st_size for p in files)
+    for path in files:
+        need = path.stat().st_size
         if current is None or size + need > MAX_TAR_BYTES:
             if current is not None:
                 current.close()
-            if tars == MAX_TARS:
-                print(f"{name}: not returned (no tar left)", flush=True)
+            if tars == MAX_TARS or need > MAX_TAR_BYTES:
+                print(f"{path.relative_to(runs)}: not returned (no room)", flush=True)
+                current = None
                 continue
             tars += 1
             current, size = tarfile.open(out / f"runs-{tars}.tar", "w"), 0
-        for p in files:
-            current.add(p, arcname=str(p.relative_to(runs)))
+        current.add(path, arcname=str(path.relative_to(runs)))
         size += need
     if current is not None:
         current.close()
