@@ -184,8 +184,11 @@ def collect(files_at: Path, into: Path) -> list[str]:
 
 
 def child_env(threads: int) -> dict:
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    """gpu_check's environment for a part's subprocess (this checkout first on the path), with `threads` CPU
+    threads per variant."""
+    from gpu_check import child_env as checkout_env
+
+    return dict(checkout_env(), OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
 
 
 def run(folder: Path, out: Path, deadline: float, threads: int) -> dict:

@@ -67,16 +67,12 @@ class ModelSpec:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def _log_columns(self) -> list[int]:
-        return [self.value_names.index(n) for n in self.log_values if n in self.value_names]
+        return log_columns(self.value_names, self.log_values)
 
     def standardise(self, values: np.ndarray) -> np.ndarray:
         """Labels (N, len(value_names)) in their units -> the read-out's targets: log10 where `log_values` says,
         then standardised by `value_mean` and `value_std` (which are of the log10 there)."""
-        v = np.array(values, dtype=np.float64)
-        cols = self._log_columns()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            v[:, cols] = np.log10(v[:, cols])
-        return (v - np.asarray(self.value_mean)) / np.asarray(self.value_std)
+        return (regressed(values, self._log_columns()) - np.asarray(self.value_mean)) / np.asarray(self.value_std)
 
     def unstandardise(self, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The read-out's standardised means and 1-sigma -> labels and 1-sigma in their units (a log10 label: 10^x,
@@ -88,6 +84,20 @@ class ModelSpec:
         values[:, cols] = 10.0 ** values[:, cols]
         errors[:, cols] *= np.log(10.0) * values[:, cols]
         return values, errors
+
+
+def log_columns(value_names: list[str], log_values: list[str]) -> list[int]:
+    """The columns of `value_names` that the read-out regresses as log10."""
+    return [value_names.index(n) for n in log_values if n in value_names]
+
+
+def regressed(values: np.ndarray, log_cols: list[int]) -> np.ndarray:
+    """Labels in their units -> what the read-out regresses before standardising: a float64 copy, log10 in
+    `log_cols` (non-positive -> NaN / -inf)."""
+    v = np.array(values, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v[:, log_cols] = np.log10(v[:, log_cols])
+    return v
 
 
 def _fits(value, hint) -> bool:

@@ -48,10 +48,12 @@ from .runs import (
     ModelSpec,
     build_model,
     load_trainable,
+    log_columns,
     model_dir,
     read_json,
     read_safetensors,
     read_weights,
+    regressed,
     resolve_quantize,
     save_model_dir,
     trainable_state,
@@ -345,11 +347,8 @@ def _spec_for(
     opts: TrainOptions, data: QAData, grid_size: int | None, train: np.ndarray
 ) -> tuple[ModelSpec, dict | None]:
     log_values = ["teff"] if opts.log_teff and "teff" in data.value_names else []
-    targets = np.array(data.values[train], dtype=np.float64)
-    for name in log_values:  # the statistics of what the read-out regresses (ModelSpec.standardise)
-        j = data.value_names.index(name)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            targets[:, j] = np.log10(targets[:, j])
+    # the statistics of what the read-out regresses (ModelSpec.standardise)
+    targets = regressed(data.values[train], log_columns(data.value_names, log_values))
     mean = np.nanmean(targets, axis=0)
     std = np.nanstd(targets, axis=0)
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
