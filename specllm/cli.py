@@ -287,6 +287,7 @@ def serialize(
     "synthetic_weight",
     "validation",
     "calibrate",
+    "calibration_from",
     "report_test",
     Opt("patch.width", "--patch-width"),
     "augment.noise",

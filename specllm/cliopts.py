@@ -27,9 +27,8 @@ from typing import Annotated, Any, get_args, get_origin
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .config import field_range, range_text
+from .config import RECIPES, field_range, range_text
 
-RECIPES = Path(__file__).resolve().parent / "recipes"
 BOOL_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
 
 

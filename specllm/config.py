@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 
 # Label names live in labels.py; re-exported here for modules that still import them from config.
 from .labels import CLASSES, STAGE1_LABELS, STAGE1_NAMES, STAGE2_ELEMENTS  # noqa: F401
+
+RECIPES = Path(__file__).resolve().parent / "recipes"  # the shipped recipe files: `--recipe NAME`
 
 NormMethod = Literal["max", "quantile", "median"]
 SerializeFormat = Literal["paper", "compact", "patch"]
@@ -274,6 +277,11 @@ class TrainOptions:
     calibrate: bool = True
     """Scale the predicted uncertainties per label and predicted class so that 68.3% of validation spectra lie within
     1 sigma (stored in spec.json as `error_scale`)."""
+    calibration_from: str | None = None
+    """For a run without a validation split (train + validation, as the shipped model): take `error_scale` from
+    here, factors fitted on the validation split by held-out runs of the same recipe: a NAME in specllm/recipes/
+    (`benchmarks/transfer_calibration.py` writes one), a JSON file holding `error_scale`, or a model directory.
+    Ignored where the run holds out its own validation split."""
     report_test: bool = False
     """Also evaluate the test split at the end (the model card's figures). Leave off while choosing a recipe: every
     choice is made on the validation split, and the test split is read once, for the card."""

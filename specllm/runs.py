@@ -403,6 +403,35 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_error_scale(source: str, value_names: list[str]) -> dict:
+    """`ModelSpec.error_scale` (factors on the read-out's sigma per label and predicted class) from `source`: a
+    NAME under specllm/recipes/calibration/, a JSON file holding `error_scale`, or a model or run directory (its
+    spec.json). Every label of `value_names` needs an overall (`all`) factor; factors are finite and positive."""
+    from .config import RECIPES
+
+    path = Path(source)
+    if os.sep not in source and not source.endswith(".json") and not path.exists():
+        path = RECIPES / "calibration" / f"{source}.json"
+    if path.is_dir():
+        path = model_dir(path) / SPEC
+    try:
+        scale = json.loads(path.read_text(encoding="utf-8")).get("error_scale")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise SpecllmError(f"{path}: no calibration to read ({one_line(exc)})") from None
+    ok = isinstance(scale, dict) and all(
+        isinstance(scale.get(n), dict)
+        and OVERALL in scale[n]
+        and all(isinstance(v, (int, float)) and np.isfinite(v) and v > 0 for v in scale[n].values())
+        for n in value_names
+    )
+    if not ok:
+        raise SpecllmError(
+            f"{path}: `error_scale` should map each of {', '.join(value_names)} to positive factors, "
+            f"'{OVERALL}' among them"
+        )
+    return {n: {str(k): float(v) for k, v in scale[n].items()} for n in value_names}
+
+
 def model_dir(path: str | os.PathLike) -> Path:
     """A model directory, given it or the training run directory that holds it (RUN/model)."""
     path = Path(path)

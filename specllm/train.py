@@ -50,6 +50,7 @@ from .runs import (
     load_trainable,
     log_columns,
     model_dir,
+    read_error_scale,
     read_json,
     read_safetensors,
     read_weights,
@@ -482,6 +483,16 @@ def setup(opts: TrainOptions) -> Run:
         spec = ModelSpec.from_json(model_dir(resume_from) / "spec.json")
     elif (out / "model").exists() and not opts.resume:
         raise SpecllmError(f"{out}: already holds a trained model; use --resume or another --out")
+    if opts.calibration_from and opts.calibrate:
+        if val_mask.any():  # a validation split of its own: `finish` fits the factors on it
+            if ranks.main:
+                say(
+                    f"train: --calibration-from {opts.calibration_from} ignored: this run calibrates on its validation split"
+                )
+        else:  # read before training, so that a bad source fails now: the factors held-out runs fitted on theirs
+            spec.error_scale = read_error_scale(opts.calibration_from, spec.value_names)
+            if ranks.main:
+                say(f"train: uncertainties scaled as {opts.calibration_from} says (no validation split in this run)")
 
     torch.manual_seed(recipe.seed)  # the same on every rank: identical fresh adapters and heads
     device = pick_device()

@@ -586,3 +586,60 @@ def test_log_teff_run_records_it_and_predicts_in_kelvin(tmp_path, tiny):
     preds = predict(loaded.model, loaded.spec, loaded.builder, questions_for(loaded.spec, qa.flux), qa.flux, qa.mask,
                     torch.device("cpu"))  # fmt: skip
     assert np.all((preds.values[:, 0] > 1000) & (preds.values[:, 0] < 100000)) and np.all(preds.errors[:, 0] > 0)
+
+
+def test_calibration_from_held_out_runs_scales_a_run_without_validation(tmp_path, tiny):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from transfer_calibration import transferred
+
+    from specllm.runs import read_error_scale
+
+    data = write_qa(tmp_path / "qa", "patch", n=40, grid=GridConfig().size, test_every=4)
+    held = [run_train(options(data, tmp_path / f"held{s}", tiny, max_steps=2))["spec"] for s in (0, 1)]
+    assert all(spec.error_scale for spec in held)  # each fitted on its own validation split
+    # Two "seeds" of a recipe (here the same one, with the second's factors changed): the geometric mean per label
+    spec1 = json.loads((tmp_path / "held1" / "model" / "spec.json").read_text())
+    spec1["error_scale"] = {n: {g: 4 * v for g, v in groups.items()} for n, groups in spec1["error_scale"].items()}
+    (tmp_path / "held1" / "model" / "spec.json").write_text(json.dumps(spec1))
+    result = transferred([str(tmp_path / "held0"), str(tmp_path / "held1")])
+    for name, groups in result["error_scale"].items():
+        assert groups["all"] == pytest.approx(2 * held[0].error_scale[name]["all"])
+    (tmp_path / "cal.json").write_text(json.dumps(result))
+
+    # A run on train + validation takes them (read before training) and its test figures use them
+    plain = run_train(options(data, tmp_path / "plain", tiny, max_steps=2, report_test=True, validation=False))
+    scaled = run_train(
+        options(
+            data,
+            tmp_path / "tv",
+            tiny,
+            max_steps=2,
+            report_test=True,
+            validation=False,
+            calibration_from=str(tmp_path / "cal.json"),
+        )  # fmt: skip
+    )["spec"]
+    assert scaled.error_scale == read_error_scale(str(tmp_path / "cal.json"), scaled.value_names)
+    assert plain["spec"].error_scale is None
+    assert scaled.manifest["metrics"]["teff"]["all"]["mu"] == pytest.approx(
+        plain["spec"].manifest["metrics"]["teff"]["all"]["mu"], abs=1e-6
+    )  # same seed, same weights: only the sigma changed
+    # A run with its own validation split fits its own factors and ignores the source
+    own = run_train(options(data, tmp_path / "own", tiny, max_steps=2, calibration_from=str(tmp_path / "cal.json")))
+    assert own["spec"].error_scale == held[0].error_scale
+    # A bad source fails before training, in one line naming it
+    (tmp_path / "bad.json").write_text(json.dumps({"error_scale": {"teff": {"all": -1}}}))
+    with pytest.raises(SpecllmError, match="bad.json"):
+        run_train(options(data, tmp_path / "bad", tiny, max_steps=2, validation=False,
+                          calibration_from=str(tmp_path / "bad.json")))  # fmt: skip
+    assert not (tmp_path / "bad" / "model").exists()
+
+
+def test_shipped_recipe_names_a_calibration_that_exists():
+    from specllm.config import RECIPES
+    from specllm.runs import read_error_scale
+
+    for recipe in RECIPES.glob("*.json"):
+        source = json.loads(recipe.read_text()).get("calibration_from")
+        if source:
+            assert read_error_scale(source, ["teff", "logg", "feh"])
