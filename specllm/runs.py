@@ -548,7 +548,12 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
         f"- Data: `{Path(str(m.get('data'))).name}` (content hash `{str(m.get('data_content_hash'))[:16]}`), "
         f"{(m.get('train_examples') or 0) - (m.get('synthetic_examples') or 0)} train / {m.get('validation_examples')}"
         f" validation / {m.get('test_examples')} test "
-        "spectra (validation: a hash of the id carves it from the train split; every choice was made on it)"
+        + (
+            "spectra (validation: a hash of the id carves it from the train split; every choice was made on it)"
+            if m.get("validation_examples")
+            else "spectra (no validation hold-out: trained on the whole train split, validation included; the recipe"
+            " was chosen on held-out runs' validation figures, docs/BENCHMARKS.md)"
+        )
         + (
             f"; plus {m['synthetic_examples']} synthetic spectra in training only (`benchmarks/synthetic_shards.py`: "
             "thedoppler's Cannon models on the continua of real train-split spectra; never in validation or test)"
@@ -570,10 +575,16 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
             f" its end (1, 5, 15 min): {load}"
         )
     scale = spec.error_scale or {}
+    transferred = (m.get("options") or {}).get("calibration_from") if not m.get("validation_examples") else None
+    fitted_on = (
+        f"by held-out runs of this recipe on their validation spectra (`{transferred}`, specllm/recipes/calibration/)"
+        if transferred
+        else "on the validation spectra"
+    )
     if scale:
         lines += [
             "- Uncertainties: the read-out's Gaussian sigma times a factor per label and predicted class, fitted so that"
-            " 68.3% of the validation spectra lie within 1 sigma: "
+            f" 68.3% of the validation spectra lie within 1 sigma ({fitted_on}): "
             + "; ".join(f"{n} " + ", ".join(f"{c} x{v:.2f}" for c, v in scale[n].items()) for n in scale)
         ]
     for title, key in (("Validation split", "validation_metrics"), ("Test split", "metrics")):
@@ -616,7 +627,12 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
             f"`uncertain` on {info.get('val_uncertain', float('nan')):.1%}.",
             "- `uncertain`: a predicted 1-sigma above "
             + (", ".join(f"{k} {v:.4g}" for k, v in domain.error_max.items()) or "(no limits: off)")
-            + f" (the {info.get('config', {}).get('uncertain_quantile')} quantile over the validation spectra).",
+            + f" (the {info.get('config', {}).get('uncertain_quantile')} quantile over the validation spectra"
+            + (
+                "; this model was trained on them, so its sigmas there are smaller than on unseen spectra)."
+                if not m.get("validation_examples")
+                else ")."
+            ),
             "- Also flagged `domain`: a predicted label outside the training labels' range ("
             + ", ".join(
                 f"{n} {lo:.5g}..{hi:.5g}" for n, lo, hi in zip(domain.label_names, domain.label_min, domain.label_max)
@@ -630,11 +646,17 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
     lines += [
         "## Known limits",
         "",
-        "- Trained on LAMOST DR10 A, F and G stars only (the shared sample): K and M stars and giants are outside its",
-        "  training range, and its labels for them are extrapolations.",
+        "- Trained on LAMOST DR10 A, F and G stars only (the shared sample): K and M stars, supergiants and the most",
+        "  metal-poor stars are outside its training range (the label range above), and its labels for them are",
+        "  extrapolations.",
         "- Labels are the LAMOST pipeline's (LASP); the model inherits their systematics.",
-        "- Uncertainties are the read-out's Gaussian sigma, scaled on the validation split; on the test split their"
-        " calibration is the 'within 1 sigma' column above.",
+        (
+            f"- Uncertainties are the read-out's Gaussian sigma, scaled {fitted_on}; on the test split their"
+            " calibration is the 'within 1 sigma' column above."
+            if scale
+            else "- Uncertainties are the read-out's Gaussian sigma, not rescaled; on the test split their calibration"
+            " is the 'within 1 sigma' column above."
+        ),
     ]
     card = path / "README.md"
     card.write_text("\n".join(lines) + "\n")
