@@ -40,15 +40,18 @@ def split_spectra(shards: str, split: str = "train", names=("teff", "logg", "feh
     return flux, mask, truth, classes, validation
 
 
-def model_predictions(model: str, flux, mask, names=("teff", "logg", "feh")):
-    """(the loaded model, its predictions' values and errors in `names`' columns), through `infer`'s path on the CPU;
-    a run's model without a domain check gets the shipped one (`flux` features: any model's)."""
+def model_predictions(model: str, flux, mask, names=("teff", "logg", "feh"), with_classes: bool = False):
+    """(the loaded model, its predictions' values and errors in `names`' columns[, the predicted classes]), through
+    `infer`'s path on the CPU; a run's model without a domain check gets the shipped one (`flux` features: any
+    model's)."""
     loaded = load_for_inference(Path(model), torch.device("cpu"))[0]
     spec = loaded.spec
     preds = predict(loaded.model, spec, loaded.builder, questions_for(spec, flux), flux, mask, torch.device("cpu"))
     if loaded.domain is None:
         loaded.domain = load_domain(default_model_dir())
     cols = [list(spec.value_names).index(n) for n in names]
+    if with_classes:
+        return loaded, preds.values[:, cols], preds.errors[:, cols], np.array(preds.classes, dtype=object)
     return loaded, preds.values[:, cols], preds.errors[:, cols]
 
 

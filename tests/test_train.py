@@ -624,6 +624,15 @@ def test_calibration_from_held_out_runs_scales_a_run_without_validation(tmp_path
     assert scaled.manifest["metrics"]["teff"]["all"]["mu"] == pytest.approx(
         plain["spec"].manifest["metrics"]["teff"]["all"]["mu"], abs=1e-6
     )  # same seed, same weights: only the sigma changed
+    # Its card says where the factors came from, and that it held out no validation spectra
+    from specllm.runs import write_model_card
+
+    card = write_model_card(tmp_path / "tv" / "model", "make model").read_text()
+    assert (
+        "no validation hold-out" in card
+        and f"held-out runs of this recipe on their validation spectra (`{tmp_path / 'cal.json'}`" in card
+    )
+    assert "sigmas there are smaller than on unseen spectra" not in card  # no domain check fitted in this run
     # A run with its own validation split fits its own factors and ignores the source
     own = run_train(options(data, tmp_path / "own", tiny, max_steps=2, calibration_from=str(tmp_path / "cal.json")))
     assert own["spec"].error_scale == held[0].error_scale
