@@ -584,7 +584,8 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
     if scale:
         lines += [
             "- Uncertainties: the read-out's Gaussian sigma times a factor per label and predicted class, fitted so that"
-            f" 68.3% of the validation spectra lie within 1 sigma ({fitted_on}): "
+            " 68.3% of the validation spectra lie within 1 sigma"
+            + (f", {fitted_on}: " if transferred else ": ")
             + "; ".join(f"{n} " + ", ".join(f"{c} x{v:.2f}" for c, v in scale[n].items()) for n in scale)
         ]
     for title, key in (("Validation split", "validation_metrics"), ("Test split", "metrics")):
