@@ -40,6 +40,7 @@ def transferred(runs: list[str]) -> dict:
             "validation_examples": s.manifest.get("validation_examples"),
             "data_content_hash": s.manifest.get("data_content_hash"),
             "error_scale": e,
+            "validation_metrics": s.manifest.get("validation_metrics"),  # for the model card
         }
         for r, s, e in zip(runs, specs, scales)
     ]

@@ -403,17 +403,22 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_error_scale(source: str, value_names: list[str]) -> dict:
-    """`ModelSpec.error_scale` (factors on the read-out's sigma per label and predicted class) from `source`: a
-    NAME under specllm/recipes/calibration/, a JSON file holding `error_scale`, or a model or run directory (its
-    spec.json). Every label of `value_names` needs an overall (`all`) factor; factors are finite and positive."""
+def calibration_file(source: str) -> Path:
+    """The file behind a calibration source: a NAME under specllm/recipes/calibration/, a JSON file, or a model or
+    run directory (its spec.json)."""
     from .config import RECIPES
 
     path = Path(source)
     if os.sep not in source and not source.endswith(".json") and not path.exists():
         path = RECIPES / "calibration" / f"{source}.json"
-    if path.is_dir():
-        path = model_dir(path) / SPEC
+    return model_dir(path) / SPEC if path.is_dir() else path
+
+
+def read_error_scale(source: str, value_names: list[str]) -> dict:
+    """`ModelSpec.error_scale` (factors on the read-out's sigma per label and predicted class) from `source`: a
+    NAME under specllm/recipes/calibration/, a JSON file holding `error_scale`, or a model or run directory (its
+    spec.json). Every label of `value_names` needs an overall (`all`) factor; factors are finite and positive."""
+    path = calibration_file(source)
     try:
         scale = json.loads(path.read_text(encoding="utf-8")).get("error_scale")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
@@ -588,6 +593,20 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
             + (f", {fitted_on}: " if transferred else ": ")
             + "; ".join(f"{n} " + ", ".join(f"{c} x{v:.2f}" for c, v in scale[n].items()) for n in scale)
         ]
+    if transferred:  # no validation spectra of its own: the figures of the held-out runs its factors come from
+        try:
+            held_out_runs = json.loads(calibration_file(transferred).read_text(encoding="utf-8")).get("fitted_on")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            held_out_runs = None
+        for run in held_out_runs or []:
+            if isinstance(run, dict) and run.get("validation_metrics"):
+                lines += [
+                    "",
+                    f"## Validation split of a held-out run of this recipe (seed {run.get('seed')}, "
+                    f"{run.get('validation_examples')} spectra; within 1 sigma: after its own factors, fitted there)",
+                    "",
+                ]
+                lines += _residual_rows(run["validation_metrics"], list(spec.value_names))
     for title, key in (("Validation split", "validation_metrics"), ("Test split", "metrics")):
         if m.get(key):
             lines += ["", f"## {title}: mu ± sigma of (prediction - label)", ""]

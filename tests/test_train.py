@@ -633,6 +633,7 @@ def test_calibration_from_held_out_runs_scales_a_run_without_validation(tmp_path
         and f"held-out runs of this recipe on their validation spectra (`{tmp_path / 'cal.json'}`" in card
     )
     assert "sigmas there are smaller than on unseen spectra" not in card  # no domain check fitted in this run
+    assert card.count("## Validation split of a held-out run of this recipe (seed 0") == 2  # the two runs' figures
     # A run with its own validation split fits its own factors and ignores the source
     own = run_train(options(data, tmp_path / "own", tiny, max_steps=2, calibration_from=str(tmp_path / "cal.json")))
     assert own["spec"].error_scale == held[0].error_scale
