@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     print("| model | q | inconsistent | with domain + uncertain | far off caught | far off among unflagged |")
     print("|---|---|---|---|---|---|")
     for model in args.models:
-        loaded, values, errors, predicted = model_predictions(model, flux, mask, names, with_classes=True)
+        loaded, values, errors, predicted = model_predictions(model, flux, mask, names)
         out_domain, _ = loaded.domain.check(flux, values, names, mask)
         flags = out_domain | loaded.domain.uncertain(errors, names)
         far = far_off(values, truth, names)

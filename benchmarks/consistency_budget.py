@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
     names = ["teff", "logg", "feh"]
     all_flux, all_mask, all_truth, _, val = split_spectra(args.shards, "train", names)
     flux, mask, truth = all_flux[val], all_mask[val], all_truth[val]
-    loaded, values, errors = model_predictions(args.model, flux, mask, names)
+    loaded, values, errors, _ = model_predictions(args.model, flux, mask, names)
     out_domain, _ = loaded.domain.check(flux, values, names, mask)
     # the index model: the fit spectra (train minus validation), as observed, at their catalogue labels
     coef, scale = fit_forward(grid_indices(all_flux[~val], all_mask[~val]), all_truth[~val])

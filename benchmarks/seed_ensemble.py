@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
     flux, mask, truth = flux[validation], mask[validation], truth[validation]
     values, errors = [], []
     for model in args.models:
-        _, v, e = model_predictions(model, flux, mask, NAMES)
+        _, v, e, _ = model_predictions(model, flux, mask, NAMES)
         values.append(v)
         errors.append(e)
         print(f"{model}: " + " ".join(f"{n} {np.std(v[:, j] - truth[:, j]):.3f}" for j, n in enumerate(NAMES)))

@@ -40,8 +40,8 @@ def split_spectra(shards: str, split: str = "train", names=("teff", "logg", "feh
     return flux, mask, truth, classes, validation
 
 
-def model_predictions(model: str, flux, mask, names=("teff", "logg", "feh"), with_classes: bool = False):
-    """(the loaded model, its predictions' values and errors in `names`' columns[, the predicted classes]), through
+def model_predictions(model: str, flux, mask, names=("teff", "logg", "feh")):
+    """(the loaded model, its predictions' values and errors in `names`' columns, the predicted classes), through
     `infer`'s path on the CPU; a run's model without a domain check gets the shipped one (`flux` features: any
     model's)."""
     loaded = load_for_inference(Path(model), torch.device("cpu"))[0]
@@ -50,9 +50,7 @@ def model_predictions(model: str, flux, mask, names=("teff", "logg", "feh"), wit
     if loaded.domain is None:
         loaded.domain = load_domain(default_model_dir())
     cols = [list(spec.value_names).index(n) for n in names]
-    if with_classes:
-        return loaded, preds.values[:, cols], preds.errors[:, cols], np.array(preds.classes, dtype=object)
-    return loaded, preds.values[:, cols], preds.errors[:, cols]
+    return loaded, preds.values[:, cols], preds.errors[:, cols], np.array(preds.classes, dtype=object)
 
 
 def caught(far, flagged) -> str:
@@ -69,7 +67,7 @@ def main(argv: list[str]) -> int:
     flux, mask, truth, _, val = split_spectra(args.shards)
     flux, mask, truth = flux[val], mask[val], truth[val]
     names = ["teff", "logg", "feh"]
-    loaded, values, errors = model_predictions(args.model, flux, mask, names)
+    loaded, values, errors, _ = model_predictions(args.model, flux, mask, names)
     domain = loaded.domain
     out_domain, _ = domain.check(flux, values, names, mask)
     far = far_off(values, truth, names)

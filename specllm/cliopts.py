@@ -27,7 +27,7 @@ from typing import Annotated, Any, get_args, get_origin
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .config import RECIPES, field_range, range_text
+from .config import RECIPES, field_range, range_text, recipe_file
 
 BOOL_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
 
@@ -226,7 +226,7 @@ def _required_fields(cls: type) -> set[str]:
 
 def read_recipe(value: str, known: set[str]) -> dict[str, Any]:
     """The option values of recipe `value` (a NAME under specllm/recipes/ or a JSON file), keyed by option name."""
-    path = Path(value) if os.sep in value or value.endswith(".json") else RECIPES / f"{value}.json"
+    path = recipe_file(value)
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.json")))
         raise typer.BadParameter(f"{value}: no such recipe file or name (shipped: {names})")

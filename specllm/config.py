@@ -9,6 +9,7 @@ set of choices are each written in exactly one place. Named presets (`PRESETS`) 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,13 @@ import numpy as np
 from .labels import CLASSES, STAGE1_LABELS, STAGE1_NAMES, STAGE2_ELEMENTS  # noqa: F401
 
 RECIPES = Path(__file__).resolve().parent / "recipes"  # the shipped recipe files: `--recipe NAME`
+
+
+def recipe_file(value: str, folder: Path = RECIPES) -> Path:
+    """A recipe-like JSON file named by `value`: a path (it holds a separator or ends in .json), else NAME.json in
+    `folder` (the shipped recipes; their calibrations in `folder / "calibration"`)."""
+    return Path(value) if os.sep in value or value.endswith(".json") else folder / f"{value}.json"
+
 
 NormMethod = Literal["max", "quantile", "median"]
 SerializeFormat = Literal["paper", "compact", "patch"]

@@ -406,23 +406,30 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def calibration_file(source: str) -> Path:
     """The file behind a calibration source: a NAME under specllm/recipes/calibration/, a JSON file, or a model or
     run directory (its spec.json)."""
-    from .config import RECIPES
+    from .config import RECIPES, recipe_file
 
-    path = Path(source)
-    if os.sep not in source and not source.endswith(".json") and not path.exists():
-        path = RECIPES / "calibration" / f"{source}.json"
+    path = Path(source) if Path(source).exists() else recipe_file(source, RECIPES / "calibration")
     return model_dir(path) / SPEC if path.is_dir() else path
+
+
+def read_calibration(source: str) -> tuple[Path, dict]:
+    """(the file behind `source` (`calibration_file`), its JSON object): a SpecllmError naming it if unreadable."""
+    path = calibration_file(source)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpecllmError(f"{path}: no calibration to read ({one_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise SpecllmError(f"{path}: no calibration to read (not a JSON object)")
+    return path, data
 
 
 def read_error_scale(source: str, value_names: list[str]) -> dict:
     """`ModelSpec.error_scale` (factors on the read-out's sigma per label and predicted class) from `source`: a
     NAME under specllm/recipes/calibration/, a JSON file holding `error_scale`, or a model or run directory (its
     spec.json). Every label of `value_names` needs an overall (`all`) factor; factors are finite and positive."""
-    path = calibration_file(source)
-    try:
-        scale = json.loads(path.read_text(encoding="utf-8")).get("error_scale")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise SpecllmError(f"{path}: no calibration to read ({one_line(exc)})") from None
+    path, data = read_calibration(source)
+    scale = data.get("error_scale")
     ok = isinstance(scale, dict) and all(
         isinstance(scale.get(n), dict)
         and OVERALL in scale[n]
@@ -580,7 +587,8 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
             f" its end (1, 5, 15 min): {load}"
         )
     scale = spec.error_scale or {}
-    transferred = (m.get("options") or {}).get("calibration_from") if not m.get("validation_examples") else None
+    applied = scale and not m.get("validation_examples")  # no validation split: the factors came from elsewhere
+    transferred = (m.get("options") or {}).get("calibration_from") if applied else None
     fitted_on = (
         f"by held-out runs of this recipe on their validation spectra (`{transferred}`, specllm/recipes/calibration/)"
         if transferred
@@ -595,8 +603,8 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
         ]
     if transferred:  # no validation spectra of its own: the figures of the held-out runs its factors come from
         try:
-            held_out_runs = json.loads(calibration_file(transferred).read_text(encoding="utf-8")).get("fitted_on")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            held_out_runs = read_calibration(transferred)[1].get("fitted_on")
+        except SpecllmError:
             held_out_runs = None
         for run in held_out_runs or []:
             if isinstance(run, dict) and run.get("validation_metrics"):
