@@ -333,9 +333,20 @@ def predict_rate(work: Path, shards: Path, smoke: bool) -> dict:
     t = time.time()
     preds = predict(model, spec, builder, questions, flux, mask, device, InferConfig())
     wall = time.time() - t
+    # `infer`'s lean load (`specllm.decoder`, the prompt's recorded token ids) on the same spectra: its first GPU run
+    lean, spec, _ = load_model_dir(work / "run-shipped" / "model", merge=True, lean=True)
+    lean.to(device).eval()
+    lean_builder = PromptBuilder.from_ids(spec.prompt, builder.patch_count) if spec.prompt else builder
+    t = time.time()
+    lean_preds = predict(lean, spec, lean_builder, questions, flux, mask, device, InferConfig())
+    lean_wall = time.time() - t
+    diff = np.nanmax(np.abs(lean_preds.values - preds.values), axis=0)
     return {"what": "predict (infer's forward pass, merged LoRA) over ingested spectra, SmolLM2 shape, random base",
             "spectra": n, "finite": int(torch.isfinite(torch.as_tensor(preds.values)).all(1).sum()),
-            "spectra_per_s": n / wall, "wall_s": wall, "peak_gpu_memory_gb": peak_gb()}  # fmt: skip
+            "spectra_per_s": n / wall, "wall_s": wall, "peak_gpu_memory_gb": peak_gb(),
+            "lean_decoder": type(lean.lm).__module__, "lean_spectra_per_s": n / lean_wall,
+            "lean_max_abs_diff": dict(zip(spec.value_names, diff.tolist())),
+            "lean_same_classes": lean_preds.classes == preds.classes}  # fmt: skip
 
 
 # ---------------------------------------------------------------- the runner folder

@@ -55,7 +55,7 @@ class Model:
         self.path = Path(path) if path else default_model_dir()
         self.device = device or pick_device()
         self.config = config
-        self.models = load_for_inference(self.path, self.device)
+        self.models = load_for_inference(self.path, self.device, config.decode)
         self.columns = output_columns([m.spec for m in self.models])
         self.model_meta = model_metadata(self.path, name=str(path) if path else "default")
 

@@ -169,7 +169,7 @@ def _run(paths: PathList, model_dir, output, config, resume: bool, rank: int, wo
     else:
         device = pick_device()
         try:
-            models = load_for_inference(model_path, device)
+            models = load_for_inference(model_path, device, config.decode)
         except KeyboardInterrupt:
             left = output and os.path.lexists(partial_path(output))
             raise Interrupted(

@@ -406,7 +406,7 @@ def labeller(model_path: str, config: InferConfig):
     """`--engine ray`: built once in each model actor (the model on the actor's device); returns a function that
     labels a batch of items -> [(item without its flux, row)], in order."""
     device = pick_device()
-    models = load_for_inference(Path(model_path), device)
+    models = load_for_inference(Path(model_path), device, config.decode)
 
     def label(items: list[Item]) -> list[tuple[Item, dict]]:
         pairs = label_rows(items, models, device, config)
@@ -421,7 +421,7 @@ def predict_table(
     """The model's labels for the spectra of `ingest`/`serialize` shards (one split, or all with split=None), as
     an Arrow table with the columns `specllm infer` writes. Used by `specllm benchmark --model`."""
     device = pick_device()
-    models = load_for_inference(Path(model_dir) if model_dir else default_model_dir(), device)
+    models = load_for_inference(Path(model_dir) if model_dir else default_model_dir(), device, config.decode)
     rows = []
     with progress_bar("predict", total=None) as advance:
         for _, row in label_rows(iter_shard_items(shards, split, config.verify), models, device, config):

@@ -7,6 +7,7 @@ GGUF's SHA-256, so later loads take about a second. Nothing is downloaded at run
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,21 +33,27 @@ LLAMA3_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
 HF_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+# transformers reads these when it is first imported (its verbosity, and huggingface_hub's progress bars).
+HF_QUIET = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def quiet_offline() -> None:
-    """No hub access, and the libraries' own chatter (progress bars, deprecation notes) kept off stderr."""
+    """No hub access, and the libraries' own chatter (progress bars, deprecation notes) kept off stderr. Does not
+    import transformers (the read-out at inference runs without it): the environment says it for a later import,
+    and a transformers already imported is told directly."""
     import logging
+    import sys
     import warnings
 
-    for key, value in HF_OFFLINE.items():
+    for key, value in (HF_OFFLINE | HF_QUIET).items():
         os.environ.setdefault(key, value)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\..*")
-    from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 def cache_dir() -> Path:
@@ -71,9 +78,16 @@ def embedded_gguf() -> Path:
     return found[0]
 
 
+@functools.lru_cache(maxsize=8)
+def _gguf_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A GGUF's SHA-256, hashed once per process and file version (each model load asks for it twice)."""
+    return file_sha256(path)
+
+
 def _convert_gguf(gguf: Path) -> Path:
     """Dequantise a GGUF model once into a cached safetensors directory; returns the directory."""
-    key = file_sha256(gguf)
+    stat = gguf.stat()
+    key = _gguf_sha256(str(gguf), stat.st_size, stat.st_mtime_ns)
     target = cache_dir() / "base" / key[:20]
     if (target / "config.json").exists() and (target / "specllm-source.json").exists():
         return target

@@ -90,18 +90,33 @@ def model_specs(path: Path) -> list[ModelSpec]:
     return [ModelSpec.from_json(p / SPEC) for p in chain]
 
 
-def load_for_inference(path: Path, device: torch.device) -> list[Loaded]:
-    """The model at `path`, preceded by its stage-1 parent when it is a stage-2 model (labels of both are written)."""
+def load_for_inference(path: Path, device: torch.device, decode: str = "head") -> list[Loaded]:
+    """The model at `path`, preceded by its stage-1 parent when it is a stage-2 model (labels of both are written).
+    With `decode` 'head' (the numeric read-out) it is loaded lean (`runs.load_model_dir`): without transformers where
+    the model allows; 'text' loads the tokenizer and transformers' model, which generate."""
     chain = _chain(path)
     loaded = []
     grid = GridConfig()
     for p in chain:
-        model, spec, tokenizer = load_model_dir(p, merge=True)
+        model, spec, tokenizer = load_model_dir(p, merge=True, lean=decode == "head")
         if spec.grid_size and spec.grid_size != grid.size:
             raise SpecllmError(f"{p}: model grid has {spec.grid_size} pixels, specllm's grid {grid.size}")
         count = PatchConfig(spec.patch_width).count(spec.grid_size) if spec.patch_width else None
-        loaded.append(Loaded(model.to(device), spec, PromptBuilder(tokenizer, count), load_domain(p)))
+        builder = (
+            PromptBuilder(tokenizer, count) if tokenizer is not None else PromptBuilder.from_ids(spec.prompt, count)
+        )
+        loaded.append(Loaded(model.to(device), spec, builder, load_domain(p)))
     return loaded
+
+
+def prompt_record(spec, builder: PromptBuilder) -> dict | None:
+    """`ModelSpec.prompt` for a patch-format model: the token ids of the question `infer` asks it (`questions_for`),
+    split around the spectral tokens, and the padding id; None for the text formats (their prompt holds the flux)."""
+    if not spec.patch_width:
+        return None
+    asked = questions_for(spec, np.zeros((1, 1)))[0]
+    before, after = builder.prompt_ids(asked)
+    return {"question": asked, "before": list(before), "after": list(after), "pad_id": int(builder.pad_id)}
 
 
 @dataclass

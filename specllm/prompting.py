@@ -29,17 +29,35 @@ class PromptBuilder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_text = tokenizer.eos_token or ""
 
+    @classmethod
+    def from_ids(cls, record: dict, patch_count: int) -> PromptBuilder:
+        """A builder without a tokenizer that knows one question's token ids (`ModelSpec.prompt`, recorded from the
+        tokenizer in training): enough for the numeric read-out of that question, nothing else."""
+        builder = cls.__new__(cls)
+        builder.tokenizer, builder.patch_count = None, patch_count
+        builder._cache = {record["question"]: (list(record["before"]), list(record["after"]))}
+        builder.pad_id, builder.eos_text = record["pad_id"], ""
+        return builder
+
+    def _need_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            raise SpecllmError(
+                "this model was loaded for its recorded question only (no tokenizer): load it with its tokenizer"
+            )
+
     def prompt_text(self, question: str) -> str:
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _ids(self, text: str) -> list[int]:
+        self._need_tokenizer()
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def prompt_ids(self, question: str) -> tuple[list[int], list[int]]:
         """Token ids of the prompt, split around the flux span in patch mode (cached: questions repeat)."""
         hit = self._cache.get(question)
         if hit is None:
+            self._need_tokenizer()
             text = self.prompt_text(question)
             if self.patch_count is not None:
                 if FLUX_SPAN not in text:

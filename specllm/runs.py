@@ -54,6 +54,10 @@ class ModelSpec:
     log_values: list[str] = field(default_factory=list)  # labels the read-out regresses as log10 (--log-teff)
     manifest: dict = field(default_factory=dict)
     weights_sha256: str | None = None  # SHA-256 of weights.safetensors, recorded when written, checked on load
+    # the token ids of the question a patch-format model is asked at inference, split around the spectral tokens,
+    # and the padding id ({"question", "before", "after", "pad_id"}; `predict.prompt_record`): the read-out runs
+    # without loading the tokenizer. Absent in an older spec.json (the tokenizer is loaded then).
+    prompt: dict | None = None
 
     @classmethod
     def from_json(cls, path: Path) -> ModelSpec:
@@ -165,6 +169,13 @@ def check_spec(data: dict, path: str | os.PathLike) -> None:
     for key in ("patch_width", "grid_size", "layers"):
         if data.get(key) is not None and data[key] <= 0:
             raise SpecllmError(f"{where} ({key!r} is {data[key]}; a positive integer or null)")
+    prompt = data.get("prompt")
+    if prompt is not None and not (
+        isinstance(prompt.get("question"), str)
+        and all(_fits(prompt.get(k), list[int]) for k in ("before", "after"))
+        and _fits(prompt.get("pad_id"), int)
+    ):
+        raise SpecllmError(f"{where} ('prompt' needs 'question', 'before' and 'after' token ids and 'pad_id')")
 
 
 def read_json(path: str | os.PathLike):
@@ -231,6 +242,19 @@ def _base_lm(spec: ModelSpec):
             lm.config.layer_types = lm.config.layer_types[: spec.layers]
     for p in lm.parameters():
         p.requires_grad_(False)
+    return lm
+
+
+def _decoder_base(spec: ModelSpec):
+    """The base of `spec` as `specllm.decoder` runs it (no transformers import), cut to `spec.layers`, frozen; None
+    where that module does not cover it (a 4-bit base, another architecture)."""
+    if spec.quantize == "nf4":
+        return None
+    from .decoder import load_decoder
+
+    lm = load_decoder(resolve_base(spec.base_model, weights=True), spec.layers)
+    if lm is not None:
+        lm.requires_grad_(False)
     return lm
 
 
@@ -473,12 +497,15 @@ def merge_lora(lm, state: dict[str, torch.Tensor], lora: dict) -> int:
     return merged
 
 
-def load_model_dir(path: str | os.PathLike, merge: bool = False):
+def load_model_dir(path: str | os.PathLike, merge: bool = False, lean: bool = False):
     """(SpectralLM, ModelSpec, tokenizer) from a model directory (see module doc); the base is quantised as it was
     in training (without bitsandbytes an nf4-trained model is loaded unquantised, with a warning).
 
     merge: for inference only: the LoRA adapter is added into the base weights (`merge_lora`; not for an nf4 base)
-    and the model is a plain causal LM with the read-out, which runs faster and loads without PEFT."""
+    and the model is a plain causal LM with the read-out, which runs faster and loads without PEFT.
+    lean: with merge, for the numeric read-out only (`--decode head`): the base runs on `specllm.decoder` where it
+    can, and where spec.json records the prompt's token ids (`ModelSpec.prompt`) no tokenizer is loaded (None is
+    returned for it): neither imports transformers, which is most of a short run's start-up."""
     path = model_dir(path)
     if not (path / SPEC).exists() or not (path / WEIGHTS).exists():
         raise SpecllmError(f"{path}: not a specllm model directory (needs {SPEC} and {WEIGHTS})")
@@ -488,10 +515,10 @@ def load_model_dir(path: str | os.PathLike, merge: bool = False):
         spec.quantize = "none"
     state = {k: v.float() if v.is_floating_point() else v for k, v in read_weights(path).items()}
     if merge and spec.quantize != "nf4":
-        lm = _base_lm(spec)
+        lm = (_decoder_base(spec) if lean else None) or _base_lm(spec)
         merge_lora(lm, state, spec.lora)
         model = SpectralLM(lm, len(spec.value_names), len(spec.classes), _patcher(spec, lm))
-        tokenizer = load_tokenizer(spec.base_model)
+        tokenizer = None if lean and spec.prompt else load_tokenizer(spec.base_model)
         _load_heads(model, state)
     else:
         model, tokenizer = build_model(spec)

@@ -41,7 +41,7 @@ from .errors import SpecllmError
 from .files import atomic_write, atomic_write_json
 from .labels import element_columns
 from .models import base_fingerprint, resolve_base
-from .predict import Predictions, calibrate_errors, error_factors, predict, split_metrics
+from .predict import Predictions, calibrate_errors, error_factors, predict, prompt_record, split_metrics
 from .progress import console, progress_bar, say
 from .prompting import PromptBuilder
 from .runs import (
@@ -524,6 +524,7 @@ def setup(opts: TrainOptions) -> Run:
         raise SpecllmError(f"{opts.data}: no example in the train split (outside the validation split)")
     train = data.take(train_idx)
     builder = PromptBuilder(tokenizer, PatchConfig(spec.patch_width).count(grid_size) if spec.patch_width else None)
+    spec.prompt = prompt_record(spec, builder)  # infer's read-out then needs no tokenizer
     # Without the text objective the answer tokens would only cost time: the read-out sees the prompt alone.
     encoded = [builder.encode(q, a if opts.text_weight > 0 else None) for q, a in zip(train.question, train.answer)]
     context = getattr(model.lm.config, "max_position_embeddings", None)

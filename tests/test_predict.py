@@ -8,6 +8,7 @@ import torch
 
 from specllm.config import GridConfig, InferConfig
 from specllm.device import autocast
+from specllm.errors import SpecllmError
 from specllm.predict import (
     ANSWER_CHARACTERS,
     answer_vocabulary,
@@ -24,7 +25,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def loaded(tiny_run):
-    (m,) = load_for_inference(tiny_run, CPU)
+    """Loaded as for `--decode text`: transformers' model and the tokenizer."""
+    (m,) = load_for_inference(tiny_run, CPU, "text")
     return m
 
 
@@ -107,6 +109,65 @@ def test_merged_adapter_predicts_what_the_peft_model_predicts(tiny_run, monkeypa
     np.testing.assert_allclose(out[0].errors, out[1].errors, rtol=1e-4)
 
 
+def test_the_read_out_loads_lean_and_labels_as_transformers_does(tiny_run, loaded):
+    """`--decode head` (the default) runs the base on `specllm.decoder` and asks the question whose token ids
+    training recorded in spec.json (no tokenizer): the same labels as transformers' model with the tokenizer."""
+    from specllm.decoder import CausalLM
+
+    (lean,) = load_for_inference(tiny_run, CPU)
+    assert isinstance(lean.model.lm, CausalLM) and lean.builder.tokenizer is None
+    assert lean.spec.prompt["question"] == questions_for(lean.spec, np.zeros((1, 1)))[0]
+    assert lean.builder.prompt_ids(lean.spec.prompt["question"]) == loaded.builder.prompt_ids(
+        lean.spec.prompt["question"]
+    )
+    flux, mask = spectra(5, seed=13)
+    questions = questions_for(lean.spec, flux)
+    got = predict(lean.model, lean.spec, lean.builder, questions, flux, mask, CPU, InferConfig(batch_size=2))
+    want = predict(loaded.model, loaded.spec, loaded.builder, questions, flux, mask, CPU, InferConfig(batch_size=2))
+    np.testing.assert_allclose(got.values, want.values, rtol=1e-5)
+    np.testing.assert_allclose(got.errors, want.errors, rtol=1e-5)
+    assert got.classes == want.classes and got.texts == want.texts
+    with pytest.raises(SpecllmError, match="no tokenizer"):
+        lean.builder.prompt_ids("another question <flux></flux>")
+
+
+def test_the_read_out_starts_without_transformers(tiny_run):
+    """What makes `infer` start fast: labelling through the read-out imports neither transformers nor peft."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from specllm.predict import load_for_inference, predict, questions_for\n"
+        f"(m,) = load_for_inference({str(tiny_run)!r}, torch.device('cpu'))\n"
+        "flux = np.full((2, m.spec.grid_size), 0.5, np.float32)\n"
+        "p = predict(m.model, m.spec, m.builder, questions_for(m.spec, flux), flux, np.zeros(flux.shape, bool), torch.device('cpu'))\n"
+        "assert p.ok.all()\n"
+        "print(sorted(k for k in ('transformers', 'peft', 'tokenizers') if k in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_spec_without_recorded_prompt_loads_the_tokenizer(tiny_run, tmp_path):
+    """A model directory from before prompts were recorded still loads lean where it can, with its tokenizer."""
+    import json
+    import shutil
+
+    from specllm.runs import SPEC
+
+    model = shutil.copytree(tiny_run / "model", tmp_path / "model")
+    data = json.loads((model / SPEC).read_text())
+    del data["prompt"]
+    (model / SPEC).write_text(json.dumps(data))
+    (m,) = load_for_inference(model, CPU)
+    assert m.builder.tokenizer is not None and m.spec.prompt is None
+    data["prompt"] = {"question": "q", "before": [1, "2"], "after": [], "pad_id": 0}
+    (model / SPEC).write_text(json.dumps(data))
+    with pytest.raises(SpecllmError, match="'prompt' needs"):
+        load_for_inference(model, CPU)
+
+
 def test_calibration_puts_68_percent_within_one_sigma(loaded):
     from dataclasses import replace
 
@@ -140,7 +201,6 @@ def test_calibration_puts_68_percent_within_one_sigma(loaded):
 def test_decode_text_is_refused_for_a_model_without_the_text_objective(loaded):
     from dataclasses import replace
 
-    from specllm.errors import SpecllmError
     from specllm.predict import check_decode
 
     spec = replace(loaded.spec, manifest={**loaded.spec.manifest, "options": {"text_weight": 0.0}})
