@@ -15,6 +15,23 @@ from specllm.shards import seal_shards, vectors_to_arrow, write_table
 TINY_GRID = 256
 
 
+def tiny_llama_config(**overrides):
+    """A 2-layer LlamaConfig with grouped-query attention (4 heads, 2 key/value heads), the embedded model's
+    vocabulary size and tied embeddings; `overrides` change any field."""
+    from transformers import LlamaConfig
+
+    values = dict(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    return LlamaConfig(**(values | overrides))
+
+
 def tiny_llama_dir(root: Path, hidden: int = 32) -> Path:
     """A 2-layer Llama with the embedded model's tokenizer (and so its chat template), saved as safetensors.
 
@@ -22,7 +39,7 @@ def tiny_llama_dir(root: Path, hidden: int = 32) -> Path:
     block size (64); narrower layers fail with "shape '[32, 0]' is invalid".
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from specllm.models import resolve_base
 
@@ -31,15 +48,10 @@ def tiny_llama_dir(root: Path, hidden: int = 32) -> Path:
         return target
     tok_src = resolve_base(None)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=49152,
+    config = tiny_llama_config(
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=65536,
-        tie_word_embeddings=True,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,

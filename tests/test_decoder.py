@@ -10,6 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from specllm.decoder import load_decoder, unsupported
 
+from .llmfactory import tiny_llama_config
+
 LLAMA3_ROPE = {
     "rope_type": "llama3",
     "factor": 8.0,
@@ -21,19 +23,16 @@ LLAMA3_ROPE = {
 
 def tiny_llama(tmp_path, rope_scaling=None, layers: int = 3):
     """(transformers' model, its directory): a random 3-layer Llama with grouped-query attention."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     kwargs = {"rope_scaling": rope_scaling, "rope_theta": 500000.0} if rope_scaling else {}
-    config = LlamaConfig(
+    config = tiny_llama_config(
         vocab_size=100,
         hidden_size=64,
         intermediate_size=96,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
-        tie_word_embeddings=True,
         **kwargs,
     )
     model = LlamaForCausalLM(config).eval()
