@@ -52,10 +52,15 @@ def unsupported(config: dict) -> str | None:
     return None
 
 
-def inverse_frequencies(config: dict, head_dim: int) -> torch.Tensor:
+def head_dim(config: dict) -> int:
+    """Width of one attention head (a config.json may leave `head_dim` out or null)."""
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
+def inverse_frequencies(config: dict, dim: int) -> torch.Tensor:
     """Rotary inverse frequencies (fp32), as transformers' `ROPE_INIT_FUNCTIONS` computes them ('default', 'llama3')."""
     rope = rope_parameters(config)
-    inv = 1.0 / (rope["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    inv = 1.0 / (rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     if rope["rope_type"] == "llama3":
         factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
         old = rope["original_max_position_embeddings"]
@@ -260,9 +265,9 @@ class CausalLM(nn.Module):
         super().__init__()
         values = dict(config)
         values["num_hidden_layers"] = layers or config["num_hidden_layers"]
-        values.setdefault("num_key_value_heads", config["num_attention_heads"])
-        values.setdefault("head_dim", config["hidden_size"] // config["num_attention_heads"])
-        values.setdefault("rms_norm_eps", 1e-6)
+        values["num_key_value_heads"] = config.get("num_key_value_heads") or config["num_attention_heads"]
+        values["head_dim"] = head_dim(config)
+        values["rms_norm_eps"] = config.get("rms_norm_eps") or 1e-6
         self.config = SimpleNamespace(**values)
         if inv_freq is None:
             inv_freq = inverse_frequencies(config, self.config.head_dim)
@@ -281,8 +286,7 @@ def load_decoder(path: Path, layers: int | None = None) -> CausalLM | None:
     config = json.loads((path / "config.json").read_text())
     if unsupported(config) is not None:
         return None
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    lm = CausalLM(config, layers, inverse_frequencies(config, head_dim))  # parameters on "meta" until assigned
+    lm = CausalLM(config, layers, inverse_frequencies(config, head_dim(config)))  # parameters on "meta" until assigned
     wanted = set(lm.state_dict())
     index = path / "model.safetensors.index.json"
     files = (
