@@ -334,9 +334,9 @@ def predict_rate(work: Path, shards: Path, smoke: bool) -> dict:
     preds = predict(model, spec, builder, questions, flux, mask, device, InferConfig())
     wall = time.time() - t
     # `infer`'s lean load (`specllm.decoder`, the prompt's recorded token ids) on the same spectra: its first GPU run
-    lean, spec, _ = load_model_dir(work / "run-shipped" / "model", merge=True, lean=True)
+    lean, spec, lean_tokenizer = load_model_dir(work / "run-shipped" / "model", merge=True, lean=True)
     lean.to(device).eval()
-    lean_builder = PromptBuilder.from_ids(spec.prompt, builder.patch_count) if spec.prompt else builder
+    lean_builder = PromptBuilder(lean_tokenizer, builder.patch_count, spec.prompt)
     t = time.time()
     lean_preds = predict(lean, spec, lean_builder, questions, flux, mask, device, InferConfig())
     lean_wall = time.time() - t

@@ -102,9 +102,7 @@ def load_for_inference(path: Path, device: torch.device, decode: str = "head") -
         if spec.grid_size and spec.grid_size != grid.size:
             raise SpecllmError(f"{p}: model grid has {spec.grid_size} pixels, specllm's grid {grid.size}")
         count = PatchConfig(spec.patch_width).count(spec.grid_size) if spec.patch_width else None
-        builder = (
-            PromptBuilder(tokenizer, count) if tokenizer is not None else PromptBuilder.from_ids(spec.prompt, count)
-        )
+        builder = PromptBuilder(tokenizer, count, spec.prompt)
         loaded.append(Loaded(model.to(device), spec, builder, load_domain(p)))
     return loaded
 

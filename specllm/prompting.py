@@ -22,22 +22,19 @@ class Encoded:
 
 
 class PromptBuilder:
-    def __init__(self, tokenizer, patch_count: int | None):
+    def __init__(self, tokenizer, patch_count: int | None, prompt: dict | None = None):
+        """`prompt`: a question's token ids recorded in training (`ModelSpec.prompt`); with it the tokenizer may be
+        None, and the builder then serves that question alone (the numeric read-out at inference)."""
         self.tokenizer = tokenizer
         self.patch_count = patch_count  # None for the text formats
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_text = tokenizer.eos_token or ""
-
-    @classmethod
-    def from_ids(cls, record: dict, patch_count: int) -> PromptBuilder:
-        """A builder without a tokenizer that knows one question's token ids (`ModelSpec.prompt`, recorded from the
-        tokenizer in training): enough for the numeric read-out of that question, nothing else."""
-        builder = cls.__new__(cls)
-        builder.tokenizer, builder.patch_count = None, patch_count
-        builder._cache = {record["question"]: (list(record["before"]), list(record["after"]))}
-        builder.pad_id, builder.eos_text = record["pad_id"], ""
-        return builder
+        if prompt is not None:
+            self._cache[prompt["question"]] = (list(prompt["before"]), list(prompt["after"]))
+        if tokenizer is None:
+            self.pad_id, self.eos_text = prompt["pad_id"], ""
+        else:
+            self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            self.eos_text = tokenizer.eos_token or ""
 
     def _need_tokenizer(self) -> None:
         if self.tokenizer is None:

@@ -26,7 +26,7 @@ from .errors import SpecllmError, one_line
 from .files import atomic_write, replace_dir, temp_dir
 from .labels import CLASSES
 from .metrics import OVERALL
-from .models import base_fingerprint, load_causal_lm, load_tokenizer, quiet_offline, resolve_base
+from .models import base_fingerprint, load_causal_lm, load_tokenizer, resolve_base
 from .progress import say
 from .spectral import PatchEmbedder, SpectralLM
 
@@ -227,10 +227,16 @@ def _check_cpu_4bit(lm, base: str) -> None:
         )
 
 
-def _base_lm(spec: ModelSpec):
-    """The base causal LM of `spec` (quantised as `spec.quantize` says), cut to `spec.layers`, frozen."""
-    quiet_offline()
-    path = resolve_base(spec.base_model, weights=True)
+def _base_lm(spec: ModelSpec, lean: bool = False):
+    """The base causal LM of `spec` (quantised as `spec.quantize` says), cut to `spec.layers`, frozen. lean: on
+    `specllm.decoder` (no transformers import) where it covers the base, for the read-out at inference."""
+    path = resolve_base(spec.base_model, weights=True)  # also quiets transformers (and keeps it offline)
+    if lean and spec.quantize != "nf4":
+        from .decoder import load_decoder
+
+        lm = load_decoder(path, spec.layers)  # None where specllm.decoder does not cover the base
+        if lm is not None:
+            return lm.requires_grad_(False)
     lm = load_causal_lm(path, quantize=spec.quantize)
     if spec.layers is not None:
         inner = lm.model
@@ -242,19 +248,6 @@ def _base_lm(spec: ModelSpec):
             lm.config.layer_types = lm.config.layer_types[: spec.layers]
     for p in lm.parameters():
         p.requires_grad_(False)
-    return lm
-
-
-def _decoder_base(spec: ModelSpec):
-    """The base of `spec` as `specllm.decoder` runs it (no transformers import), cut to `spec.layers`, frozen; None
-    where that module does not cover it (a 4-bit base, another architecture)."""
-    if spec.quantize == "nf4":
-        return None
-    from .decoder import load_decoder
-
-    lm = load_decoder(resolve_base(spec.base_model, weights=True), spec.layers)
-    if lm is not None:
-        lm.requires_grad_(False)
     return lm
 
 
@@ -515,7 +508,7 @@ def load_model_dir(path: str | os.PathLike, merge: bool = False, lean: bool = Fa
         spec.quantize = "none"
     state = {k: v.float() if v.is_floating_point() else v for k, v in read_weights(path).items()}
     if merge and spec.quantize != "nf4":
-        lm = (_decoder_base(spec) if lean else None) or _base_lm(spec)
+        lm = _base_lm(spec, lean)
         merge_lora(lm, state, spec.lora)
         model = SpectralLM(lm, len(spec.value_names), len(spec.classes), _patcher(spec, lm))
         tokenizer = None if lean and spec.prompt else load_tokenizer(spec.base_model)
