@@ -294,6 +294,8 @@ def serialize(
     "augment.scale",
     "augment.span_probability",
     "recipe.save_every",
+    "recipe.average_from",
+    "keep_checkpoints",
     "max_steps",
     "max_train",
     "save_dtype",

@@ -211,6 +211,10 @@ class TrainConfig:
     """Gradients are clipped to this norm."""
     save_every: int = 200
     """Optimizer steps between checkpoints."""
+    average_from: float = 1.0
+    """Stochastic weight averaging (Izmailov et al. 2018): from this fraction of the optimizer steps on, a snapshot
+    of the trainable weights every `save_every` steps and the last step's are averaged, and the model written is the
+    average (the last step's weights beside it, in OUT/last). 1: off, the model is the last step's weights."""
     seed: int = 0
     """Random seed."""
 
@@ -251,6 +255,8 @@ class TrainOptions:
     """Keep only the first N decoder layers of the base model."""
     resume: bool = False
     """Continue from the last checkpoint in --out."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in OUT/checkpoints, the newest N (older ones are deleted as new ones are written)."""
     deepspeed: str | None = None
     """DeepSpeed config JSON (e.g. specllm/recipes/zero3.json); use under the deepspeed launcher."""
     max_steps: int | None = None
@@ -664,6 +670,7 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
         "grad_accum": (1, None),
         "max_grad_norm": (0, None),
         "save_every": (1, None),
+        "average_from": (0, 1),
         "seed": (0, None),
     },
     "AugmentConfig": {
@@ -675,6 +682,7 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
     },
     "TrainOptions": {
         "layers": (1, None),
+        "keep_checkpoints": (1, None),
         "max_steps": (1, None),
         "max_train": (1, None),
         "text_weight": (0, None),

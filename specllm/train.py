@@ -264,11 +264,20 @@ def _checkpoint_dirs(out: Path) -> list[Path]:
 
 
 def save_checkpoint(
-    model, spec, optimizer, scheduler, step: int, out: Path, keep: int = 2, engine=None, ranks: Ranks = Ranks()
+    model,
+    spec,
+    optimizer,
+    scheduler,
+    step: int,
+    out: Path,
+    keep: int = TrainOptions.keep_checkpoints,
+    engine=None,
+    ranks: Ranks = Ranks(),
+    average: WeightAverage | None = None,
 ) -> None:
     """A checkpoint every rank takes part in: CHECKPOINTS/step-N holds the model directory (`model/`), the optimizer
-    (torch state as safetensors, or the DeepSpeed engine's own checkpoint, which shards ZeRO state per rank) and each
-    rank's RNG state; `latest` names it only once it is complete."""
+    (torch state as safetensors, or the DeepSpeed engine's own checkpoint, which shards ZeRO state per rank), the
+    weight average so far (if any) and each rank's RNG state; `latest` names it only once it is complete."""
     from safetensors.torch import save_file
 
     ckpt = out / CHECKPOINTS / f"step-{step:07d}"
@@ -287,6 +296,8 @@ def save_checkpoint(
                         opt_state[f"{gi}.{pi}.{key}"] = v
             atomic_write(ckpt / "optimizer.safetensors", lambda tmp: save_file(opt_state, tmp))
             atomic_write_json(ckpt / "trainer.json", meta)
+        if average is not None and average.count:
+            atomic_write(ckpt / AVERAGE, lambda tmp: save_file(average.state_dict(), tmp))
     ranks.barrier()
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():  # LoRA dropout on a GPU draws from this rank's CUDA generator
@@ -299,7 +310,9 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
 
 
-def restore_checkpoint(model, optimizer, scheduler, out: Path, engine=None, ranks: Ranks = Ranks()) -> int:
+def restore_checkpoint(
+    model, optimizer, scheduler, out: Path, engine=None, ranks: Ranks = Ranks(), average: WeightAverage | None = None
+) -> int:
     if not (out / CHECKPOINTS / LATEST).exists():
         raise SpecllmError(f"{out}: no checkpoint to resume from")
     ckpt = latest_checkpoint(out)
@@ -325,6 +338,8 @@ def restore_checkpoint(model, optimizer, scheduler, out: Path, engine=None, rank
                     optimizer.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in entry.items()}
         scheduler.load_state_dict(meta["scheduler"])
         step = int(meta["step"])
+    if average is not None and (ckpt / AVERAGE).exists():
+        average.load_state_dict(read_safetensors(ckpt / AVERAGE))
     rng = ckpt / f"rng-rank{ranks.rank:05d}.safetensors"
     if rng.exists():
         state = read_safetensors(rng)
@@ -411,6 +426,49 @@ def density_weights(teff: np.ndarray, power: float, bins: int = 20, clip: float 
 
 
 @dataclass
+class WeightAverage:
+    """Stochastic weight averaging (`TrainConfig.average_from`): the running fp32 sum of the trainable weights'
+    snapshots, one every `every` optimizer steps from step `start` on, and the last step's."""
+
+    start: int  # the first optimizer step whose snapshot counts
+    every: int
+    total: int  # the run's last step, whose snapshot always counts
+    sums: dict = dataclasses.field(default_factory=dict)
+    count: int = 0
+
+    @classmethod
+    def for_run(cls, average_from: float, every: int, total: int) -> WeightAverage | None:
+        """None where averaging is off (average_from 1: the last step's weights)."""
+        if average_from >= 1:
+            return None
+        return cls(start=max(1, math.ceil(average_from * total)), every=every, total=total)
+
+    def due(self, step: int) -> bool:
+        return step >= self.start and (step % self.every == 0 or step == self.total)
+
+    def add(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            value = value.detach().to("cpu", torch.float32)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.count += 1
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        return {name: total / self.count for name, total in self.sums.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**self.sums, AVERAGE_COUNT: torch.tensor(self.count)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.count = int(state[AVERAGE_COUNT])
+        self.sums = {k: v.to(torch.float32) for k, v in state.items() if k != AVERAGE_COUNT}
+
+
+AVERAGE_COUNT = "__snapshots__"  # the count of snapshots in a checkpoint's average.safetensors
+AVERAGE = "average.safetensors"
+LAST = "last"  # OUT/last: the last step's weights of a run whose model is a weight average
+
+
+@dataclass
 class Run:
     """What `setup` prepares and `fit` and `finish` share: one training run's data, model and optimizer."""
 
@@ -434,6 +492,7 @@ class Run:
     total_steps: int
     global_batch: int
     step: int = 0  # optimizer steps done (a resumed run starts from its checkpoint's)
+    average: WeightAverage | None = None  # stochastic weight averaging, where the recipe asks for it
     hf_ds: object = None  # transformers holds a ZeRO-3 config by a weak reference: kept alive for the run
 
 
@@ -567,10 +626,11 @@ def setup(opts: TrainOptions) -> Run:
         engine=engine,
         total_steps=total_steps,
         global_batch=recipe.batch_size * recipe.grad_accum * ranks.world,
+        average=WeightAverage.for_run(recipe.average_from, recipe.save_every, total_steps),
         hf_ds=hf_ds,
     )
     if resume_from is not None:
-        run.step = restore_checkpoint(model, optimizer, scheduler, out, engine, ranks)
+        run.step = restore_checkpoint(model, optimizer, scheduler, out, engine, ranks, run.average)
     if ranks.main:
         say(
             f"train: {ranks.world} rank(s) x batch {recipe.batch_size} per device x {recipe.grad_accum} accumulation"
@@ -649,9 +709,20 @@ def fit(run: Run) -> Fitted:
             history.append({"step": step, **mean_parts, "time_s": round(time.time() - t0, 4)})
             rate = seen * ranks.world / max(1e-9, time.time() - t0)
             advance(1, loss=" ".join(f"{k} {v:.3f}" for k, v in mean_parts.items()), rate=f"{rate:.2f}/s")
+            if run.average is not None and run.average.due(step):
+                run.average.add(trainable_state(model))  # every rank: a collective under ZeRO-3
             if step % recipe.save_every == 0 and step < run.total_steps:
                 save_checkpoint(
-                    model, run.spec, run.optimizer, run.scheduler, step, run.out, engine=engine, ranks=ranks
+                    model,
+                    run.spec,
+                    run.optimizer,
+                    run.scheduler,
+                    step,
+                    run.out,
+                    keep=opts.keep_checkpoints,
+                    engine=engine,
+                    ranks=ranks,
+                    average=run.average,
                 )
     elapsed = time.time() - t0
     per_rank = torch.zeros(ranks.world, dtype=torch.float64, device=device)
@@ -674,6 +745,15 @@ def finish(run: Run, fitted: Fitted) -> dict:
     its history and metrics."""
     opts, ranks, spec, model = run.opts, run.ranks, run.spec, run.model
     model.eval()
+    last, average = None, run.average
+    if average is not None and average.count:  # the model evaluated and written is the average
+        last = trainable_state(model)  # a collective under ZeRO-3
+        load_trainable(model, average.mean())
+        if ranks.main:
+            say(
+                f"train: the model is the average of {average.count} snapshots of the weights from step {average.start}"
+                f" of {run.step} (stochastic weight averaging); the last step's weights in {run.out / LAST}"
+            )
     # The ranks share each evaluation in equal parts (predict_shared; under ZeRO-3 in lock-step, as every forward
     # gathers the partitioned weights), so no rank waits on another's whole pass; rank 0 scores the gathered result.
     # Choices between runs are made on the validation split; the test split only for the model card.
@@ -725,12 +805,19 @@ def finish(run: Run, fitted: Fitted) -> dict:
                 torch.cuda.max_memory_allocated(run.device) / 2**30 if run.device.type == "cuda" else None
             ),
             "final_loss": fitted.history[-1] if fitted.history else None,
+            "weight_average": (
+                {"from_step": average.start, "every": average.every, "snapshots": average.count} if last else None
+            ),
             "validation_metrics": val_metrics,
             "metrics": metrics,
         }
         dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[opts.save_dtype]
         parent = model_dir(opts.init) if opts.init else None
         save_model_dir(model, spec, run.out / "model", dtype=dtype, parent=parent, state=state)
+        if last is not None:  # for comparison: not calibrated on its own (error_scale is the average's)
+            note = "the last optimizer step's weights, not averaged; error_scale fitted for the average in ../model"
+            last_spec = dataclasses.replace(spec, manifest={**spec.manifest, "weight_average": None, "weights": note})
+            save_model_dir(model, last_spec, run.out / LAST, dtype=dtype, parent=parent, state=last)
         atomic_write_json(run.out / "history.json", fitted.history)
         atomic_write_json(run.out / "metrics.json", {"validation": val_metrics, "test": metrics})
     ranks.barrier()  # the others wait until rank 0 has written

@@ -103,6 +103,57 @@ def test_resume_continues_exactly(tmp_path, tiny, monkeypatch):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
+def test_weight_average_is_the_mean_of_its_snapshots_and_resumes_exactly(tmp_path, tiny, monkeypatch):
+    """average_from 0.5 of 6 steps, a snapshot every 2: the model is the mean of steps 4 and 6's weights (3 is not a
+    snapshot step), the last step's weights in OUT/last; a run killed after step 4 resumes to the same two."""
+    data = write_qa(tmp_path / "qa", "patch", n=12)
+    recipe = TrainConfig(
+        lr=1e-2,
+        epochs=3,
+        batch_size=3,
+        grad_accum=1,
+        bf16=False,
+        gradient_checkpointing=False,
+        save_every=2,
+        warmup_fraction=0.0,
+        average_from=0.5,
+    )
+    straight = tmp_path / "straight"
+    run_train(options(data, straight, tiny, recipe=recipe, max_steps=6, keep_checkpoints=10))
+    steps = sorted(p.name for p in (straight / "checkpoints").glob("step-*"))
+    assert steps == ["step-0000002", "step-0000004"]  # both kept (keep_checkpoints)
+    step4, last, model = (
+        _weights(p) for p in (straight / "checkpoints" / steps[1] / "model", straight / "last", straight / "model")
+    )
+    assert model.keys() == last.keys() == step4.keys()
+    for k in model:
+        torch.testing.assert_close(model[k], (step4[k] + last[k]) / 2, rtol=0, atol=1e-6)
+    assert any(not torch.equal(model[k], last[k]) for k in model if k.startswith("lora."))
+    manifest = json.loads((straight / "model" / "spec.json").read_text())["manifest"]
+    assert manifest["weight_average"] == {"from_step": 3, "every": 2, "snapshots": 2}
+    assert json.loads((straight / "last" / "spec.json").read_text())["manifest"]["weight_average"] is None
+
+    import specllm.train as train_mod
+
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(model, spec, optimizer, scheduler, step, out, **kw):
+        real_save(model, spec, optimizer, scheduler, step, out, **kw)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(options(data, tmp_path / "cut", tiny, recipe=recipe, max_steps=6))
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    assert (tmp_path / "cut" / "checkpoints" / "step-0000004" / "average.safetensors").exists()
+    run_train(options(data, tmp_path / "cut", tiny, recipe=recipe, max_steps=6, resume=True))
+    for name in ("model", "last"):
+        a, b = _weights(straight / name), _weights(tmp_path / "cut" / name)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
 def test_stage_two_starts_from_stage_one(tmp_path, tiny):
     data1 = write_qa(tmp_path / "qa1", "patch", n=8)
     run_train(options(data1, tmp_path / "s1", tiny, max_steps=3))

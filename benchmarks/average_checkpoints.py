@@ -1,0 +1,57 @@
+"""Stochastic weight averaging after the fact: the average of a run's kept checkpoints from a fraction of its steps on
+and its last step's weights, written as a model directory (for `rank_variants.py`; the same average as
+`specllm train --average-from F` computes during the run, but from checkpoints, so one run yields several variants).
+
+    python benchmarks/average_checkpoints.py RUN --from 0.75 --out RUN/avg75
+
+RUN was trained with `--keep-checkpoints` large enough to hold the snapshots; its last step's weights are RUN/last
+(a run with `--average-from`) or RUN/model (one without). The new directory takes RUN/model's spec.json (its
+error_scale is the run model's: this script fits no calibration) with `weight_average` recording what was averaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from specllm.runs import ModelSpec, read_weights, save_model_dir
+from specllm.train import CHECKPOINTS, LAST
+
+
+def average(run: Path, start_fraction: float, out: Path) -> dict:
+    spec = ModelSpec.from_json(run / "model" / "spec.json")
+    total = int(spec.manifest["steps"])
+    start = max(1, math.ceil(start_fraction * total))
+    picked = sorted(p for p in (run / CHECKPOINTS).glob("step-*") if start <= int(p.name.split("-")[1]) < total)
+    last = run / LAST if (run / LAST).exists() else run / "model"
+    sources = [p / "model" for p in picked] + [last]
+    sums: dict[str, torch.Tensor] = {}
+    for source in sources:
+        for name, value in read_weights(source).items():
+            value = value.to(torch.float32)
+            sums[name] = sums[name] + value if name in sums else value.clone()
+    state = {name: value / len(sources) for name, value in sums.items()}
+    record = {"from_step": start, "snapshots": len(sources), "sources": [str(p) for p in sources]}
+    spec = dataclasses.replace(spec, manifest={**spec.manifest, "weight_average": record})
+    save_model_dir(None, spec, out, dtype=torch.bfloat16, state=state)
+    return record
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--from", dest="start", type=float, required=True, help="fraction of the steps (0-1)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    record = average(args.run, args.start, args.out)
+    print(f"{args.out}: the mean of {record['snapshots']} snapshots from step {record['from_step']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
