@@ -595,7 +595,13 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
         f"- Recipe: {json.dumps(m.get('recipe'))}",
         f"- Options: {json.dumps(m.get('options'))}",
         f"- Augmentation: {json.dumps(m.get('augment'))}",
-        f"- Training: {m.get('steps')} optimizer steps at {m.get('samples_per_second', 0):.2f} samples/s",
+        f"- Training: {m.get('steps')} optimizer steps at {m.get('samples_per_second', 0):.2f} samples/s"
+        + (
+            f"; the weights are the average of {avg['snapshots']} snapshots, one every {avg['every']} steps from step"
+            f" {avg['from_step']} (stochastic weight averaging, `average_from`)"
+            if (avg := m.get("weight_average"))
+            else ""
+        ),
         f"- Reproduce: `{command}`",
     ]
     if started is not None:

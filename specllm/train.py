@@ -806,7 +806,9 @@ def finish(run: Run, fitted: Fitted) -> dict:
             ),
             "final_loss": fitted.history[-1] if fitted.history else None,
             "weight_average": (
-                {"from_step": average.start, "every": average.every, "snapshots": average.count} if last else None
+                {"from_step": average.start, "every": average.every, "snapshots": average.count}
+                if last is not None
+                else None
             ),
             "validation_metrics": val_metrics,
             "metrics": metrics,

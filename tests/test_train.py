@@ -132,6 +132,10 @@ def test_weight_average_is_the_mean_of_its_snapshots_and_resumes_exactly(tmp_pat
     manifest = json.loads((straight / "model" / "spec.json").read_text())["manifest"]
     assert manifest["weight_average"] == {"from_step": 3, "every": 2, "snapshots": 2}
     assert json.loads((straight / "last" / "spec.json").read_text())["manifest"]["weight_average"] is None
+    from specllm.runs import write_model_card
+
+    card = write_model_card(straight / "model", "make model").read_text()
+    assert "the average of 2 snapshots, one every 2 steps from step 3" in card
 
     import specllm.train as train_mod
 
