@@ -67,20 +67,14 @@ def _weights(path: Path) -> dict:
     return load_file(str(path / "weights.safetensors"))
 
 
-def test_resume_continues_exactly(tmp_path, tiny, monkeypatch):
-    data = write_qa(tmp_path / "qa", "patch", n=12)
-    recipe = TrainConfig(
-        lr=1e-3,
-        epochs=2,
-        batch_size=3,
-        grad_accum=1,
-        bf16=False,
-        gradient_checkpointing=False,
-        save_every=2,
-        warmup_fraction=0.0,
-    )
-    run_train(options(data, tmp_path / "straight", tiny, recipe=recipe, max_steps=5))
+def _resume_recipe(**changes) -> TrainConfig:
+    """A few steps with a checkpoint every 2 (the resume tests)."""
+    fields = dict(lr=1e-3, epochs=2, batch_size=3, grad_accum=1, bf16=False, gradient_checkpointing=False)
+    return TrainConfig(**(fields | dict(save_every=2, warmup_fraction=0.0) | changes))
 
+
+def _killed_after_step_4(monkeypatch, start) -> None:
+    """Run `start()` as if killed right after its step-4 checkpoint."""
     import specllm.train as train_mod
 
     real_save = train_mod.save_checkpoint
@@ -88,12 +82,21 @@ def test_resume_continues_exactly(tmp_path, tiny, monkeypatch):
     def save_then_die(model, spec, optimizer, scheduler, step, out, **kw):
         real_save(model, spec, optimizer, scheduler, step, out, **kw)
         if step == 4:
-            raise KeyboardInterrupt  # as if killed right after the step-4 checkpoint
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_train(options(data, tmp_path / "interrupted", tiny, recipe=recipe, max_steps=5))
+        start()
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+
+
+def test_resume_continues_exactly(tmp_path, tiny, monkeypatch):
+    data = write_qa(tmp_path / "qa", "patch", n=12)
+    recipe = _resume_recipe()
+    run_train(options(data, tmp_path / "straight", tiny, recipe=recipe, max_steps=5))
+    _killed_after_step_4(
+        monkeypatch, lambda: run_train(options(data, tmp_path / "interrupted", tiny, recipe=recipe, max_steps=5))
+    )
     assert not (tmp_path / "interrupted" / "model").exists()
     run_train(options(data, tmp_path / "interrupted", tiny, recipe=recipe, max_steps=5, resume=True))
 
@@ -107,17 +110,7 @@ def test_weight_average_is_the_mean_of_its_snapshots_and_resumes_exactly(tmp_pat
     """average_from 0.5 of 6 steps, a snapshot every 2: the model is the mean of steps 4 and 6's weights (3 is not a
     snapshot step), the last step's weights in OUT/last; a run killed after step 4 resumes to the same two."""
     data = write_qa(tmp_path / "qa", "patch", n=12)
-    recipe = TrainConfig(
-        lr=1e-2,
-        epochs=3,
-        batch_size=3,
-        grad_accum=1,
-        bf16=False,
-        gradient_checkpointing=False,
-        save_every=2,
-        warmup_fraction=0.0,
-        average_from=0.5,
-    )
+    recipe = _resume_recipe(lr=1e-2, epochs=3, average_from=0.5)
     straight = tmp_path / "straight"
     run_train(options(data, straight, tiny, recipe=recipe, max_steps=6, keep_checkpoints=10))
     steps = sorted(p.name for p in (straight / "checkpoints").glob("step-*"))
@@ -137,19 +130,9 @@ def test_weight_average_is_the_mean_of_its_snapshots_and_resumes_exactly(tmp_pat
     card = write_model_card(straight / "model", "make model").read_text()
     assert "the average of 2 snapshots, one every 2 steps from step 3" in card
 
-    import specllm.train as train_mod
-
-    real_save = train_mod.save_checkpoint
-
-    def save_then_die(model, spec, optimizer, scheduler, step, out, **kw):
-        real_save(model, spec, optimizer, scheduler, step, out, **kw)
-        if step == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(options(data, tmp_path / "cut", tiny, recipe=recipe, max_steps=6))
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    _killed_after_step_4(
+        monkeypatch, lambda: run_train(options(data, tmp_path / "cut", tiny, recipe=recipe, max_steps=6))
+    )
     assert (tmp_path / "cut" / "checkpoints" / "step-0000004" / "average.safetensors").exists()
     run_train(options(data, tmp_path / "cut", tiny, recipe=recipe, max_steps=6, resume=True))
     for name in ("model", "last"):
