@@ -1,6 +1,7 @@
 """specllm.synthetic (issue 22): the arrays-only unpickler, the Cannon evaluation, the LAMOST-like spectra and the
 shard folder `benchmarks/synthetic_shards.py` writes. The real thedoppler pickles are read only where the sdist was
-downloaded (/work/cache/thedoppler); everything else runs on hand-made models."""
+downloaded (`make model`'s out/cache in this checkout, or /work/cache/thedoppler); everything else runs on hand-made
+models."""
 
 from __future__ import annotations
 
@@ -26,7 +27,14 @@ from specllm.synthetic import (
     write_synthetic_shards,
 )
 
-DOPPLER_DATA = Path("/work/cache/thedoppler/thedoppler-1.1.32/doppler/data")
+DOPPLER_DATA = next(
+    (
+        p / "thedoppler-1.1.32" / "doppler" / "data"
+        for p in (Path(__file__).resolve().parents[1] / "out" / "cache", Path("/work/cache/thedoppler"))
+        if (p / "thedoppler-1.1.32" / "doppler" / "data").is_dir()
+    ),
+    Path("/work/cache/thedoppler/thedoppler-1.1.32/doppler/data"),
+)
 CUBIC_TERMS = [
     [(0, 1)],
     [(1, 1)],
@@ -248,7 +256,7 @@ def test_synthetic_shards_verify_and_keep_the_real_rows(tmp_path):
 # ---------------------------------------------------------------- the real thedoppler models (where downloaded)
 
 
-@pytest.mark.skipif(not DOPPLER_DATA.is_dir(), reason="thedoppler sdist not in /work/cache/thedoppler")
+@pytest.mark.skipif(not DOPPLER_DATA.is_dir(), reason="thedoppler sdist not downloaded (make model)")
 def test_thedoppler_models():
     hot = load_cannon(DOPPLER_DATA / "cannongrid_3000_18000_hotdwarfs_norm_cubic_model.pkl")
     cool = load_cannon(DOPPLER_DATA / "cannongrid_3000_18000_coolstars_norm_cubic_model.pkl")
