@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from specllm.runs import ModelSpec, read_weights, save_model_dir
-from specllm.train import CHECKPOINTS, LAST
+from specllm.train import CHECKPOINTS, LAST, WeightAverage
 
 
 def average(run: Path, start_fraction: float, out: Path) -> dict:
@@ -32,12 +32,10 @@ def average(run: Path, start_fraction: float, out: Path) -> dict:
     picked = sorted(p for p in (run / CHECKPOINTS).glob("step-*") if start <= int(p.name.split("-")[1]) < total)
     last = run / LAST if (run / LAST).exists() else run / "model"
     sources = [p / "model" for p in picked] + [last]
-    sums: dict[str, torch.Tensor] = {}
+    snapshots = WeightAverage(start=start, every=0, total=total)  # the same running mean as `train --average-from`
     for source in sources:
-        for name, value in read_weights(source).items():
-            value = value.to(torch.float32)
-            sums[name] = sums[name] + value if name in sums else value.clone()
-    state = {name: value / len(sources) for name, value in sums.items()}
+        snapshots.add(read_weights(source))
+    state = snapshots.mean()
     record = {"from_step": start, "snapshots": len(sources), "sources": [str(p) for p in sources]}
     spec = dataclasses.replace(spec, manifest={**spec.manifest, "weight_average": record})
     save_model_dir(None, spec, out, dtype=torch.bfloat16, state=state)
