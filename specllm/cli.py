@@ -290,6 +290,7 @@ def serialize(
     "calibration_from",
     "report_test",
     Opt("patch.width", "--patch-width"),
+    Opt("patch.stem", "--patch-stem"),
     "augment.noise",
     "augment.scale",
     "augment.span_probability",

@@ -33,6 +33,7 @@ NormMethod = Literal["max", "quantile", "median"]
 SerializeFormat = Literal["paper", "compact", "patch"]
 DecodeMethod = Literal["head", "text"]
 SaveDtype = Literal["float32", "bfloat16", "float16"]
+PatchStem = Literal["mlp", "conv"]
 Stage = Literal[1, 2]
 # Base-model weights while training (QLoRA): 'nf4' 4-bit NormalFloat through bitsandbytes (CUDA or its CPU backend),
 # 'none' as stored; 'auto' is nf4 on CUDA where bitsandbytes is installed and none elsewhere.
@@ -160,6 +161,11 @@ class PatchConfig:
 
     width: int = 64
     """Pixels per patch (4901 pixels -> 77 patches of 64, or 39 of 128: the spectral tokens per spectrum)."""
+    stem: PatchStem = "mlp"
+    """How a spectral token is made: 'mlp', a 2-layer MLP on its patch, normalised on its own (mean, std); 'conv',
+    that plus a convolutional trunk over the whole spectrum (the benchmark's small CNN: three conv k7 + max-pool
+    layers, 16/32/64 channels) pooled to one vector per patch, so line depths in flux units and features across
+    patch edges reach every token. 'conv' needs a width that is a multiple of 16."""
 
     def count(self, grid_size: int) -> int:
         return -(-grid_size // self.width)

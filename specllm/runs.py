@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import QUANTIZE_METHODS, LoraConfig, Quantized, QuantizeMethod
+from .config import QUANTIZE_METHODS, LoraConfig, PatchStem, Quantized, QuantizeMethod
 from .device import pick_device
 from .errors import SpecllmError, one_line
 from .files import atomic_write, replace_dir, temp_dir
@@ -46,6 +46,7 @@ class ModelSpec:
     classes: list[str]
     lora: dict = field(default_factory=lambda: asdict(LoraConfig()))
     patch_width: int | None = None
+    patch_stem: PatchStem = "mlp"  # config.PatchConfig.stem; absent in an older spec.json (the MLP alone)
     grid_size: int | None = None
     layers: int | None = None  # decoder layers kept (None: all)
     quantize: Quantized = "none"  # base weights as trained (LoraConfig.quantize resolved); absent in an older spec.json
@@ -252,7 +253,9 @@ def _base_lm(spec: ModelSpec, lean: bool = False):
 
 
 def _patcher(spec: ModelSpec, lm) -> PatchEmbedder | None:
-    return PatchEmbedder(spec.grid_size, spec.patch_width, lm.config.hidden_size) if spec.patch_width else None
+    if not spec.patch_width:
+        return None
+    return PatchEmbedder(spec.grid_size, spec.patch_width, lm.config.hidden_size, stem=spec.patch_stem)
 
 
 def build_model(spec: ModelSpec, gradient_checkpointing: bool = False):

@@ -36,6 +36,10 @@ def output_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
+CONV_CHANNELS = (16, 32, 64)  # the conv stem's channels per layer (config.SmallCNNConfig's)
+CONV_KERNEL = 7
+
+
 class Fp32Linear(nn.Linear):
     """A linear layer computed in fp32 whatever its weights' dtype (bf16 under DeepSpeed's bf16 engine, which casts
     every parameter) and whatever autocast is on (bf16 on a GPU): the read-out's mean, log-variance and class logits
@@ -53,18 +57,37 @@ class PatchEmbedder(nn.Module):
 
     Per patch the MLP sees the patch's shape (flux minus its mean, over its std), its mask, its mean and log std, so
     both the line profile and the continuum level reach the model; a learned position embedding per patch is added.
+    With `stem="conv"` a convolutional trunk over the whole spectrum (flux with unobserved pixels at 0, and the mask:
+    three conv k7 + GELU + max-pool layers of 16/32/64 channels, the benchmark's small CNN, pooled 4 x 4 x width/16 so
+    that one position is one patch) adds a linear projection of its features to each patch's embedding; the
+    projection starts at zero, so training starts from the MLP's embeddings.
     """
 
-    def __init__(self, grid_size: int, width: int, hidden: int, inner: int = 512):
+    def __init__(self, grid_size: int, width: int, hidden: int, inner: int = 512, stem: str = "mlp"):
         super().__init__()
         self.grid_size, self.width = grid_size, width
         self.count = -(-grid_size // width)
         self.net = nn.Sequential(nn.Linear(2 * width + 2, inner), nn.GELU(), nn.Linear(inner, hidden))
         self.position = nn.Parameter(torch.zeros(self.count, hidden))
+        self.conv = self.conv_proj = None
+        if stem == "conv":
+            if width % 16:
+                raise ValueError(f"a conv stem needs a patch width that is a multiple of 16, not {width}")
+            layers, cin = [], 2
+            for cout, pool in zip(CONV_CHANNELS, (4, 4, width // 16)):
+                layers += [nn.Conv1d(cin, cout, CONV_KERNEL, padding=CONV_KERNEL // 2), nn.GELU(), nn.MaxPool1d(pool)]
+                cin = cout
+            self.conv = nn.Sequential(*layers)
+            self.conv_proj = nn.Linear(cin, hidden)
+            nn.init.zeros_(self.conv_proj.weight)
+            nn.init.zeros_(self.conv_proj.bias)
+        elif stem != "mlp":
+            raise ValueError(f"unknown patch stem {stem!r} (mlp or conv)")
 
     def forward(self, flux: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pad = self.count * self.width - self.grid_size
-        f = F.pad(flux.float(), (0, pad)).view(flux.shape[0], self.count, self.width)
+        padded = F.pad(flux.float(), (0, pad))
+        f = padded.view(flux.shape[0], self.count, self.width)
         m = F.pad(mask.float(), (0, pad), value=1.0).view(flux.shape[0], self.count, self.width)
         w = 1.0 - m
         n = w.sum(-1, keepdim=True).clamp_min(1.0)
@@ -74,7 +97,12 @@ class PatchEmbedder(nn.Module):
         x = torch.cat([shape, m, mean, std.log()], dim=-1)
         # Fed in its weights' dtype (bf16 under DeepSpeed's bf16 engine; under autocast the weights stay fp32): the
         # per-patch statistics above are always fp32, the projection joins the backbone's embeddings.
-        return self.net(x.to(self.net[0].weight.dtype)) + self.position
+        dtype = self.net[0].weight.dtype
+        out = self.net(x.to(dtype)) + self.position
+        if self.conv is not None:
+            channels = torch.stack([padded * w.flatten(1), m.flatten(1)], dim=1)  # (B, 2, P * width)
+            out = out + self.conv_proj(self.conv(channels.to(dtype)).transpose(1, 2))
+        return out
 
 
 @dataclass

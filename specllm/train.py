@@ -378,12 +378,16 @@ def _spec_for(
         if parent.format != data.fmt:
             raise SpecllmError(f"--init {opts.init}: trained on format {parent.format!r}, data are {data.fmt!r}")
         base, layers, lora, width = parent.base_model, parent.layers, parent.lora, parent.patch_width
+        stem = parent.patch_stem
         init_state = read_weights(init_dir)
     else:
         if opts.stage == 2:
             raise SpecllmError("stage 2 continues from stage 1: give --init RUN (a stage-1 run directory)")
         base, layers, lora = opts.base_model or "embedded", opts.layers, asdict(opts.lora)
         width = opts.patch.width if data.fmt == "patch" else None
+        stem = opts.patch.stem
+        if width and stem == "conv" and width % 16:
+            raise SpecllmError(f"--patch-stem conv needs a --patch-width that is a multiple of 16 (not {width})")
     spec = ModelSpec(
         stage=opts.stage,
         format=data.fmt,
@@ -395,6 +399,7 @@ def _spec_for(
         classes=list(CLASSES) if opts.stage == 1 else [],
         lora=lora,
         patch_width=width,
+        patch_stem=stem if width else "mlp",
         grid_size=grid_size,
         layers=layers,
         log_values=log_values,

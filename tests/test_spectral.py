@@ -74,3 +74,29 @@ def test_beta_nll_weights_each_example_by_its_variance(model_and_batch):
     assert plain["value"] == pytest.approx(float(nll[known].mean()), rel=1e-5)
     expected = float((nll * torch.exp(0.5 * log_var))[known].sum() / known.sum())
     assert beta["value"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_conv_stem_starts_as_the_mlp_and_learns_line_depths_across_patches():
+    """The conv stem's projection starts at zero (the tokens are the MLP's), its one position per patch lines up
+    with the patches, unobserved pixels do not reach it, and a gradient reaches its first convolution."""
+    from specllm.spectral import PatchEmbedder
+
+    torch.manual_seed(0)
+    mlp = PatchEmbedder(200, 32, 8)
+    torch.manual_seed(0)
+    conv = PatchEmbedder(200, 32, 8, stem="conv")
+    flux = torch.rand(3, 200)
+    mask = torch.zeros(3, 200, dtype=torch.bool)
+    assert torch.equal(mlp(flux, mask), conv(flux, mask))
+    torch.nn.init.normal_(conv.conv_proj.weight)
+    out = conv(flux, mask)
+    assert out.shape == (3, 7, 8)
+    masked = mask.clone()
+    masked[:, 40:60] = True
+    changed = flux.clone()
+    changed[:, 40:60] = 5.0  # what a masked pixel holds does not matter
+    assert torch.allclose(conv(flux, masked), conv(changed, masked))
+    out.sum().backward()
+    assert conv.conv[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="multiple of 16"):
+        PatchEmbedder(200, 24, 8, stem="conv")

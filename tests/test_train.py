@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from specllm.config import GridConfig, LoraConfig, TrainConfig
+from specllm.config import GridConfig, LoraConfig, PatchConfig, TrainConfig
 from specllm.errors import SpecllmError
 from specllm.train import TrainOptions, run_train
 
@@ -607,6 +607,22 @@ def test_log_teff_standardises_the_log_and_comes_back_in_kelvin():
     assert np.allclose(errors[:, 1], 0.05)
     plain = ModelSpec(**{**spec.__dict__, "log_values": [], "value_mean": [6500.0, 4.0], "value_std": [1000.0, 0.5]})
     assert np.allclose(plain.unstandardise(plain.standardise(labels), np.ones_like(z))[0], labels)
+
+
+def test_conv_stem_run_records_it_and_reloads_its_trained_weights(tmp_path, tiny):
+    from specllm.predict import load_for_inference
+
+    data = write_qa(tmp_path / "qa", "patch", n=8, grid=GridConfig().size, test_every=8)
+    run = tmp_path / "run"
+    spec = run_train(options(data, run, tiny, max_steps=3, validation=False, patch=PatchConfig(64, "conv")))["spec"]
+    assert spec.patch_stem == "conv" and json.loads((run / "model" / "spec.json").read_text())["patch_stem"] == "conv"
+    saved = _weights(run / "model")
+    assert saved["patcher.conv_proj.weight"].abs().sum() > 0  # trained off its zero start
+    loaded = load_for_inference(run, torch.device("cpu"))[0]
+    for name, tensor in loaded.model.patcher.state_dict().items():
+        torch.testing.assert_close(tensor, saved[f"patcher.{name}"].to(tensor.dtype))
+    with pytest.raises(SpecllmError, match="multiple of 16"):
+        run_train(options(data, tmp_path / "bad", tiny, max_steps=1, patch=PatchConfig(40, "conv")))
 
 
 def test_log_teff_run_records_it_and_predicts_in_kelvin(tmp_path, tiny):
