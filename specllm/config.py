@@ -268,7 +268,8 @@ class TrainOptions:
     max_steps: int | None = None
     """Stop after this many optimizer steps."""
     max_train: int | None = None
-    """Use only the first N training examples."""
+    """Use only N training examples, drawn at random by the recipe's seed (the real/synthetic mix kept): a point
+    of a learning curve."""
     text_weight: float = 1.0
     """Weight of the answer-token cross-entropy."""
     value_weight: float = 1.0

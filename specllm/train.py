@@ -414,6 +414,15 @@ def held_out(data: QAData, validation: bool, split: SplitConfig = SplitConfig())
     return np.array([s == "train" and is_validation(str(i), split) for i, s in zip(data.spec_id, data.split)])
 
 
+def train_subset(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """`n` of the training rows (`TrainOptions.max_train`), drawn at random by the recipe's seed (the same draw on
+    every rank) and kept in their order: a smaller training set with the mix of real and synthetic rows of the whole
+    (the first `n` rows in shard order would be one kind). All of them when `n` is not smaller."""
+    if n >= rows.size:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
+
+
 def density_weights(teff: np.ndarray, power: float, bins: int = 20, clip: float = 5.0) -> np.ndarray:
     """Per-example loss weights (mean 1): the density of the Teff label (a histogram of `bins` bins over its range)
     to the power -`power`, clipped at `clip` times the mean. All 1 for power 0 or without labels."""
@@ -583,7 +592,7 @@ def setup(opts: TrainOptions) -> Run:
 
     train_idx = np.flatnonzero(in_training)
     if opts.max_train:
-        train_idx = train_idx[: opts.max_train]
+        train_idx = train_subset(train_idx, opts.max_train, recipe.seed)
     if train_idx.size == 0:
         raise SpecllmError(f"{opts.data}: no example in the train split (outside the validation split)")
     train = data.take(train_idx)

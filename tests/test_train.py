@@ -469,6 +469,17 @@ def test_llama3_names_a_tokenizer_not_weights(tmp_path):
         run_train(options(data, tmp_path / "r", "llama3"))
 
 
+def test_max_train_draws_a_fixed_random_subset_in_order():
+    from specllm.train import train_subset
+
+    rows = np.arange(100, 300)
+    a, b = train_subset(rows, 20, seed=2), train_subset(rows, 20, seed=2)
+    assert np.array_equal(a, b) and len(np.unique(a)) == 20 and np.all(np.diff(a) > 0)
+    assert np.isin(a, rows).all() and a.max() > rows[40]  # not the first rows in shard order
+    assert not np.array_equal(a, train_subset(rows, 20, seed=3))
+    assert np.array_equal(train_subset(rows, 500, seed=2), rows)
+
+
 def test_density_weights_favour_rare_labels():
     from specllm.train import density_weights
 
