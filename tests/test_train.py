@@ -622,11 +622,13 @@ def test_log_teff_standardises_the_log_and_comes_back_in_kelvin():
 
 def test_conv_stem_run_records_it_and_reloads_its_trained_weights(tmp_path, tiny):
     from specllm.predict import load_for_inference
+    from specllm.runs import write_model_card
 
     data = write_qa(tmp_path / "qa", "patch", n=8, grid=GridConfig().size, test_every=8)
     run = tmp_path / "run"
     spec = run_train(options(data, run, tiny, max_steps=3, validation=False, patch=PatchConfig(64, "conv")))["spec"]
     assert spec.patch_stem == "conv" and json.loads((run / "model" / "spec.json").read_text())["patch_stem"] == "conv"
+    assert "convolutional stem under the patches" in write_model_card(run / "model", "test").read_text()
     saved = _weights(run / "model")
     assert saved["patcher.conv_proj.weight"].abs().sum() > 0  # trained off its zero start
     loaded = load_for_inference(run, torch.device("cpu"))[0]
