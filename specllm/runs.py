@@ -578,7 +578,7 @@ def write_model_card(path: str | os.PathLike, command: str, started: float | Non
         f"- Base model: `{spec.base_model}` (fingerprint `{spec.base_fingerprint[:16]}`), first {spec.layers or 'all'} decoder layers",
         f"- Trainable: LoRA r={spec.lora['r']}, alpha={spec.lora['alpha']}, dropout={spec.lora['dropout']} on {spec.lora['target_modules']}"
         + (f"; patch projector ({spec.patch_width}-pixel patches)" if spec.patch_width else "")
-        + ("; convolutional stem under the patches" if spec.patch_width and spec.patch_stem == "conv" else "")
+        + ("; convolutional stem under the patches" if spec.patch_stem == "conv" else "")  # "mlp" without patches
         + "; numeric read-out heads",
         f"- Weights: `{WEIGHTS}` ({size / 1e6:.1f} MB in this directory), safetensors",
         f"- Data: `{Path(str(m.get('data'))).name}` (content hash `{str(m.get('data_content_hash'))[:16]}`), "

@@ -40,6 +40,14 @@ CONV_CHANNELS = (16, 32, 64)  # the conv stem's channels per layer (config.Small
 CONV_KERNEL = 7
 
 
+def conv_stem_pools(width: int) -> tuple[int, int, int]:
+    """The conv stem's max-pool factors, 4 x 4 x width/16, so that one output position is one patch of `width`
+    pixels; ValueError where `width` is not a multiple of 16 (the one place that rule is written)."""
+    if width % 16:
+        raise ValueError(f"a conv stem needs a patch width that is a multiple of 16, not {width}")
+    return 4, 4, width // 16
+
+
 class Fp32Linear(nn.Linear):
     """A linear layer computed in fp32 whatever its weights' dtype (bf16 under DeepSpeed's bf16 engine, which casts
     every parameter) and whatever autocast is on (bf16 on a GPU): the read-out's mean, log-variance and class logits
@@ -71,10 +79,8 @@ class PatchEmbedder(nn.Module):
         self.position = nn.Parameter(torch.zeros(self.count, hidden))
         self.conv = self.conv_proj = None
         if stem == "conv":
-            if width % 16:
-                raise ValueError(f"a conv stem needs a patch width that is a multiple of 16, not {width}")
             layers, cin = [], 2
-            for cout, pool in zip(CONV_CHANNELS, (4, 4, width // 16)):
+            for cout, pool in zip(CONV_CHANNELS, conv_stem_pools(width)):
                 layers += [nn.Conv1d(cin, cout, CONV_KERNEL, padding=CONV_KERNEL // 2), nn.GELU(), nn.MaxPool1d(pool)]
                 cin = cout
             self.conv = nn.Sequential(*layers)

@@ -68,6 +68,7 @@ from .shards import (
     shards_sha256,
     verified_shard_paths,
 )
+from .spectral import conv_stem_pools
 from .splits import is_validation
 
 QA_COLUMNS = ("spec_id", "split", "question", "answer", "format", "stage")
@@ -386,8 +387,11 @@ def _spec_for(
         base, layers, lora = opts.base_model or "embedded", opts.layers, asdict(opts.lora)
         width = opts.patch.width if data.fmt == "patch" else None
         stem = opts.patch.stem
-        if width and stem == "conv" and width % 16:
-            raise SpecllmError(f"--patch-stem conv needs a --patch-width that is a multiple of 16 (not {width})")
+        if width and stem == "conv":
+            try:
+                conv_stem_pools(width)
+            except ValueError as e:
+                raise SpecllmError(f"--patch-stem conv, --patch-width {width}: {e}") from None
     spec = ModelSpec(
         stage=opts.stage,
         format=data.fmt,

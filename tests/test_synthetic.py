@@ -27,13 +27,14 @@ from specllm.synthetic import (
     write_synthetic_shards,
 )
 
+SDIST_DATA = Path("thedoppler-1.1.32/doppler/data")  # inside the extracted sdist
 DOPPLER_DATA = next(
     (
-        p / "thedoppler-1.1.32" / "doppler" / "data"
+        p / SDIST_DATA
         for p in (Path(__file__).resolve().parents[1] / "out" / "cache", Path("/work/cache/thedoppler"))
-        if (p / "thedoppler-1.1.32" / "doppler" / "data").is_dir()
+        if (p / SDIST_DATA).is_dir()
     ),
-    Path("/work/cache/thedoppler/thedoppler-1.1.32/doppler/data"),
+    Path("/work/cache/thedoppler") / SDIST_DATA,
 )
 CUBIC_TERMS = [
     [(0, 1)],
